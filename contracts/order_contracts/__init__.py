@@ -1,0 +1,53 @@
+"""Event models and the choreography spec of the order-fulfilment saga."""
+
+from ._money import CountryCode, CurrencyCode, Money
+from .events import (
+    ALL_EVENTS,
+    Customer,
+    InventoryReleased,
+    InventoryReservationFailed,
+    InventoryReserved,
+    NotificationFailed,
+    Order,
+    OrderCancelled,
+    OrderCreated,
+    OrderEvent,
+    OrderFulfilled,
+    OrderLine,
+    PaymentFailed,
+    PaymentProcessed,
+    PaymentRefunded,
+    ShipmentCancelled,
+    ShipmentCreated,
+    ShipmentFailed,
+    ShippingAddress,
+    StepFailure,
+)
+from .spec import ORDER_SAGA
+
+__all__ = [
+    "ALL_EVENTS",
+    "ORDER_SAGA",
+    "CountryCode",
+    "CurrencyCode",
+    "Customer",
+    "InventoryReleased",
+    "InventoryReservationFailed",
+    "InventoryReserved",
+    "Money",
+    "NotificationFailed",
+    "Order",
+    "OrderCancelled",
+    "OrderCreated",
+    "OrderEvent",
+    "OrderFulfilled",
+    "OrderLine",
+    "PaymentFailed",
+    "PaymentProcessed",
+    "PaymentRefunded",
+    "ShipmentCancelled",
+    "ShipmentCreated",
+    "ShipmentFailed",
+    "ShippingAddress",
+    "StepFailure",
+]

@@ -1,0 +1,1 @@
+"""The inventory participant of the order-fulfilment saga."""

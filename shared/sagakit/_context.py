@@ -1,0 +1,89 @@
+"""SagaContext: what travels with every event, and the ContextVar that holds it in-process."""
+
+from __future__ import annotations
+
+import contextlib
+import uuid
+from collections.abc import Iterator
+from contextvars import ContextVar
+from datetime import UTC, datetime
+from enum import StrEnum
+
+from pydantic import AwareDatetime, BaseModel, ConfigDict, Field
+
+
+def utc_now() -> datetime:
+    """The current time, timezone-aware in UTC."""
+    return datetime.now(UTC)
+
+
+class StepOutcome(StrEnum):
+    """What happened to a step of a saga."""
+
+    COMPLETED = "completed"
+    FAILED = "failed"
+    COMPENSATED = "compensated"
+
+
+class StepRecord(BaseModel):
+    """One entry of a saga's history: a step, who did it, how it ended, and when."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    step: str
+    participant: str
+    outcome: StepOutcome
+    at: AwareDatetime
+    reason: str | None = None
+
+
+class SagaContext(BaseModel):
+    """The saga's identity and history, carried by every event of the saga."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    saga_id: uuid.UUID
+    saga_type: str
+    causation_id: uuid.UUID | None = None
+    deadline: AwareDatetime | None = None
+    steps: tuple[StepRecord, ...] = Field(default_factory=tuple)
+
+    @classmethod
+    def start(cls, saga_type: str, *, deadline: datetime | None = None) -> SagaContext:
+        """A context for a new saga: a fresh saga id, no cause, no steps."""
+        return cls(saga_id=uuid.uuid4(), saga_type=saga_type, deadline=deadline)
+
+    def is_past_deadline(self, now: datetime | None = None) -> bool:
+        """True when the saga carries a deadline and ``now`` is past it."""
+        return self.deadline is not None and (now or utc_now()) > self.deadline
+
+    def last_failure(self) -> StepRecord | None:
+        """The most recent failed step, which is what the backward path is undoing."""
+        return next((r for r in reversed(self.steps) if r.outcome is StepOutcome.FAILED), None)
+
+    def completed_steps(self) -> tuple[str, ...]:
+        """Names of the steps completed so far, in order."""
+        return tuple(r.step for r in self.steps if r.outcome is StepOutcome.COMPLETED)
+
+    def followed_by(self, caused_by: uuid.UUID, record: StepRecord | None) -> SagaContext:
+        """The context of an event caused by ``caused_by``, with ``record`` appended."""
+        steps = (*self.steps, record) if record is not None else self.steps
+        return self.model_copy(update={"causation_id": caused_by, "steps": steps})
+
+
+_current: ContextVar[SagaContext | None] = ContextVar("sagakit_current_saga", default=None)
+
+
+def current_saga() -> SagaContext | None:
+    """The SagaContext of the event being handled in this task, if any."""
+    return _current.get()
+
+
+@contextlib.contextmanager
+def saga_scope(context: SagaContext) -> Iterator[SagaContext]:
+    """Make ``context`` the current saga for the duration of the block."""
+    token = _current.set(context)
+    try:
+        yield context
+    finally:
+        _current.reset(token)

@@ -1,0 +1,32 @@
+"""Prometheus metrics of a participant; served by the service's metrics endpoint."""
+
+from __future__ import annotations
+
+from prometheus_client import Counter, Gauge, Histogram
+
+EVENTS_CONSUMED = Counter(
+    "sagakit_events_consumed_total", "Events consumed", ["participant", "event_type"]
+)
+EVENTS_PUBLISHED = Counter(
+    "sagakit_events_published_total", "Events published", ["participant", "event_type"]
+)
+STEP_OUTCOMES = Counter(
+    "sagakit_step_outcomes_total",
+    "Outcomes of steps, compensations and reactions",
+    ["participant", "step", "kind", "outcome"],
+)
+STEP_DURATION = Histogram(
+    "sagakit_step_duration_seconds",
+    "Time to handle one event, transaction and publish included",
+    ["participant", "step", "kind"],
+    buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0),
+)
+RETRIES = Counter(
+    "sagakit_retries_total", "Messages sent to a delay queue", ["participant", "step"]
+)
+DEAD_LETTERED = Counter(
+    "sagakit_dead_lettered_total",
+    "Messages parked in the dead-letter queue",
+    ["participant", "kind"],
+)
+OUTBOX_BACKLOG = Gauge("sagakit_outbox_backlog", "Events waiting in the outbox", ["participant"])

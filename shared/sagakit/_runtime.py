@@ -1,0 +1,598 @@
+"""Runs a participant on a broker: decoding, the compensation rules, retries and parking.
+
+This module is where DESIGN.md §4 is enforced, so that no service has to.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import random
+import time
+from collections.abc import Awaitable, Callable, Mapping, Sequence
+from contextvars import ContextVar
+from datetime import timedelta
+from typing import Any
+
+from faststream import AckPolicy, BaseMiddleware
+from faststream.message import StreamMessage
+from faststream.rabbit import RabbitBroker
+from faststream.rabbit.annotations import RabbitMessage
+from pydantic import BaseModel, ValidationError
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from ._context import StepOutcome, StepRecord, saga_scope, utc_now
+from ._envelope import Envelope, EventPayload, derived_event_id
+from ._errors import InvalidMessage, StepFailed
+from ._logging import _handling
+from ._metrics import DEAD_LETTERED, EVENTS_CONSUMED, RETRIES, STEP_DURATION, STEP_OUTCOMES
+from ._participant import HandlerKind, Participant, StepContext, Subscription
+from ._relay import OutboxRelay
+from ._settings import ParticipantSettings
+from ._spec import StepSpec
+from ._store import OutboxRow, StepStatus, Store
+from ._topology import (
+    ATTEMPT_HEADER,
+    FIRST_FAILURE_HEADER,
+    LAST_ERROR_HEADER,
+    ORIGIN_QUEUE_HEADER,
+    PARKED_AT_HEADER,
+    REASON_HEADER,
+    ParticipantTopology,
+    flow_exchange,
+    retry_queue_name,
+)
+from ._tracing import current_trace_headers, step_span
+
+logger = logging.getLogger("sagakit.runtime")
+
+# Set by the parking middleware, flipped once a handler body starts: an exception before
+# that is the message's fault (undecodable, schema-invalid); after it, the service's.
+_handler_started: ContextVar[list[bool] | None] = ContextVar("sagakit_started", default=None)
+
+# An infrastructure error (database or broker away) sends the message back after a pause;
+# the quorum queue's delivery limit stops it from looping forever.
+_REQUEUE_PAUSE_SECONDS = 1.0
+
+
+class _RetryableError(Exception):
+    """A handler failed in a way that may pass: retry through the delay queue."""
+
+    def __init__(self, cause: BaseException) -> None:
+        super().__init__(f"{type(cause).__name__}: {cause}")
+        self.cause = cause
+
+
+class SagaRuntime:
+    """Binds a Participant to a RabbitBroker and a Store, and enforces the saga rules."""
+
+    def __init__(
+        self,
+        participant: Participant,
+        *,
+        broker: RabbitBroker,
+        store: Store,
+        settings: ParticipantSettings,
+    ) -> None:
+        self.participant = participant
+        self.spec = participant.spec
+        self.broker = broker
+        self.store = store
+        self.settings = settings
+        self.topology = ParticipantTopology(participant.name, self.spec.exchange)
+        self.exchange = flow_exchange(self.spec.exchange)
+        self.subscriptions = participant.subscriptions()
+        self.relay = OutboxRelay(
+            store,
+            broker,
+            self.exchange,
+            participant=participant.name,
+            interval=settings.relay_interval_seconds,
+        )
+        broker.add_middleware(_parking_middleware(self))
+        for sub in self.subscriptions:
+            self._subscribe(sub)
+
+    @property
+    def name(self) -> str:
+        """The participant's name."""
+        return self.participant.name
+
+    # -- lifecycle ---------------------------------------------------------------------
+
+    async def declare_topology(self) -> None:
+        """Declare the dead-letter exchange and queue and the delay queues."""
+        dlx = await self.broker.declare_exchange(self.topology.dead_letter_exchange())
+        dlq = await self.broker.declare_queue(self.topology.dead_letter_queue())
+        await dlq.bind(dlx, routing_key="#")
+        for sub in self.subscriptions:
+            await self.broker.declare_queue(self.topology.retry_queue(sub.event_type))
+
+    async def start(self, *, declare: bool = True) -> None:
+        """Declare what FastStream does not, then start the outbox relay."""
+        if declare:
+            await self.declare_topology()
+        self.relay.start()
+
+    async def stop(self) -> None:
+        """Stop the outbox relay."""
+        await self.relay.stop()
+
+    # -- subscribing -------------------------------------------------------------------
+
+    def _subscribe(self, sub: Subscription) -> None:
+        model = self.spec.model_for(sub.event_type)
+
+        async def handle(envelope: Any, message: Any) -> None:
+            await self._handle(sub, envelope, message)
+
+        # FastStream validates the body against this annotation, and documents it in AsyncAPI.
+        handle.__annotations__ = {
+            "envelope": Envelope[model],  # type: ignore[valid-type]
+            "message": RabbitMessage,
+            "return": None,
+        }
+        handle.__name__ = handle.__qualname__ = f"{sub.kind.value}_{sub.name}_on_{sub.event_type}"
+        self.broker.subscriber(
+            self.topology.work_queue(sub.event_type),
+            self.exchange,
+            ack_policy=AckPolicy.MANUAL,
+            decoder=_decode_json,
+            title=sub.queue,
+            description=f"{self.name}: {sub.kind.value} {sub.name!r} on {sub.event_type}",
+        )(handle)
+
+    # -- handling ----------------------------------------------------------------------
+
+    async def _handle(self, sub: Subscription, envelope: Envelope[Any], message: Any) -> None:
+        started = _handler_started.get()
+        if started is not None:
+            started.append(True)
+        self._check(sub, envelope)
+        EVENTS_CONSUMED.labels(self.name, sub.event_type).inc()
+        attempt = _attempt(message.headers)
+        began = time.perf_counter()
+        token = _handling.set((sub.event_type, sub.name))
+        try:
+            with (
+                saga_scope(envelope.context),
+                step_span(
+                    f"{sub.kind.value} {sub.name}",
+                    saga=envelope.context,
+                    step=sub.name,
+                    participant=self.name,
+                    parent=message.headers,
+                ) as span,
+            ):
+                span.set_attribute("saga.handler", sub.kind.value)
+                span.set_attribute("messaging.message.id", str(envelope.event_id))
+                try:
+                    event_ids, outcome = await self._dispatch(sub, envelope, attempt)
+                except _RetryableError as retry:
+                    span.record_exception(retry.cause)
+                    event_ids, outcome = await self._after_transient(
+                        sub, envelope, message, attempt, retry
+                    )
+                span.set_attribute("saga.outcome", outcome)
+                STEP_OUTCOMES.labels(self.name, sub.name, sub.kind.value, outcome).inc()
+                await self.relay.publish(event_ids)
+                if outcome not in {"retry", "parked"}:
+                    await message.ack()
+        finally:
+            _handling.reset(token)
+            STEP_DURATION.labels(self.name, sub.name, sub.kind.value).observe(
+                time.perf_counter() - began
+            )
+
+    def _check(self, sub: Subscription, envelope: Envelope[Any]) -> None:
+        model = self.spec.model_for(sub.event_type)
+        if envelope.event_type != sub.event_type:
+            raise InvalidMessage(
+                f"unexpected_event_type: {envelope.event_type!r} arrived on {sub.queue}"
+            )
+        if envelope.schema_version != model.schema_version:
+            raise InvalidMessage(
+                f"unsupported_schema_version: {envelope.event_type} v{envelope.schema_version}"
+                f" (this consumer reads v{model.schema_version})"
+            )
+        if envelope.context.saga_type != self.spec.saga_type:
+            raise InvalidMessage(f"unknown_saga_type: {envelope.context.saga_type!r}")
+
+    async def _dispatch(
+        self, sub: Subscription, envelope: Envelope[Any], attempt: int
+    ) -> tuple[list[str], str]:
+        try:
+            if sub.kind is HandlerKind.STEP:
+                return await self._run_step(sub, envelope, attempt)
+            if sub.kind is HandlerKind.COMPENSATION:
+                return await self._run_compensation(sub, envelope, attempt)
+            return await self._run_reaction(sub, envelope, attempt)
+        except (_RetryableError, InvalidMessage):
+            raise
+        except Exception as exc:
+            raise _RetryableError(exc) from exc
+
+    async def _after_transient(
+        self,
+        sub: Subscription,
+        envelope: Envelope[Any],
+        message: Any,
+        attempt: int,
+        retry: _RetryableError,
+    ) -> tuple[list[str], str]:
+        budget = (
+            self.settings.compensation_retry_budget
+            if sub.kind is HandlerKind.COMPENSATION
+            else self.settings.step_retry_budget
+        )
+        if attempt < budget:
+            logger.warning(
+                "transient failure (attempt %d of %d): %s", attempt + 1, budget + 1, retry
+            )
+            await self._schedule_retry(sub, message, attempt + 1, str(retry))
+            return [], "retry"
+        if sub.kind is HandlerKind.STEP:
+            assert sub.step is not None
+            logger.warning("retries exhausted, failing the step: %s", retry)
+            failure = StepFailed("retries_exhausted", detail=type(retry.cause).__name__)
+            return await self._record_failure(sub, sub.step, envelope, failure)
+        logger.error(
+            "%s %r still fails after %d retries, parking: %s",
+            sub.kind.value,
+            sub.name,
+            budget,
+            retry,
+        )
+        await self.park(
+            message,
+            queue=sub.queue,
+            reason=f"{sub.kind.value}_failed: {retry}",
+            kind=sub.kind.value,
+        )
+        return [], "parked"
+
+    # -- the three kinds of handler ----------------------------------------------------
+
+    async def _run_step(
+        self, sub: Subscription, envelope: Envelope[Any], attempt: int
+    ) -> tuple[list[str], str]:
+        step = sub.step
+        assert step is not None
+        saga_id = envelope.context.saga_id
+        try:
+            async with self.store.transaction() as session:
+                if not await self._first_delivery(session, sub, envelope):
+                    return [], "duplicate"
+                status = await self.store.claim_step(session, step=step.name, saga_id=saga_id)
+                if status is not None:
+                    logger.info("step already %s: forward event ignored", status.value)
+                    return [], "ignored"
+                if envelope.context.is_past_deadline():
+                    raise StepFailed("deadline_exceeded", detail="the saga's deadline has passed")
+                result = await asyncio.wait_for(
+                    sub.handler(envelope.payload, self._step_context(session, envelope, attempt)),
+                    timeout=self.settings.step_timeout_seconds,
+                )
+                self._expect(result, step.success)
+                record = self._record(step, StepOutcome.COMPLETED)
+                success = self._envelope(result, cause=envelope, record=record)
+                await self.store.set_step_status(
+                    session, step=step.name, saga_id=saga_id, status=StepStatus.COMPLETED
+                )
+                return await self._emit(session, [success]), "completed"
+        except StepFailed as failure:
+            return await self._record_failure(sub, step, envelope, failure)
+
+    async def _record_failure(
+        self, sub: Subscription, step: StepSpec, envelope: Envelope[Any], failure: StepFailed
+    ) -> tuple[list[str], str]:
+        """In a fresh transaction (the step's own writes are gone): mark failed, emit failure."""
+        saga_id = envelope.context.saga_id
+        async with self.store.transaction() as session:
+            if not await self._first_delivery(session, sub, envelope):
+                return [], "duplicate"
+            if await self.store.claim_step(session, step=step.name, saga_id=saga_id) is not None:
+                return [], "ignored"
+            logger.info("step failed: %s", failure.reason)
+            record = self._record(step, StepOutcome.FAILED, reason=failure.reason)
+            payload = self._system_payload(
+                step.failure, envelope, reason=failure.reason, detail=failure.detail
+            )
+            failed = self._envelope(payload, cause=envelope, record=record)
+            events = [failed]
+            if self.spec.is_first(step):
+                events.append(self._cancellation(failed, step.name, failure.reason))
+            await self.store.set_step_status(
+                session,
+                step=step.name,
+                saga_id=saga_id,
+                status=StepStatus.FAILED,
+                reason=failure.reason,
+            )
+            return await self._emit(session, events), "failed"
+
+    async def _run_compensation(
+        self, sub: Subscription, envelope: Envelope[Any], attempt: int
+    ) -> tuple[list[str], str]:
+        step = sub.step
+        assert step is not None
+        assert step.compensated is not None
+        saga_id = envelope.context.saga_id
+        async with self.store.transaction() as session:
+            if not await self._first_delivery(session, sub, envelope):
+                return [], "duplicate"
+            status = await self.store.claim_step(session, step=step.name, saga_id=saga_id)
+            if status is StepStatus.FAILED:
+                logger.warning("compensation requested for a step that failed itself: ignored")
+                return [], "ignored"
+            record = self._record(step, StepOutcome.COMPENSATED)
+            if status is StepStatus.COMPLETED:
+                result = await asyncio.wait_for(
+                    sub.handler(envelope.payload, self._step_context(session, envelope, attempt)),
+                    timeout=self.settings.step_timeout_seconds,
+                )
+                self._expect(result, step.compensated)
+                outcome = "compensated"
+            else:
+                # Never done (None: claimed just now), or already undone: nothing to undo,
+                # but the backward path must go on, so the compensated event is announced.
+                result = self._system_payload(step.compensated, envelope)
+                outcome = (
+                    "already_compensated" if status is StepStatus.COMPENSATED else "nothing_to_undo"
+                )
+                logger.info("compensation is a no-op (%s)", outcome)
+            compensated = self._envelope(result, cause=envelope, record=record)
+            events = [compensated]
+            if self.spec.is_first(step):
+                failure = envelope.context.last_failure()
+                events.append(
+                    self._cancellation(
+                        compensated,
+                        failure.step if failure else "unknown",
+                        (failure.reason or "unknown") if failure else "unknown",
+                    )
+                )
+            await self.store.set_step_status(
+                session, step=step.name, saga_id=saga_id, status=StepStatus.COMPENSATED
+            )
+            return await self._emit(session, events), outcome
+
+    async def _run_reaction(
+        self, sub: Subscription, envelope: Envelope[Any], attempt: int
+    ) -> tuple[list[str], str]:
+        async with self.store.transaction() as session:
+            if not await self._first_delivery(session, sub, envelope):
+                return [], "duplicate"
+            await asyncio.wait_for(
+                sub.handler(envelope.payload, self._step_context(session, envelope, attempt)),
+                timeout=self.settings.step_timeout_seconds,
+            )
+        return [], "handled"
+
+    # -- building events ---------------------------------------------------------------
+
+    async def _first_delivery(
+        self, session: AsyncSession, sub: Subscription, envelope: Envelope[Any]
+    ) -> bool:
+        first = await self.store.remember_message(
+            session,
+            consumer=sub.queue,
+            message_id=str(envelope.event_id),
+            saga_id=envelope.context.saga_id,
+        )
+        if not first:
+            logger.info("duplicate delivery of %s ignored", envelope.event_id)
+        return first
+
+    def _step_context(
+        self, session: AsyncSession, envelope: Envelope[Any], attempt: int
+    ) -> StepContext:
+        return StepContext(
+            session=session,
+            saga=envelope.context,
+            event_id=envelope.event_id,
+            event_type=envelope.event_type,
+            attempt=attempt,
+            failure=envelope.context.last_failure(),
+        )
+
+    def _record(
+        self, step: StepSpec, outcome: StepOutcome, reason: str | None = None
+    ) -> StepRecord:
+        return StepRecord(
+            step=step.name, participant=self.name, outcome=outcome, at=utc_now(), reason=reason
+        )
+
+    def _expect(self, result: object, event_type: str) -> None:
+        expected = self.spec.model_for(event_type)
+        if not isinstance(result, expected):
+            raise TypeError(
+                f"handler returned {type(result).__name__}, expected {expected.__name__}"
+            )
+
+    def _carried(self, envelope: Envelope[Any]) -> dict[str, Any]:
+        carry = self.spec.carry
+        if carry is None:
+            return {}
+        if envelope.event_type == self.spec.start_event:
+            return {carry: envelope.payload.model_dump(mode="json")}
+        value = getattr(envelope.payload, carry, None)
+        return {carry: value.model_dump(mode="json")} if isinstance(value, BaseModel) else {}
+
+    def _system_payload(
+        self, event_type: str, envelope: Envelope[Any], **fields: Any
+    ) -> EventPayload:
+        model = self.spec.model_for(event_type)
+        return model.model_validate({**self._carried(envelope), **fields})
+
+    def _envelope(
+        self, payload: EventPayload, *, cause: Envelope[Any], record: StepRecord | None
+    ) -> Envelope[Any]:
+        context = cause.context.followed_by(cause.event_id, record)
+        return Envelope.new(
+            payload,
+            context=context,
+            producer=self.name,
+            event_id=derived_event_id(context.saga_id, self.name, payload.event_type),
+        )
+
+    def _cancellation(self, cause: Envelope[Any], failed_step: str, reason: str) -> Envelope[Any]:
+        payload = self._system_payload(
+            self.spec.cancelled_event, cause, failed_step=failed_step, reason=reason
+        )
+        return self._envelope(payload, cause=cause, record=None)
+
+    async def _emit(self, session: AsyncSession, events: Sequence[Envelope[Any]]) -> list[str]:
+        trace_headers = current_trace_headers()
+        rows = [
+            OutboxRow(
+                event_id=str(e.event_id),
+                saga_id=str(e.context.saga_id),
+                routing_key=e.event_type,
+                body=e.encode().decode(),
+                properties=_json_properties(e),
+                headers={**e.amqp_headers(), **trace_headers},
+            )
+            for e in events
+        ]
+        await self.store.add_to_outbox(session, rows)
+        return [r.event_id for r in rows]
+
+    # -- retry and parking -------------------------------------------------------------
+
+    def _backoff(self, attempt: int) -> float:
+        ceiling = min(
+            self.settings.retry_max_delay_seconds,
+            self.settings.retry_base_delay_seconds * 2 ** (attempt - 1),
+        )
+        return random.uniform(ceiling / 2, ceiling)
+
+    async def _schedule_retry(
+        self, sub: Subscription, message: Any, attempt: int, error: str
+    ) -> None:
+        headers = dict(message.headers)
+        headers[ATTEMPT_HEADER] = attempt
+        headers[LAST_ERROR_HEADER] = error[:300]
+        headers.setdefault(FIRST_FAILURE_HEADER, utc_now().isoformat())
+        delay = self._backoff(attempt)
+        await self.broker.publish(
+            message.body,
+            routing_key=retry_queue_name(sub.queue),
+            headers=headers,
+            expiration=timedelta(seconds=delay),
+            persist=True,
+            mandatory=True,
+            **_message_properties(message),
+        )
+        RETRIES.labels(self.name, sub.name).inc()
+        await message.ack()
+
+    async def park(
+        self, message: StreamMessage[Any], *, queue: str, reason: str, kind: str
+    ) -> None:
+        """Move ``message`` to the dead-letter queue with ``reason`` in its headers, then ack."""
+        headers = dict(message.headers)
+        now = utc_now().isoformat()
+        headers[REASON_HEADER] = reason[:1000]
+        headers[ORIGIN_QUEUE_HEADER] = queue
+        headers[PARKED_AT_HEADER] = now
+        headers.setdefault(FIRST_FAILURE_HEADER, now)
+        await self.broker.publish(
+            message.body,
+            exchange=self.topology.dead_letter_exchange(),
+            routing_key=queue,
+            headers=headers,
+            persist=True,
+            mandatory=True,
+            **_message_properties(message),
+        )
+        DEAD_LETTERED.labels(self.name, kind).inc()
+        await message.ack()
+
+    def origin_queue(self, message: StreamMessage[Any]) -> str:
+        """The work queue a raw message came from (its routing key names it or its type)."""
+        routing_key = str(getattr(message.raw_message, "routing_key", "") or "")
+        if routing_key.startswith(f"{self.name}."):
+            return routing_key
+        return self.topology.work_queue(routing_key or "unknown").name
+
+
+async def _decode_json(message: StreamMessage[Any]) -> Any:
+    # The body is JSON whatever content type a foreign client did or did not set.
+    return json.loads(message.body)
+
+
+def _attempt(headers: Mapping[str, Any]) -> int:
+    try:
+        return max(0, int(headers.get(ATTEMPT_HEADER, 0) or 0))
+    except (TypeError, ValueError):
+        return 0
+
+
+def _json_properties(envelope: Envelope[Any]) -> dict[str, Any]:
+    props = envelope.amqp_properties()
+    for key in ("persist", "mandatory", "timestamp"):
+        props.pop(key, None)
+    return props
+
+
+def _message_properties(message: Any) -> dict[str, Any]:
+    raw = message.raw_message
+    return {
+        "message_id": message.message_id,
+        "correlation_id": message.correlation_id,
+        "message_type": getattr(raw, "type", None),
+        "content_type": message.content_type,
+    }
+
+
+def _describe(exc: BaseException) -> str:
+    if isinstance(exc, InvalidMessage):
+        return exc.reason
+    if isinstance(exc, ValidationError):
+        errors = "; ".join(
+            f"{'.'.join(str(p) for p in e['loc'])}: {e['msg']}" for e in exc.errors()[:5]
+        )
+        return f"schema_invalid: {errors}"
+    if isinstance(exc, UnicodeDecodeError | ValueError):
+        return f"undecodable: {type(exc).__name__}: {str(exc)[:200]}"
+    return f"unprocessable: {type(exc).__name__}: {str(exc)[:200]}"
+
+
+def _parking_middleware(runtime: SagaRuntime) -> Callable[..., BaseMiddleware]:
+    class ParkBadInput(BaseMiddleware):
+        """Parks what cannot be decoded; requeues, after a pause, what failed for our sake."""
+
+        async def consume_scope(
+            self, call_next: Callable[[Any], Awaitable[Any]], msg: StreamMessage[Any]
+        ) -> Any:
+            queue = runtime.origin_queue(msg)
+            if len(msg.body) > runtime.settings.max_message_bytes:
+                await _park_logged(runtime, msg, queue, f"too_large: {len(msg.body)} bytes")
+                return None
+            started: list[bool] = []
+            token = _handler_started.set(started)
+            try:
+                return await call_next(msg)
+            except InvalidMessage as exc:
+                await _park_logged(runtime, msg, queue, exc.reason)
+            except Exception as exc:
+                if not started:
+                    await _park_logged(runtime, msg, queue, _describe(exc))
+                    return None
+                logger.exception("handling failed for an infrastructure reason; requeueing")
+                await asyncio.sleep(_REQUEUE_PAUSE_SECONDS)
+                await msg.nack()  # RabbitMessage.nack requeues by default
+            finally:
+                _handler_started.reset(token)
+            return None
+
+    return ParkBadInput
+
+
+async def _park_logged(
+    runtime: SagaRuntime, msg: StreamMessage[Any], queue: str, reason: str
+) -> None:
+    logger.warning("parking message %s from %s: %s", msg.message_id, queue, reason)
+    await runtime.park(msg, queue=queue, reason=reason, kind="bad_input")

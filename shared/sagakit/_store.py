@@ -1,0 +1,324 @@
+"""Local persistence: the participant's own tables plus sagakit's inbox, outbox and step log.
+
+Everything a handler changes, the inbox record of the message that caused it, the step's new
+status and the events it emits are written in one transaction (DESIGN.md §4 rule 2).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import uuid
+from collections.abc import AsyncIterator, Iterable, Sequence
+from dataclasses import dataclass
+from datetime import timedelta
+from enum import StrEnum
+from typing import Any
+
+from sqlalchemy import (
+    JSON,
+    Column,
+    DateTime,
+    Index,
+    Integer,
+    MetaData,
+    String,
+    Table,
+    Text,
+    event,
+    select,
+    update,
+)
+from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.engine import make_url
+from sqlalchemy.ext.asyncio import (
+    AsyncEngine,
+    AsyncSession,
+    async_sessionmaker,
+    create_async_engine,
+)
+
+from ._context import utc_now
+
+metadata = MetaData()
+
+inbox = Table(
+    "sagakit_inbox",
+    metadata,
+    Column("consumer", String(200), primary_key=True),
+    Column("message_id", String(64), primary_key=True),
+    Column("saga_id", String(36), nullable=False),
+    Column("processed_at", DateTime(timezone=True), nullable=False),
+)
+
+saga_steps = Table(
+    "sagakit_saga_steps",
+    metadata,
+    Column("step", String(100), primary_key=True),
+    Column("saga_id", String(36), primary_key=True),
+    Column("status", String(20), nullable=False),
+    Column("reason", String(200)),
+    Column("updated_at", DateTime(timezone=True), nullable=False),
+)
+
+outbox = Table(
+    "sagakit_outbox",
+    metadata,
+    Column("event_id", String(36), primary_key=True),
+    Column("saga_id", String(36), nullable=False),
+    Column("routing_key", String(200), nullable=False),
+    Column("body", Text, nullable=False),
+    Column("properties", JSON, nullable=False),
+    Column("headers", JSON, nullable=False),
+    Column("created_at", DateTime(timezone=True), nullable=False),
+    Column("sent_at", DateTime(timezone=True)),
+    Column("attempts", Integer, nullable=False, default=0),
+    Index("ix_sagakit_outbox_pending", "sent_at", "created_at"),
+)
+
+
+class StepStatus(StrEnum):
+    """Where one participant's step stands for one saga."""
+
+    RUNNING = "running"
+    COMPLETED = "completed"
+    FAILED = "failed"
+    COMPENSATED = "compensated"
+
+
+@dataclass(frozen=True, slots=True)
+class OutboxRow:
+    """An event waiting to be published, exactly as it will go on the wire."""
+
+    event_id: str
+    saga_id: str
+    routing_key: str
+    body: str
+    properties: dict[str, Any]
+    headers: dict[str, str]
+
+
+class Store:
+    """One service's database: SQLite by default, PostgreSQL by URL.
+
+    Args:
+        url: A SQLAlchemy async URL, ``sqlite+aiosqlite:///path.db`` or
+            ``postgresql+asyncpg://user@host/db``.
+        metadata: The service's own table metadata, created beside sagakit's tables.
+    """
+
+    def __init__(self, url: str, *, metadata: Sequence[MetaData] = ()) -> None:
+        self.url = url
+        self._metadata = (globals()["metadata"], *metadata)
+        parsed = make_url(url)
+        self.is_sqlite = parsed.get_backend_name() == "sqlite"
+        self._engine: AsyncEngine | None = None
+        self._sessions: async_sessionmaker[AsyncSession] | None = None
+        # SQLite has one writer; serialising in-process avoids lock upgrade deadlocks.
+        self._write_lock = asyncio.Lock() if self.is_sqlite else None
+
+    @property
+    def engine(self) -> AsyncEngine:
+        """The engine, created on first use so that nothing connects at import time."""
+        if self._engine is None:
+            self._engine = self._create_engine()
+            self._sessions = async_sessionmaker(self._engine, expire_on_commit=False)
+        return self._engine
+
+    def _create_engine(self) -> AsyncEngine:
+        if not self.is_sqlite:
+            return create_async_engine(self.url, pool_size=10, max_overflow=10, pool_pre_ping=True)
+        parsed = make_url(self.url)
+        if parsed.database and parsed.database != ":memory:":
+            from pathlib import Path
+
+            Path(parsed.database).parent.mkdir(parents=True, exist_ok=True)
+        engine = create_async_engine(self.url, connect_args={"timeout": 30})
+
+        @event.listens_for(engine.sync_engine, "connect")
+        def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
+            cursor = dbapi_connection.cursor()
+            # WAL + NORMAL survives a killed process (not a power cut) without fsync per commit.
+            cursor.execute("PRAGMA journal_mode=WAL")
+            cursor.execute("PRAGMA synchronous=NORMAL")
+            cursor.execute("PRAGMA busy_timeout=30000")
+            cursor.close()
+
+        return engine
+
+    async def create_schema(self) -> None:
+        """Create every table that does not exist yet."""
+        async with self.engine.begin() as conn:
+            for md in self._metadata:
+                await conn.run_sync(md.create_all)
+
+    async def dispose(self) -> None:
+        """Close every pooled connection."""
+        if self._engine is not None:
+            await self._engine.dispose()
+
+    @contextlib.asynccontextmanager
+    async def transaction(self) -> AsyncIterator[AsyncSession]:
+        """A session in one transaction, committed when the block ends without error."""
+        _ = self.engine
+        assert self._sessions is not None
+        async with contextlib.AsyncExitStack() as stack:
+            if self._write_lock is not None:
+                await stack.enter_async_context(self._write_lock)
+            session = await stack.enter_async_context(self._sessions())
+            async with session.begin():
+                yield session
+
+    @contextlib.asynccontextmanager
+    async def read(self) -> AsyncIterator[AsyncSession]:
+        """A session for reads only."""
+        _ = self.engine
+        assert self._sessions is not None
+        async with self._sessions() as session:
+            yield session
+
+    # -- inbox -------------------------------------------------------------------------
+
+    async def remember_message(
+        self, session: AsyncSession, *, consumer: str, message_id: str, saga_id: uuid.UUID
+    ) -> bool:
+        """Record that ``consumer`` handled ``message_id``; False if it already had."""
+        values = {
+            "consumer": consumer,
+            "message_id": message_id,
+            "saga_id": str(saga_id),
+            "processed_at": utc_now(),
+        }
+        return await self._insert_if_absent(session, inbox, values)
+
+    # -- step log ----------------------------------------------------------------------
+
+    async def claim_step(
+        self, session: AsyncSession, *, step: str, saga_id: uuid.UUID
+    ) -> StepStatus | None:
+        """Start ``step`` for a saga unless it has a status already.
+
+        Returns None when the claim succeeded (the caller now owns the step), else the
+        status the step already has. On PostgreSQL a concurrent claim for the same saga
+        waits on the unique index until this transaction ends, then sees its outcome.
+        """
+        values = {
+            "step": step,
+            "saga_id": str(saga_id),
+            "status": StepStatus.RUNNING.value,
+            "updated_at": utc_now(),
+        }
+        if await self._insert_if_absent(session, saga_steps, values):
+            return None
+        return await self.step_status(session, step=step, saga_id=saga_id, lock=True)
+
+    async def step_status(
+        self, session: AsyncSession, *, step: str, saga_id: uuid.UUID, lock: bool = False
+    ) -> StepStatus | None:
+        """The step's status for a saga, or None if the step never started."""
+        query = select(saga_steps.c.status).where(
+            saga_steps.c.step == step, saga_steps.c.saga_id == str(saga_id)
+        )
+        if lock:
+            query = query.with_for_update()
+        status = (await session.execute(query)).scalar_one_or_none()
+        return StepStatus(status) if status is not None else None
+
+    async def set_step_status(
+        self,
+        session: AsyncSession,
+        *,
+        step: str,
+        saga_id: uuid.UUID,
+        status: StepStatus,
+        reason: str | None = None,
+    ) -> None:
+        """Move the step to ``status`` for a saga (creating the record if needed)."""
+        values = {"status": status.value, "reason": reason, "updated_at": utc_now()}
+        result = await session.execute(
+            update(saga_steps)
+            .where(saga_steps.c.step == step, saga_steps.c.saga_id == str(saga_id))
+            .values(**values)
+        )
+        if getattr(result, "rowcount", 0) == 0:
+            await session.execute(
+                saga_steps.insert().values(step=step, saga_id=str(saga_id), **values)
+            )
+
+    # -- outbox ------------------------------------------------------------------------
+
+    async def add_to_outbox(self, session: AsyncSession, rows: Iterable[OutboxRow]) -> None:
+        """Queue events for publishing; an event already queued is queued again."""
+        now = utc_now()
+        for row in rows:
+            values = {
+                "event_id": row.event_id,
+                "saga_id": row.saga_id,
+                "routing_key": row.routing_key,
+                "body": row.body,
+                "properties": row.properties,
+                "headers": row.headers,
+                "created_at": now,
+                "sent_at": None,
+                "attempts": 0,
+            }
+            if not await self._insert_if_absent(session, outbox, values):
+                # The same derived event id: announce it again with its original body.
+                await session.execute(
+                    update(outbox).where(outbox.c.event_id == row.event_id).values(sent_at=None)
+                )
+
+    async def pending_outbox(
+        self, session: AsyncSession, *, older_than: timedelta | None = None, limit: int = 500
+    ) -> list[OutboxRow]:
+        """Unsent events, oldest first (only those older than ``older_than`` if given)."""
+        query = select(outbox).where(outbox.c.sent_at.is_(None))
+        if older_than is not None:
+            query = query.where(outbox.c.created_at < utc_now() - older_than)
+        query = query.order_by(outbox.c.created_at).limit(limit)
+        if not self.is_sqlite:
+            query = query.with_for_update(skip_locked=True)
+        return [_outbox_row(r) for r in (await session.execute(query)).mappings()]
+
+    async def outbox_rows(self, session: AsyncSession, event_ids: Sequence[str]) -> list[OutboxRow]:
+        """The outbox rows with these ids that are still unsent."""
+        if not event_ids:
+            return []
+        query = select(outbox).where(outbox.c.event_id.in_(event_ids), outbox.c.sent_at.is_(None))
+        by_id = {r["event_id"]: _outbox_row(r) for r in (await session.execute(query)).mappings()}
+        return [by_id[i] for i in event_ids if i in by_id]
+
+    async def mark_sent(self, session: AsyncSession, event_ids: Sequence[str]) -> None:
+        """Mark events as published."""
+        if event_ids:
+            await session.execute(
+                update(outbox)
+                .where(outbox.c.event_id.in_(event_ids))
+                .values(sent_at=utc_now(), attempts=outbox.c.attempts + 1)
+            )
+
+    async def count_pending_outbox(self, session: AsyncSession) -> int:
+        """How many events wait to be published (the outbox backlog)."""
+        from sqlalchemy import func
+
+        query = select(func.count()).select_from(outbox).where(outbox.c.sent_at.is_(None))
+        return int((await session.execute(query)).scalar_one())
+
+    async def _insert_if_absent(
+        self, session: AsyncSession, table: Table, values: dict[str, Any]
+    ) -> bool:
+        dialect = postgresql if not self.is_sqlite else sqlite
+        statement = dialect.insert(table).values(**values).on_conflict_do_nothing()
+        result = await session.execute(statement)
+        return bool(getattr(result, "rowcount", 0) == 1)
+
+
+def _outbox_row(r: Any) -> OutboxRow:
+    return OutboxRow(
+        event_id=r["event_id"],
+        saga_id=r["saga_id"],
+        routing_key=r["routing_key"],
+        body=r["body"],
+        properties=dict(r["properties"]),
+        headers=dict(r["headers"]),
+    )

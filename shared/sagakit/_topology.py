@@ -1,0 +1,94 @@
+"""Names and declarations of everything a participant owns on the broker.
+
+Per participant: one durable quorum queue per consumed event type, bound to the flow's topic
+exchange with the event type as routing key; a delay queue beside each, for retries; and a
+dead-letter exchange with its queue, where bad input and exhausted compensations are parked.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from faststream.rabbit import ExchangeType, QueueType, RabbitExchange, RabbitQueue
+
+# Broker-side safety net: a message that keeps killing its consumer before it can be acked
+# is dead-lettered by RabbitMQ itself after this many deliveries, instead of looping.
+DELIVERY_LIMIT = 20
+
+ORIGIN_QUEUE_HEADER = "x-saga-origin-queue"
+REASON_HEADER = "x-saga-dead-letter-reason"
+FIRST_FAILURE_HEADER = "x-saga-first-failure-at"
+PARKED_AT_HEADER = "x-saga-parked-at"
+ATTEMPT_HEADER = "x-saga-attempt"
+LAST_ERROR_HEADER = "x-saga-last-error"
+
+
+def flow_exchange(name: str) -> RabbitExchange:
+    """The durable topic exchange of a flow; routing key = event type."""
+    return RabbitExchange(name, type=ExchangeType.TOPIC, durable=True)
+
+
+def queue_name(participant: str, event_type: str) -> str:
+    """The queue where ``participant`` consumes ``event_type``."""
+    return f"{participant}.{event_type}"
+
+
+def retry_queue_name(queue: str) -> str:
+    """The delay queue that sends a message back to ``queue`` when its TTL expires."""
+    return f"{queue}.retry"
+
+
+def dead_letter_exchange_name(participant: str) -> str:
+    """The exchange where a participant parks messages it cannot process."""
+    return f"{participant}.dlx"
+
+
+def dead_letter_queue_name(participant: str) -> str:
+    """The queue that holds a participant's parked messages."""
+    return f"{participant}.dlq"
+
+
+@dataclass(frozen=True, slots=True)
+class ParticipantTopology:
+    """Everything one participant declares, derived from its name and flow exchange."""
+
+    participant: str
+    exchange: str
+
+    def work_queue(self, event_type: str) -> RabbitQueue:
+        """The quorum queue for one consumed event type."""
+        return RabbitQueue(
+            queue_name(self.participant, event_type),
+            durable=True,
+            queue_type=QueueType.QUORUM,
+            routing_key=event_type,
+            arguments=self._work_queue_arguments(),
+        )
+
+    def _work_queue_arguments(self) -> Any:
+        return {
+            "x-dead-letter-exchange": dead_letter_exchange_name(self.participant),
+            "x-delivery-limit": DELIVERY_LIMIT,
+        }
+
+    def retry_queue(self, event_type: str) -> RabbitQueue:
+        """The delay queue of one work queue: expired messages go back to the work queue."""
+        work = queue_name(self.participant, event_type)
+        return RabbitQueue(
+            retry_queue_name(work),
+            durable=True,
+            arguments={"x-dead-letter-exchange": "", "x-dead-letter-routing-key": work},
+        )
+
+    def dead_letter_exchange(self) -> RabbitExchange:
+        """A fanout exchange: everything parked lands in the one dead-letter queue."""
+        return RabbitExchange(
+            dead_letter_exchange_name(self.participant), type=ExchangeType.FANOUT, durable=True
+        )
+
+    def dead_letter_queue(self) -> RabbitQueue:
+        """The durable quorum queue of parked messages."""
+        return RabbitQueue(
+            dead_letter_queue_name(self.participant), durable=True, queue_type=QueueType.QUORUM
+        )
