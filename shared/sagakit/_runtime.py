@@ -17,7 +17,7 @@ from typing import Any
 
 from faststream import AckPolicy, BaseMiddleware
 from faststream.message import StreamMessage
-from faststream.rabbit import RabbitBroker
+from faststream.rabbit import RabbitBroker, RabbitRouter
 from faststream.rabbit.annotations import RabbitMessage
 from pydantic import BaseModel, ValidationError
 from sqlalchemy.ext.asyncio import AsyncSession
@@ -90,9 +90,12 @@ class SagaRuntime:
             participant=participant.name,
             interval=settings.relay_interval_seconds,
         )
-        broker.add_middleware(_parking_middleware(self))
+        # A router of its own, so that the parking middleware guards sagakit's subscribers
+        # and nothing else that shares the broker.
+        self._router = RabbitRouter(middlewares=[_parking_middleware(self)])
         for sub in self.subscriptions:
             self._subscribe(sub)
+        broker.include_router(self._router)
 
     @property
     def name(self) -> str:
@@ -134,7 +137,7 @@ class SagaRuntime:
             "return": None,
         }
         handle.__name__ = handle.__qualname__ = f"{sub.kind.value}_{sub.name}_on_{sub.event_type}"
-        self.broker.subscriber(
+        self._router.subscriber(
             self.topology.work_queue(sub.event_type),
             self.exchange,
             ack_policy=AckPolicy.MANUAL,
