@@ -18,8 +18,8 @@ from types import TracebackType
 from typing import Any
 
 from faststream.rabbit import RabbitQueue, TestRabbitBroker
-from pydantic import ValidationError
 from faststream.rabbit.annotations import RabbitMessage
+from pydantic import ValidationError
 
 from ._app import SagaService, prepare_store
 from ._context import SagaContext, StepOutcome, StepRecord, utc_now
@@ -68,7 +68,7 @@ class ParticipantHarness:
                 return
             model = spec.model_for(event_type)
             try:
-                envelope = Envelope[model].model_validate_json(message.body)  # type: ignore[misc]
+                envelope = Envelope[model].model_validate_json(message.body)  # type: ignore[valid-type]
             except ValidationError:
                 return  # the test's own bad input, not something the service emitted
             if envelope.event_id not in self._published_ids:

@@ -24,6 +24,11 @@ app = typer.Typer(
 _plugins_loaded = False
 
 
+@app.callback()
+def _saga() -> None:
+    """Run, watch and check choreography-based sagas."""
+
+
 def load_plugins() -> None:
     """Let every installed flow add its commands to ``app`` (once)."""
     global _plugins_loaded

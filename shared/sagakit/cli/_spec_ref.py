@@ -6,8 +6,8 @@ import importlib
 import os
 from importlib.metadata import entry_points
 
-from .._errors import SpecError
-from .._spec import SagaSpec
+from sagakit._errors import SpecError
+from sagakit._spec import SagaSpec
 
 SPEC_ENV = "SAGA_SPEC"
 
