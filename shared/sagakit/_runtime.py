@@ -22,6 +22,7 @@ from faststream.rabbit.annotations import RabbitMessage
 from pydantic import BaseModel, ValidationError
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from . import _rules as rules
 from ._context import StepOutcome, StepRecord, saga_scope, utc_now
 from ._envelope import Envelope, EventPayload, derived_event_id
 from ._errors import InvalidMessage, StepFailed
@@ -268,10 +269,13 @@ class SagaRuntime:
                 if not await self._first_delivery(session, sub, envelope):
                     return [], "duplicate"
                 status = await self.store.claim_step(session, step=step.name, saga_id=saga_id)
-                if status is not None:
-                    logger.info("step already %s: forward event ignored", status.value)
+                decision = rules.on_forward(
+                    status, past_deadline=envelope.context.is_past_deadline()
+                )
+                if decision is rules.ForwardDecision.IGNORE:
+                    logger.info("step already %s: forward event ignored", status)
                     return [], "ignored"
-                if envelope.context.is_past_deadline():
+                if decision is rules.ForwardDecision.FAIL_DEADLINE:
                     raise StepFailed("deadline_exceeded", detail="the saga's deadline has passed")
                 result = await asyncio.wait_for(
                     sub.handler(envelope.payload, self._step_context(session, envelope, attempt)),
@@ -326,25 +330,25 @@ class SagaRuntime:
             if not await self._first_delivery(session, sub, envelope):
                 return [], "duplicate"
             status = await self.store.claim_step(session, step=step.name, saga_id=saga_id)
-            if status is StepStatus.FAILED:
+            decision = rules.on_compensation(status)
+            if decision is rules.CompensationDecision.IGNORE:
                 logger.warning("compensation requested for a step that failed itself: ignored")
                 return [], "ignored"
             record = self._record(step, StepOutcome.COMPENSATED)
-            if status is StepStatus.COMPLETED:
+            if decision is rules.CompensationDecision.UNDO:
                 result = await asyncio.wait_for(
                     sub.handler(envelope.payload, self._step_context(session, envelope, attempt)),
                     timeout=self.settings.step_timeout_seconds,
                 )
                 self._expect(result, step.compensated)
-                outcome = "compensated"
             else:
-                # Never done (None: claimed just now), or already undone: nothing to undo,
-                # but the backward path must go on, so the compensated event is announced.
+                # Nothing to undo, but the backward path must go on: announce the compensated
+                # event (an event announced before keeps its id and body, so consumers dedupe).
                 result = self._system_payload(step.compensated, envelope)
-                outcome = (
-                    "already_compensated" if status is StepStatus.COMPENSATED else "nothing_to_undo"
-                )
-                logger.info("compensation is a no-op (%s)", outcome)
+                logger.info("compensation is a no-op (%s)", decision.value)
+            outcome = (
+                "compensated" if decision is rules.CompensationDecision.UNDO else decision.value
+            )
             compensated = self._envelope(result, cause=envelope, record=record)
             events = [compensated]
             if self.spec.is_first(step):

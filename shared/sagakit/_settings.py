@@ -39,6 +39,8 @@ class ParticipantSettings(BaseSettings):
     max_message_bytes: int = Field(default=256 * 1024, ge=1024)
     log_format: Literal["text", "json"] = "text"
     log_level: str = "INFO"
+    metrics_port: int | None = Field(default=None, ge=1, le=65535)
+    health_port: int | None = Field(default=None, ge=1, le=65535)
 
     @model_validator(mode="after")
     def _default_database(self) -> ParticipantSettings:
