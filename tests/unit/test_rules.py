@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import itertools
+
 import pytest
 from order_contracts import ORDER_SAGA
 from sagakit import StepStatus
@@ -51,7 +53,7 @@ def test_compensation_runs_in_reverse_order(failed: str, undone: list[str]) -> N
 
 def test_each_compensable_step_is_triggered_by_the_next_steps_failure_and_compensation() -> None:
     steps = ORDER_SAGA.steps
-    for step, following in zip(steps, steps[1:], strict=False):
+    for step, following in itertools.pairwise(steps):
         if step.has_compensation:
             assert following.failure in step.compensate_on
             if following.compensated:
