@@ -26,6 +26,7 @@ from . import _rules as rules
 from ._context import StepOutcome, StepRecord, saga_scope, utc_now
 from ._envelope import Envelope, EventPayload, derived_event_id
 from ._errors import InvalidMessage, StepFailed
+from ._faults import CrashPoint, crash_point
 from ._logging import _handling
 from ._metrics import DEAD_LETTERED, EVENTS_CONSUMED, RETRIES, STEP_DURATION, STEP_OUTCOMES
 from ._participant import HandlerKind, Participant, StepContext, Subscription
@@ -180,7 +181,9 @@ class SagaRuntime:
                     )
                 span.set_attribute("saga.outcome", outcome)
                 STEP_OUTCOMES.labels(self.name, sub.name, sub.kind.value, outcome).inc()
+                crash_point(CrashPoint.BEFORE_PUBLISH, sub.event_type)
                 await self.relay.publish(event_ids)
+                crash_point(CrashPoint.BEFORE_ACK, sub.event_type)
                 if outcome not in {"retry", "parked"}:
                     await message.ack()
         finally:
@@ -341,6 +344,7 @@ class SagaRuntime:
                     timeout=self.settings.step_timeout_seconds,
                 )
                 self._expect(result, step.compensated)
+                crash_point(CrashPoint.MID_COMPENSATION, sub.event_type)
             else:
                 # Nothing to undo, but the backward path must go on: announce the compensated
                 # event (an event announced before keeps its id and body, so consumers dedupe).

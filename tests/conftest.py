@@ -1,0 +1,65 @@
+"""Fixtures every tier may use: throwaway PostgreSQL databases."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import uuid
+from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
+
+import pytest
+
+POSTGRES_ADMIN_URL = os.environ.get(
+    "SAGAKIT_TEST_POSTGRES_URL", "postgresql://postgres@127.0.0.1:5432/postgres"
+)
+
+
+def _run(coro_factory: Callable[[], object]) -> None:
+    # A worker thread has no running loop, whatever pytest-asyncio is doing in this one.
+    with ThreadPoolExecutor(max_workers=1) as pool:
+        pool.submit(lambda: asyncio.run(coro_factory())).result()  # type: ignore[arg-type]
+
+
+async def _admin(statement: str) -> None:
+    import asyncpg
+
+    connection = await asyncpg.connect(POSTGRES_ADMIN_URL, timeout=5)
+    try:
+        await connection.execute(statement)
+    finally:
+        await connection.close()
+
+
+@pytest.fixture(scope="session")
+def postgres_database() -> Iterator[Callable[[], str]]:
+    """A factory of fresh PostgreSQL databases, as SQLAlchemy async URLs; all dropped after."""
+    created: list[str] = []
+
+    def create() -> str:
+        name = f"sagakit_test_{uuid.uuid4().hex[:10]}"
+        try:
+            _run(lambda: _admin(f'CREATE DATABASE "{name}"'))
+        except Exception as exc:
+            if os.environ.get("CI"):
+                pytest.fail(f"PostgreSQL is not reachable at {POSTGRES_ADMIN_URL}: {exc}")
+            pytest.skip(f"PostgreSQL is not reachable at {POSTGRES_ADMIN_URL}: {exc}")
+        created.append(name)
+        base = POSTGRES_ADMIN_URL.rsplit("/", 1)[0].replace(
+            "postgresql://", "postgresql+asyncpg://"
+        )
+        return f"{base}/{name}"
+
+    yield create
+    for name in created:
+        _run(lambda name=name: _admin(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def store_url(
+    request: pytest.FixtureRequest, tmp_path: object, postgres_database: Callable[[], str]
+) -> str:
+    """The same test on the embedded SQLite store and on PostgreSQL."""
+    if request.param == "sqlite":
+        return f"sqlite+aiosqlite:///{tmp_path}/store.db"
+    return postgres_database()
