@@ -1,0 +1,242 @@
+"""A two-step flow for exercising sagakit's runtime on a real broker, in-process.
+
+alpha does step ``first`` (undone on beta's failure); beta does step ``second`` (last).
+Handlers misbehave on demand through ``Behaviour``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from dataclasses import dataclass, field
+from typing import Any, ClassVar
+
+import aio_pika
+from sagakit import (
+    Envelope,
+    EventPayload,
+    Participant,
+    ParticipantSettings,
+    SagaContext,
+    SagaService,
+    SagaSpec,
+    StepContext,
+    StepFailed,
+    StepSpec,
+    TransientError,
+    build_service,
+)
+from sagakit._app import prepare_store
+from sagakit._runtime import _json_properties
+
+
+class Started(EventPayload):
+    event_type: ClassVar[str] = "probe.started"
+    subject: str
+
+
+class AlphaDone(EventPayload):
+    event_type: ClassVar[str] = "alpha.done"
+    subject: str = ""
+
+
+class AlphaFailed(EventPayload):
+    event_type: ClassVar[str] = "alpha.failed"
+    reason: str
+    detail: str = ""
+
+
+class AlphaUndone(EventPayload):
+    event_type: ClassVar[str] = "alpha.undone"
+
+
+class Finished(EventPayload):
+    event_type: ClassVar[str] = "probe.finished"
+
+
+class BetaFailed(EventPayload):
+    event_type: ClassVar[str] = "beta.failed"
+    reason: str
+    detail: str = ""
+
+
+class Cancelled(EventPayload):
+    event_type: ClassVar[str] = "probe.cancelled"
+    failed_step: str
+    reason: str
+
+
+PROBE = SagaSpec(
+    saga_type="probe",
+    exchange="probe",
+    start_event="probe.started",
+    completed_event="probe.finished",
+    cancelled_event="probe.cancelled",
+    steps=(
+        StepSpec(
+            name="first",
+            participant="alpha",
+            trigger="probe.started",
+            success="alpha.done",
+            failure="alpha.failed",
+            compensate_on=("beta.failed",),
+            compensated="alpha.undone",
+        ),
+        StepSpec(
+            name="second",
+            participant="beta",
+            trigger="alpha.done",
+            success="probe.finished",
+            failure="beta.failed",
+        ),
+    ),
+    events={
+        m.event_type: m
+        for m in (Started, AlphaDone, AlphaFailed, AlphaUndone, Finished, BetaFailed, Cancelled)
+    },
+)
+
+
+@dataclass
+class Behaviour:
+    """How the probe handlers misbehave: transient failures to raise before succeeding."""
+
+    first_transient: int = 0
+    second_transient: int = 0
+    second_fails: bool = False
+    undo_transient: int = 0
+    calls: dict[str, int] = field(default_factory=dict)
+
+    def call(self, name: str) -> int:
+        self.calls[name] = self.calls.get(name, 0) + 1
+        return self.calls[name]
+
+
+def probe_services(url: str, tmp: str, behaviour: Behaviour, **settings: Any) -> list[SagaService]:
+    alpha = Participant("alpha", spec=PROBE)
+    beta = Participant("beta", spec=PROBE)
+
+    @alpha.on_step("first")
+    async def first(event: Started, step: StepContext) -> AlphaDone:
+        if behaviour.call("first") <= behaviour.first_transient:
+            raise TransientError("alpha's dependency is down")
+        return AlphaDone(subject=event.subject)
+
+    @alpha.on_compensation("first")
+    async def undo_first(event: EventPayload, step: StepContext) -> AlphaUndone:
+        if behaviour.call("undo_first") <= behaviour.undo_transient:
+            raise TransientError("cannot undo yet")
+        return AlphaUndone()
+
+    @beta.on_step("second")
+    async def second(event: AlphaDone, step: StepContext) -> Finished:
+        if behaviour.call("second") <= behaviour.second_transient:
+            raise asyncio.TimeoutError
+        if behaviour.second_fails:
+            raise StepFailed("rejected", detail="beta says no")
+        return Finished()
+
+    defaults: dict[str, Any] = {
+        "rabbitmq_url": url,
+        "retry_base_delay_seconds": 0.05,
+        "retry_max_delay_seconds": 0.2,
+        "step_retry_budget": 2,
+        "compensation_retry_budget": 2,
+    }
+    return [
+        build_service(
+            participant,
+            ParticipantSettings(
+                database_url=f"sqlite+aiosqlite:///{tmp}/{participant.name}.db",
+                **{**defaults, **settings},
+            ),
+            configure_logs=False,
+        )
+        for participant in (alpha, beta)
+    ]
+
+
+@asynccontextmanager
+async def running(services: list[SagaService]) -> AsyncIterator[None]:
+    for service in services:
+        await prepare_store(service.runtime.participant, service.store)
+        await service.broker.start()
+        await service.runtime.start()
+    try:
+        yield
+    finally:
+        for service in services:
+            await service.runtime.stop()
+            await service.broker.stop()
+            await service.store.dispose()
+
+
+class Watch:
+    """Every event on the probe exchange, and what lands in a dead-letter queue."""
+
+    def __init__(self, url: str) -> None:
+        self.url = url
+        self.events: list[dict[str, Any]] = []
+        self._connection: aio_pika.abc.AbstractRobustConnection | None = None
+
+    async def __aenter__(self) -> Watch:
+        self._connection = await aio_pika.connect_robust(self.url)
+        channel = await self._connection.channel()
+        exchange = await channel.declare_exchange(
+            "probe", aio_pika.ExchangeType.TOPIC, durable=True
+        )
+        queue = await channel.declare_queue(exclusive=True, auto_delete=True)
+        await queue.bind(exchange, "#")
+
+        async def on_message(message: aio_pika.abc.AbstractIncomingMessage) -> None:
+            async with message.process():
+                self.events.append(json.loads(message.body))
+
+        await queue.consume(on_message)
+        self.exchange = exchange
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        assert self._connection is not None
+        await self._connection.close()
+
+    def types(self) -> list[str]:
+        return [e["event_type"] for e in self.events]
+
+    async def until(self, event_type: str, timeout: float = 20.0) -> list[str]:
+        async with asyncio.timeout(timeout):
+            while event_type not in self.types():
+                await asyncio.sleep(0.02)
+        await asyncio.sleep(0.3)  # anything that should NOT follow has its chance to show
+        return self.types()
+
+    async def start(self, subject: str = "s1", context: SagaContext | None = None) -> Envelope[Any]:
+        envelope = Envelope.new(
+            Started(subject=subject), context=context or SagaContext.start("probe"), producer="test"
+        )
+        props = _json_properties(envelope)
+        await self.exchange.publish(
+            aio_pika.Message(
+                envelope.encode(),
+                message_id=props["message_id"],
+                correlation_id=props["correlation_id"],
+                type=props["message_type"],
+                content_type=props["content_type"],
+                headers=envelope.amqp_headers(),
+                delivery_mode=aio_pika.DeliveryMode.PERSISTENT,
+            ),
+            routing_key=envelope.event_type,
+        )
+        return envelope
+
+    async def dead_letters(self, participant: str) -> list[aio_pika.abc.AbstractIncomingMessage]:
+        assert self._connection is not None
+        channel = await self._connection.channel()
+        queue = await channel.declare_queue(f"{participant}.dlq", passive=True)
+        got = []
+        while (message := await queue.get(fail=False)) is not None:
+            got.append(message)
+        await channel.close()  # unacked: they go back to the queue
+        return got
