@@ -133,7 +133,7 @@ def probe_services(url: str, tmp: str, behaviour: Behaviour, **settings: Any) ->
     @beta.on_step("second")
     async def second(event: AlphaDone, step: StepContext) -> Finished:
         if behaviour.call("second") <= behaviour.second_transient:
-            raise asyncio.TimeoutError
+            raise TimeoutError
         if behaviour.second_fails:
             raise StepFailed("rejected", detail="beta says no")
         return Finished()
