@@ -59,12 +59,25 @@ class OutboxRelay:
         return await self._send(rows) if rows else 0
 
     async def _send(self, rows: Sequence[OutboxRow]) -> int:
-        results = await asyncio.gather(*(self._publish_one(row) for row in rows))
-        sent = [row.event_id for row, ok in zip(rows, results, strict=True) if ok]
+        # One saga's events go out in the order they were written (a compensated event
+        # before the cancellation it leads to); different sagas' events go out concurrently.
+        by_saga: dict[str, list[OutboxRow]] = {}
+        for row in rows:
+            by_saga.setdefault(row.saga_id, []).append(row)
+        batches = await asyncio.gather(*(self._publish_in_order(b) for b in by_saga.values()))
+        sent = [event_id for batch in batches for event_id in batch]
         if sent:
             async with self._store.transaction() as session:
                 await self._store.mark_sent(session, sent)
         return len(sent)
+
+    async def _publish_in_order(self, rows: Sequence[OutboxRow]) -> list[str]:
+        sent: list[str] = []
+        for row in rows:
+            if not await self._publish_one(row):
+                break  # a later event of the saga must not overtake this one
+            sent.append(row.event_id)
+        return sent
 
     async def _publish_one(self, row: OutboxRow) -> bool:
         try:

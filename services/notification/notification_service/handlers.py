@@ -1,0 +1,76 @@
+"""Notification's handlers: thin glue between events, the domain rules and the tables."""
+
+from __future__ import annotations
+
+import logging
+import uuid
+
+from order_contracts import ORDER_SAGA, OrderCancelled, OrderFulfilled, ShipmentCreated
+from sagakit import Participant, StepContext, StepFailed, utc_now
+from sqlalchemy import select
+
+from . import domain
+from .settings import NotificationSettings
+from .tables import Base, Notice
+
+logger = logging.getLogger(__name__)
+
+
+def create_participant(settings: NotificationSettings) -> Participant:
+    """The notification participant: confirms fulfilled orders, tells of cancelled ones."""
+    notification = Participant("notification", spec=ORDER_SAGA, tables=Base.metadata)
+    unreachable = tuple(settings.unreachable_domains)
+
+    @notification.on_step("confirm_order")
+    async def confirm_order(event: ShipmentCreated, step: StepContext) -> OrderFulfilled:
+        order = event.order
+        if not domain.is_reachable(order.customer.email, unreachable):
+            # The address is personal data: the detail names the rule, not the contact.
+            raise StepFailed(
+                domain.CONTACT_UNREACHABLE, detail="the customer's email domain cannot be reached"
+            )
+        notice_id = str(uuid.uuid4())
+        step.session.add(
+            Notice(
+                notice_id=notice_id,
+                saga_id=str(step.saga_id),
+                order_id=order.order_id,
+                kind=domain.CONFIRMATION,
+                recipient=order.customer.email,
+                status=domain.SENT,
+                created_at=utc_now(),
+            )
+        )
+        return OrderFulfilled(order=order, notification_id=notice_id)
+
+    @notification.on_event("order.cancelled")
+    async def send_cancellation_notice(event: OrderCancelled, step: StepContext) -> None:
+        saga_id = str(step.saga_id)
+        already = (
+            await step.session.execute(
+                select(Notice.notice_id).where(
+                    Notice.saga_id == saga_id, Notice.kind == domain.CANCELLATION
+                )
+            )
+        ).scalar_one_or_none()
+        if already is not None:
+            logger.info("cancellation notice already recorded: nothing to do")
+            return
+        order = event.order
+        status = domain.delivery_status(
+            reachable=domain.is_reachable(order.customer.email, unreachable)
+        )
+        step.session.add(
+            Notice(
+                notice_id=str(uuid.uuid4()),
+                saga_id=saga_id,
+                order_id=order.order_id,
+                kind=domain.CANCELLATION,
+                recipient=order.customer.email,
+                status=status,
+                created_at=utc_now(),
+            )
+        )
+        logger.info("cancellation notice recorded (%s)", status)
+
+    return notification

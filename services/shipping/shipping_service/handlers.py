@@ -1,0 +1,65 @@
+"""Shipping's handlers: thin glue between events, the domain rules and the tables."""
+
+from __future__ import annotations
+
+import uuid
+
+from order_contracts import (
+    ORDER_SAGA,
+    OrderEvent,
+    PaymentProcessed,
+    ShipmentCancelled,
+    ShipmentCreated,
+)
+from sagakit import Participant, StepContext, StepFailed, utc_now
+from sqlalchemy import select
+
+from . import domain
+from .settings import ShippingSettings
+from .tables import Base, Shipment
+
+
+def create_participant(settings: ShippingSettings) -> Participant:
+    """The shipping participant: books a shipment, cancels it on the backward path."""
+    shipping = Participant("shipping", spec=ORDER_SAGA, tables=Base.metadata)
+    served_countries = frozenset(settings.served_countries)
+
+    @shipping.on_step("ship_order")
+    async def ship_order(event: PaymentProcessed, step: StepContext) -> ShipmentCreated:
+        order = event.order
+        country = order.shipping_address.country
+        if not domain.is_served(country, served_countries):
+            raise StepFailed(
+                domain.DESTINATION_NOT_SERVED, detail=f"no shipments to country {country}"
+            )
+        shipment_id = uuid.uuid4()
+        tracking_number = domain.tracking_number(shipment_id)
+        step.session.add(
+            Shipment(
+                saga_id=str(step.saga_id),
+                shipment_id=str(shipment_id),
+                order_id=order.order_id,
+                tracking_number=tracking_number,
+                country=country,
+                status=domain.BOOKED,
+                created_at=utc_now(),
+            )
+        )
+        return ShipmentCreated(
+            order=order, shipment_id=str(shipment_id), tracking_number=tracking_number
+        )
+
+    @shipping.on_compensation("ship_order")
+    async def cancel_shipment(event: OrderEvent, step: StepContext) -> ShipmentCancelled:
+        shipment = (
+            await step.session.execute(
+                select(Shipment).where(Shipment.saga_id == str(step.saga_id))
+            )
+        ).scalar_one_or_none()
+        if shipment is None or shipment.status == domain.CANCELLED:
+            return ShipmentCancelled(order=event.order)
+        shipment.status = domain.CANCELLED
+        shipment.cancelled_at = utc_now()
+        return ShipmentCancelled(order=event.order, shipment_id=shipment.shipment_id)
+
+    return shipping
