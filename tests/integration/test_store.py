@@ -114,3 +114,11 @@ async def test_announcing_an_event_again_keeps_its_original_body(store: Store) -
     async with store.read() as session:
         [again] = await store.pending_outbox(session)
         assert again.body == '{"first": true}'
+
+
+async def test_rows_written_together_are_published_in_the_order_written(store: Store) -> None:
+    ids = [f"e{n}" for n in range(20)]
+    async with store.transaction() as session:
+        await store.add_to_outbox(session, [_row(i) for i in ids])
+    async with store.read() as session:
+        assert [r.event_id for r in await store.pending_outbox(session)] == ids
