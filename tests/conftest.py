@@ -10,6 +10,7 @@ own, so tests never see the demo's queues (or another run's).
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import shutil
 import socket
@@ -92,9 +93,9 @@ def _with_vhost(url: str, vhost: str) -> str:
     return urlunsplit(parts._replace(path="/" + quote(vhost, safe="")))
 
 
-@pytest.fixture(scope="session")
-def rabbitmq_url() -> Iterator[str]:
-    """A broker URL on a virtual host of this session's own."""
+@contextlib.contextmanager
+def fresh_broker_url() -> Iterator[str]:
+    """A broker URL on a virtual host of its own (deleted afterwards) where that is possible."""
     url = os.environ.get("RABBITMQ_URL")
     if url:
         yield url
@@ -104,7 +105,7 @@ def rabbitmq_url() -> Iterator[str]:
         if rabbitmqctl is None:
             yield LOCAL_URL
             return
-        vhost = f"sagakit-e2e-{uuid.uuid4().hex[:8]}"
+        vhost = f"sagakit-test-{uuid.uuid4().hex[:8]}"
         subprocess.run([rabbitmqctl, "-q", "add_vhost", vhost], check=True)
         subprocess.run(
             [rabbitmqctl, "-q", "set_permissions", "-p", vhost, "guest", ".*", ".*", ".*"],
@@ -131,3 +132,10 @@ def rabbitmq_url() -> Iterator[str]:
         yield f"amqp://guest:guest@{host}:{port}/"
     finally:
         container.stop()
+
+
+@pytest.fixture(scope="session")
+def rabbitmq_url() -> Iterator[str]:
+    """A broker URL on a virtual host of this session's own."""
+    with fresh_broker_url() as url:
+        yield url
