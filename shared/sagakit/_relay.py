@@ -114,11 +114,11 @@ class OutboxRelay:
             self._task = None
 
     async def _run(self) -> None:
-        older_than: timedelta | None = None
         while True:
             try:
-                await self.flush(older_than=older_than)
-                older_than = _STALE_AFTER
+                # Even on the first pass: a row younger than this may belong to a message
+                # being handled right now, whose inline publish would race this one.
+                await self.flush(older_than=_STALE_AFTER)
                 async with self._store.read() as session:
                     backlog = await self._store.count_pending_outbox(session)
                 OUTBOX_BACKLOG.labels(self._participant).set(backlog)

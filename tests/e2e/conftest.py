@@ -65,6 +65,18 @@ class OrderSystem:
         return int(row["available"])
 
 
+def event_types(events: list[Envelope[Any]]) -> list[str]:
+    """Event types in arrival order, each event once: a copy published again (at-least-once
+    publishing) has the same id, and every consumer drops it."""
+    seen: set[uuid.UUID] = set()
+    unique = []
+    for event in events:
+        if event.event_id not in seen:
+            seen.add(event.event_id)
+            unique.append(event.event_type)
+    return unique
+
+
 def sqlite_databases(directory: Path) -> dict[str, str]:
     return {name: f"sqlite+aiosqlite:///{directory}/{name}.db" for name in PARTICIPANTS}
 

@@ -10,30 +10,18 @@ from decimal import Decimal
 import pytest
 from order_contracts import ORDER_SAGA
 from order_contracts.samples import Scenario, sample_order
-from sagakit import Envelope
 
-from .conftest import OrderSystem
+from .conftest import OrderSystem, event_types
 
 pytestmark = [pytest.mark.e2e, pytest.mark.asyncio(loop_scope="module")]
 
 FORWARD = ["order.created", "inventory.reserved", "payment.processed", "shipment.created"]
 
 
-def types(events: list[Envelope]) -> list[str]:  # type: ignore[type-arg]
-    """Event types in arrival order, each event once (a redelivered copy is the same event)."""
-    seen: set[object] = set()
-    unique = []
-    for event in events:
-        if event.event_id not in seen:
-            seen.add(event.event_id)
-            unique.append(event.event_type)
-    return unique
-
-
 async def test_a_saga_completes(order_system: OrderSystem) -> None:
     before = await order_system.stock("SKU-APPLE")
     events = await order_system.run(Scenario.FULFILLED)
-    assert types(events) == [*FORWARD, "order.fulfilled"]
+    assert event_types(events) == [*FORWARD, "order.fulfilled"]
     saga = str(events[0].context.saga_id)
     # causation chains every event to the one before it; steps accumulate in order
     for cause, effect in itertools.pairwise(events):
@@ -106,7 +94,7 @@ async def test_a_failure_at_each_step_is_undone_in_reverse_order(
     stock_before = await order_system.stock("SKU-APPLE")
     rare_before = await order_system.stock("SKU-RARE")
     events = await order_system.run(scenario)
-    assert types(events) == expected
+    assert event_types(events) == expected
     saga = str(events[0].context.saga_id)
 
     cancelled = events[-1]
@@ -162,12 +150,12 @@ async def test_a_duplicate_delivery_changes_nothing(order_system: OrderSystem) -
     await client.publish(created)
     await client.publish(created)  # the same event delivered twice
     events = await watch.wait_for_end(created.context.saga_id, timeout=30)
-    assert types(events) == [*FORWARD, "order.fulfilled"]
+    assert event_types(events) == [*FORWARD, "order.fulfilled"]
     # now replay a mid-saga event (payment.processed) as if the broker redelivered it
     processed = next(e for e in events if e.event_type == "payment.processed")
     await client.publish(processed)
     await asyncio.sleep(1.0)
-    assert types(watch.events(created.context.saga_id)) == [*FORWARD, "order.fulfilled"]
+    assert event_types(watch.events(created.context.saga_id)) == [*FORWARD, "order.fulfilled"]
     saga = str(created.context.saga_id)
     assert await order_system.stock("SKU-APPLE") == before - 2
     assert (
@@ -195,7 +183,7 @@ async def test_an_undecodable_message_is_parked_and_the_next_order_completes(
         json.dumps({"event_type": "order.created", "payload": valid}).encode(), "order.created"
     )
     events = await order_system.run(Scenario.FULFILLED)
-    assert types(events)[-1] == "order.fulfilled"
+    assert event_types(events)[-1] == "order.fulfilled"
 
     connection = await aio_pika.connect(order_system.procs.url)
     try:
