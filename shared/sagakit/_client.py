@@ -10,16 +10,16 @@ import uuid
 from collections.abc import AsyncIterator, Callable, Iterable, Mapping
 from datetime import datetime
 from types import TracebackType
-from typing import Any
+from typing import Any, Literal, overload
 from urllib.parse import urlsplit, urlunsplit
 
 import aio_pika
 import aiormq
 from aio_pika.abc import (
     AbstractChannel,
+    AbstractConnection,
     AbstractExchange,
     AbstractIncomingMessage,
-    AbstractQueue,
     AbstractRobustConnection,
 )
 from aio_pika.exceptions import PublishError
@@ -33,7 +33,7 @@ from ._tracing import current_trace_headers
 
 logger = logging.getLogger("sagakit.client")
 
-SagaEnd = Callable[[uuid.UUID, list[Envelope[Any]]], object]
+OnSagaEnd = Callable[[uuid.UUID, list[Envelope[Any]]], object]
 """Called by ``EventWatch.wait_all`` with a saga's id and its events as soon as it ends."""
 
 
@@ -63,6 +63,8 @@ def redacted(url: str) -> str:
     if parts.password is None:
         return url
     host = parts.hostname or ""
+    if ":" in host:
+        host = f"[{host}]"
     if parts.port is not None:
         host = f"{host}:{parts.port}"
     user = f"{parts.username}:***@" if parts.username else "***@"
@@ -79,11 +81,26 @@ _AIORMQ_LOGGER = logging.getLogger("aiormq.connection")
 _TRANSPORT_ERRORS = _TransportErrorFilter()
 
 
-async def connect(url: str, *, timeout: float) -> AbstractRobustConnection:  # noqa: ASYNC109
-    """A robust connection to ``url``, or BrokerUnavailable naming it (without password)."""
+@overload
+async def connect(url: str, *, connect_timeout: float) -> AbstractRobustConnection: ...
+
+
+@overload
+async def connect(
+    url: str, *, connect_timeout: float, robust: Literal[False]
+) -> AbstractConnection: ...
+
+
+async def connect(url: str, *, connect_timeout: float, robust: bool = True) -> AbstractConnection:
+    """A connection to ``url``, or BrokerUnavailable naming it (without password).
+
+    A robust connection reconnects by itself after the first success; a plain one does not.
+    """
     _AIORMQ_LOGGER.addFilter(_TRANSPORT_ERRORS)
     try:
-        return await aio_pika.connect_robust(url, timeout=timeout)
+        if robust:
+            return await aio_pika.connect_robust(url, timeout=connect_timeout)
+        return await aio_pika.connect(url, timeout=connect_timeout)
     except (aiormq.exceptions.AMQPError, OSError, TimeoutError) as exc:
         raise BrokerUnavailable(
             f"no RabbitMQ broker answered at {redacted(url)} ({type(exc).__name__}: {exc})"
@@ -141,7 +158,7 @@ class SagaClient:
         """Connect, open a confirming channel and declare the flow's exchange if missing."""
         if self._connection is not None:
             return
-        connection = await connect(self.url, timeout=self.connect_timeout)
+        connection = await connect(self.url, connect_timeout=self.connect_timeout)
         try:
             channel = await connection.channel(publisher_confirms=True, on_return_raises=True)
             self._exchange = await channel.declare_exchange(
@@ -192,6 +209,7 @@ class SagaClient:
 
         Raises:
             EventNotRouted: No queue is bound for the start event (nothing is running).
+            BrokerUnavailable: The connection to the broker is lost.
         """
         envelope = self.new_saga(payload, deadline=deadline)
         await self.publish(envelope)
@@ -238,6 +256,14 @@ class SagaClient:
                 f"no queue is bound for {routing_key!r} on exchange {self.spec.exchange!r}: "
                 "are the services running?"
             ) from exc
+        except (
+            aiormq.exceptions.AMQPConnectionError,
+            aiormq.exceptions.ChannelInvalidStateError,
+            ConnectionError,
+        ) as exc:
+            raise BrokerUnavailable(
+                f"lost the broker at {redacted(self.url)} ({type(exc).__name__}: {exc})"
+            ) from exc
 
     @contextlib.asynccontextmanager
     async def watch(self) -> AsyncIterator[EventWatch]:
@@ -267,14 +293,12 @@ class EventWatch:
         self._events: dict[uuid.UUID, list[Envelope[Any]]] = {}
         self._ended: set[uuid.UUID] = set()
         self._progress = asyncio.Event()
-        self._queue: AbstractQueue | None = None
 
     async def attach(self, channel: AbstractChannel, exchange: AbstractExchange) -> None:
         """Declare this watch's queue on ``channel``, bind it and start consuming."""
         queue = await channel.declare_queue(exclusive=True, auto_delete=True)
         await queue.bind(exchange, routing_key="#")
         await queue.consume(self._on_message, no_ack=True)
-        self._queue = queue
 
     def events(self, saga_id: uuid.UUID) -> list[Envelope[Any]]:
         """The events of ``saga_id`` seen so far, up to its terminal event."""
@@ -284,7 +308,12 @@ class EventWatch:
         """True once a terminal event of ``saga_id`` has arrived."""
         return saga_id in self._ended
 
-    async def wait_for_end(self, saga_id: uuid.UUID, *, timeout: float) -> list[Envelope[Any]]:  # noqa: ASYNC109
+    async def wait_for_end(
+        self,
+        saga_id: uuid.UUID,
+        *,
+        timeout: float,  # noqa: ASYNC109
+    ) -> list[Envelope[Any]]:
         """The events of ``saga_id`` up to and including its terminal event.
 
         Raises:
@@ -298,7 +327,7 @@ class EventWatch:
         saga_ids: Iterable[uuid.UUID],
         *,
         timeout: float,  # noqa: ASYNC109
-        on_end: SagaEnd | None = None,
+        on_end: OnSagaEnd | None = None,
     ) -> dict[uuid.UUID, list[Envelope[Any]]]:
         """Wait until every saga of ``saga_ids`` has ended; their events by saga id.
 

@@ -22,10 +22,10 @@ from types import TracebackType
 from typing import NamedTuple
 
 import aiormq
-from aio_pika.abc import AbstractRobustChannel, AbstractRobustConnection
+from aio_pika.abc import AbstractChannel, AbstractConnection
 
-from ._client import connect
-from ._errors import SagaError
+from ._client import connect, redacted
+from ._errors import BrokerUnavailable, SagaError
 from ._spec import SagaSpec
 from ._topology import queue_name
 
@@ -68,19 +68,24 @@ class QueueProbe:
     """Reads consumer counts of queues through passive declarations.
 
     A passive declaration of a missing queue closes the channel; the probe then opens a
-    fresh one and reports the queue as missing (``None``).
+    fresh one and reports the queue as missing (``None``). The connection is a plain one,
+    reopened on the next call after it is lost: a robust one would answer repeated passive
+    declarations from its cache and reopen every channel the broker closed.
     """
 
     def __init__(self, url: str, *, connect_timeout: float = 5.0) -> None:
         self.url = url
         self.connect_timeout = connect_timeout
-        self._connection: AbstractRobustConnection | None = None
-        self._channel: AbstractRobustChannel | None = None
+        self._connection: AbstractConnection | None = None
+        self._channel: AbstractChannel | None = None
 
     async def open(self) -> None:
-        """Connect; raises BrokerUnavailable when no broker answers."""
-        if self._connection is None:
-            self._connection = await connect(self.url, timeout=self.connect_timeout)
+        """Connect, unless connected; raises BrokerUnavailable when no broker answers."""
+        if self._connection is None or self._connection.is_closed:
+            self._channel = None
+            self._connection = await connect(
+                self.url, connect_timeout=self.connect_timeout, robust=False
+            )
 
     async def close(self) -> None:
         """Close the connection."""
@@ -95,12 +100,13 @@ class QueueProbe:
         if self._channel is None or self._channel.is_closed:
             self._channel = await self._connection.channel(publisher_confirms=False)
         try:
-            # Not robust: a robust channel answers a repeated passive declaration from its
-            # cache, with the consumer count of the first answer.
-            declared = await self._channel.declare_queue(queue, passive=True, robust=False)
+            declared = await self._channel.declare_queue(queue, passive=True)
         except aiormq.exceptions.ChannelNotFoundEntity:
             self._channel = None
             return None
+        except BaseException:
+            self._channel = None
+            raise
         result = declared.declaration_result
         return int(result.consumer_count or 0)
 
@@ -126,6 +132,9 @@ class ServiceProcesses:
     entry of ``service_env``; its stdout and stderr go to ``<log_dir>/<service>.log``. Use it
     as an async context manager, or call ``stop()`` in a ``finally``: children are stopped
     either way, and on Linux they also get SIGTERM if this process dies without cleaning up.
+
+    Children are tied to the thread that starts them (Linux ``PR_SET_PDEATHSIG``): start
+    them from a thread that lives as long as they should, such as the event loop's.
 
     Args:
         services: Service name to (participant name, ``module:app``).
@@ -212,12 +221,16 @@ class ServiceProcesses:
             ServiceStartError: A service exited or was not consuming within ``timeout``.
         """
         chosen = [self._service(name) for name in (names or self.names)]
+        running = [service.name for service in chosen if self.alive(service.name)]
+        if running:
+            raise SagaError(f"already running: {', '.join(running)}")
         await self._probe.open()
+        give_up_at = asyncio.get_running_loop().time() + timeout
         try:
-            await self._measure_baselines(chosen)
+            await self._measure_baselines(chosen, give_up_at)
             for service in chosen:
                 self._spawn(service)
-            await self._wait_ready(chosen, timeout)
+            await self._wait_ready(chosen, give_up_at, timeout)
         except BaseException:
             await self.stop(*(service.name for service in chosen))
             raise
@@ -277,8 +290,6 @@ class ServiceProcesses:
         }
 
     def _spawn(self, service: _Running) -> None:
-        if service.process is not None and service.process.poll() is None:
-            raise SagaError(f"service {service.name!r} is already running")
         self._reap(service)
         self.log_dir.mkdir(parents=True, exist_ok=True)
         with self.log_path(service.name).open("ab") as log:
@@ -313,35 +324,61 @@ class ServiceProcesses:
                 os.killpg(process.pid, SIGKILL)
             process.wait()
 
-    async def _measure_baselines(self, services: list[_Running]) -> None:
+    async def _measure_baselines(self, services: list[_Running], give_up_at: float) -> None:
+        loop = asyncio.get_running_loop()
         for service in services:
-            service.baseline = await self._probe.counts(service.queues)
+            while (counts := await self._poll(service)) is None:
+                if loop.time() >= give_up_at:
+                    raise ServiceStartError(f"the broker at {redacted(self.url)} stopped answering")
+                await asyncio.sleep(_POLL_SECONDS)
+            service.baseline = counts
 
-    async def _wait_ready(self, services: list[_Running], timeout: float) -> None:  # noqa: ASYNC109
+    async def _wait_ready(
+        self,
+        services: list[_Running],
+        give_up_at: float,
+        budget: float,
+    ) -> None:
         # Several services may consume the same queue (two instances of a participant).
         expected: dict[str, int] = {}
         for service in services:
             for queue in service.queues:
                 expected[queue] = expected.get(queue, service.baseline[queue]) + 1
         loop = asyncio.get_running_loop()
-        give_up_at = loop.time() + timeout
         waiting = list(services)
         while waiting:
             for service in list(waiting):
                 if service.process is None or service.process.poll() is not None:
                     raise ServiceStartError(self._describe_exit(service))
-                counts = await self._probe.counts(service.queues)
-                if all(counts[queue] >= expected[queue] for queue in service.queues):
+                counts = await self._poll(service)
+                if counts is not None and all(
+                    counts[queue] >= expected[queue] for queue in service.queues
+                ):
                     service.ready_counts = counts
                     waiting.remove(service)
                     logger.info("%s consumes from %d queue(s)", service.name, len(counts))
             if waiting and loop.time() >= give_up_at:
                 names = ", ".join(service.name for service in waiting)
                 raise ServiceStartError(
-                    f"not consuming after {timeout:g}s: {names}\n{self._log_tail(waiting[0])}"
+                    f"not consuming after {budget:g}s: {names}\n{self._log_tail(waiting[0])}"
                 )
             if waiting:
                 await asyncio.sleep(_POLL_SECONDS)
+
+    async def _poll(self, service: _Running) -> dict[str, int] | None:
+        # A broker that blinks while we wait (chaos tests restart it) is not a reason to
+        # give up before the timeout: this round counts as "not yet".
+        try:
+            return await self._probe.counts(service.queues)
+        except (
+            aiormq.exceptions.AMQPError,
+            aiormq.exceptions.ChannelInvalidStateError,
+            BrokerUnavailable,
+            ConnectionError,
+            TimeoutError,
+        ) as exc:
+            logger.debug("consumer count of %s unavailable: %r", service.name, exc)
+            return None
 
     async def _settle(self, service: _Running) -> None:
         """Wait until the broker has dropped the consumers of a process that is gone."""
@@ -350,8 +387,10 @@ class ServiceProcesses:
         loop = asyncio.get_running_loop()
         give_up_at = loop.time() + _SETTLE_SECONDS
         while loop.time() < give_up_at:
-            counts = await self._probe.counts(service.queues)
-            if all(counts[q] < service.ready_counts[q] for q in service.queues):
+            counts = await self._poll(service)
+            if counts is not None and all(
+                counts[q] < service.ready_counts[q] for q in service.queues
+            ):
                 break
             await asyncio.sleep(_POLL_SECONDS)
         service.ready_counts = {}

@@ -1,0 +1,176 @@
+"""``saga demo`` as a newcomer runs it, and the process machinery under it.
+
+The broker is this module's throwaway virtual host (``module_broker_url``).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import pytest
+from order_contracts import ORDER_SAGA
+from order_contracts.samples import EXPECTED_FAILED_STEP, Scenario, sample_order
+from sagakit import SagaClient, ServiceApp, ServiceProcesses, ServiceStartError
+
+NO_module_broker_url = "amqp://guest:guest@127.0.0.1:1/"
+
+# How many events each scenario's saga has, start and terminal event included.
+EVENTS_PER_SCENARIO = {
+    Scenario.FULFILLED: 5,
+    Scenario.OUT_OF_STOCK: 3,
+    Scenario.CARD_DECLINED: 5,
+    Scenario.LIMIT_EXCEEDED: 5,
+    Scenario.NOT_SERVED: 7,
+    Scenario.UNREACHABLE: 9,
+}
+
+
+def saga_command() -> str:
+    beside_python = Path(sys.executable).with_name("saga")
+    found = str(beside_python) if beside_python.exists() else shutil.which("saga")
+    assert found, "the saga console script is not installed"
+    return found
+
+
+def run_saga(*arguments: str, url: str, timeout: float) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [saga_command(), *arguments],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        env={**os.environ, "RABBITMQ_URL": url},
+        check=False,
+    )
+
+
+def processes_started_for(directory: str) -> list[int]:
+    """Pids of processes whose environment points into ``directory`` (the demo's services)."""
+    found = []
+    for environ in Path("/proc").glob("[0-9]*/environ"):
+        try:
+            if directory.encode() in environ.read_bytes():
+                found.append(int(environ.parent.name))
+        except OSError:
+            continue
+    return found
+
+
+@pytest.mark.e2e
+def test_the_demo_ends_every_saga_as_its_scenario_expects(module_broker_url: str) -> None:
+    result = run_saga("demo", "--orders", "12", "--json", url=module_broker_url, timeout=110)
+    assert result.returncode == 0, result.stderr[-3000:]
+    report = json.loads(result.stdout)
+
+    sagas = report["sagas"]
+    assert len(sagas) == 12
+    assert {saga["scenario"] for saga in sagas} == {scenario.value for scenario in Scenario}
+    for saga in sagas:
+        scenario = Scenario(saga["scenario"])
+        expected_step = EXPECTED_FAILED_STEP[scenario]
+        assert saga["outcome"] == ("fulfilled" if expected_step is None else "cancelled"), saga
+        assert saga["failed_step"] == expected_step, saga
+        assert saga["events"] == EVENTS_PER_SCENARIO[scenario], saga
+        assert saga["duration_ms"] > 0
+        assert saga["as_expected"]
+
+    summary = report["summary"]
+    assert summary["pending"] == 0
+    assert summary["unexpected"] == 0
+    assert summary["outcomes"] == {"fulfilled": 2, "cancelled": 10}
+    assert summary["failed_steps"] == {
+        "reserve_stock": 2,
+        "charge_payment": 4,
+        "ship_order": 2,
+        "confirm_order": 2,
+    }
+    assert summary["latency_ms"]["p50"] <= summary["latency_ms"]["p95"]
+
+    # It stopped what it started, and kept the logs and databases.
+    log_dir = report["log_dir"]
+    assert processes_started_for(log_dir) == []
+    for participant in ORDER_SAGA.participants():
+        assert (Path(log_dir) / f"{participant}.log").stat().st_size > 0
+        assert (Path(log_dir) / f"{participant}.db").exists()
+    shutil.rmtree(log_dir)
+
+
+@pytest.mark.parametrize("extra", [[], ["--json"]])
+def test_without_a_broker_the_demo_says_so_in_one_line_and_starts_nothing(
+    extra: list[str],
+) -> None:
+    began = time.monotonic()
+    before = set(Path(tempfile.gettempdir()).glob("saga-demo-*"))
+    result = run_saga(
+        "demo", "--url", NO_module_broker_url, *extra, url=NO_module_broker_url, timeout=60
+    )
+    assert result.returncode == 3
+    assert result.stdout == ""
+    [line] = result.stderr.strip().splitlines()
+    assert "127.0.0.1:1" in line
+    assert "guest:guest" not in line
+    assert "rabbitmq-server -detached" in line
+    assert "docker compose up -d rabbitmq" in line
+    assert set(Path(tempfile.gettempdir()).glob("saga-demo-*")) == before
+    assert time.monotonic() - began < 30
+
+
+@pytest.mark.e2e
+async def test_a_killed_service_restarts_and_consumes_again(
+    tmp_path: Path, module_broker_url: str
+) -> None:
+    services = {"inventory": ServiceApp("inventory", "inventory_service.main:app")}
+    database = {"INVENTORY_DATABASE_URL": f"sqlite+aiosqlite:///{tmp_path}/inventory.db"}
+    async with (
+        ServiceProcesses(
+            services,
+            spec=ORDER_SAGA,
+            url=module_broker_url,
+            log_dir=tmp_path,
+            service_env={"inventory": database},
+            grace=5,
+        ) as procs,
+        SagaClient(module_broker_url, ORDER_SAGA, producer="e2e-test") as client,
+        client.watch() as watch,
+    ):
+        await procs.start(timeout=60)
+        first_pid = procs.pid("inventory")
+        assert first_pid is not None
+
+        procs.kill("inventory")
+        assert await procs.wait_exit("inventory", timeout=10) is not None
+        assert not procs.alive("inventory")
+        # Published while nobody consumes: the durable queue keeps it for the next instance.
+        started = await client.start(sample_order(Scenario.OUT_OF_STOCK))
+
+        await procs.restart("inventory", timeout=60)
+        assert procs.alive("inventory")
+        assert procs.pid("inventory") != first_pid
+        events = await watch.wait_for_end(started.context.saga_id, timeout=30)
+        assert [event.event_type for event in events] == [
+            "order.created",
+            "inventory.reservation_failed",
+            "order.cancelled",
+        ]
+    assert not procs.alive("inventory")
+    assert processes_started_for(str(tmp_path)) == []
+
+
+@pytest.mark.e2e
+async def test_a_service_that_cannot_start_is_reported_with_its_log(
+    tmp_path: Path, module_broker_url: str
+) -> None:
+    services = {"inventory": ServiceApp("inventory", "inventory_service.no_such_module:app")}
+    async with ServiceProcesses(
+        services, spec=ORDER_SAGA, url=module_broker_url, log_dir=tmp_path
+    ) as procs:
+        with pytest.raises(ServiceStartError, match="exited with code") as failure:
+            await procs.start(timeout=60)
+    assert "no_such_module" in str(failure.value)
+    assert not procs.alive("inventory")
