@@ -1,6 +1,7 @@
 """sagakit: choreography-based sagas on FastStream and RabbitMQ."""
 
 from ._app import SagaService, build_service
+from ._checker import Gap, GapKind, check_choreography
 from ._client import EventNotRouted, EventWatch, SagaClient, WatchTimeout
 from ._context import SagaContext, StepOutcome, StepRecord, current_saga, saga_scope, utc_now
 from ._envelope import Envelope, EventPayload, derived_event_id
@@ -23,6 +24,9 @@ from ._processes import (
 from ._settings import ParticipantSettings
 from ._spec import ReactionSpec, SagaSpec, StepSpec
 from ._store import StepStatus, Store
+from ._tracker import SagaState, SagaView, StepView, TrackedEvent
+from ._tracker_app import TrackerService, TrackerSettings, build_tracker
+from ._tracker_store import TrackerStore
 
 __all__ = [
     "BrokerUnavailable",
@@ -30,6 +34,8 @@ __all__ = [
     "EventNotRouted",
     "EventPayload",
     "EventWatch",
+    "Gap",
+    "GapKind",
     "HandlerKind",
     "InvalidMessage",
     "Participant",
@@ -41,6 +47,8 @@ __all__ = [
     "SagaError",
     "SagaService",
     "SagaSpec",
+    "SagaState",
+    "SagaView",
     "ServiceApp",
     "ServiceProcesses",
     "ServiceStartError",
@@ -51,11 +59,18 @@ __all__ = [
     "StepRecord",
     "StepSpec",
     "StepStatus",
+    "StepView",
     "Store",
     "Subscription",
+    "TrackedEvent",
+    "TrackerService",
+    "TrackerSettings",
+    "TrackerStore",
     "TransientError",
     "WatchTimeout",
     "build_service",
+    "build_tracker",
+    "check_choreography",
     "consumed_queues",
     "current_saga",
     "derived_event_id",

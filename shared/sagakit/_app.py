@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import logging
+from dataclasses import dataclass, field
 
 from faststream import FastStream
 from faststream.rabbit import Channel, RabbitBroker
 
-from ._logging import configure_logging
+from ._health import HttpEndpoint, broker_check, store_check
+from ._logging import BROKER_LOGGER
+from ._observability import observe
 from ._participant import Participant
 from ._runtime import SagaRuntime
 from ._settings import ParticipantSettings
@@ -27,6 +30,7 @@ class SagaService:
     store: Store
     runtime: SagaRuntime
     settings: ParticipantSettings
+    endpoints: tuple[HttpEndpoint, ...] = field(default=())
 
 
 def build_service(
@@ -38,26 +42,42 @@ def build_service(
         participant: The participant with its handlers registered.
         settings: Where the broker and the database are, and the retry budgets.
         configure_logs: Set up the root logger from the settings when the app starts.
+
+    When the app starts it also sets up tracing from ``OTEL_*`` and, when their ports are
+    set, serves ``/livez`` and ``/readyz`` (broker connected and store answering) and
+    ``/metrics``.
     """
     broker = RabbitBroker(
         settings.rabbitmq_url,
         default_channel=Channel(prefetch_count=settings.prefetch, on_return_raises=True),
         app_id=participant.name,
         graceful_timeout=15.0,
+        # FastStream's lines go through the root handler, with the saga fields.
+        logger=logging.getLogger(BROKER_LOGGER),
     )
     store = Store(
         settings.database_url,
         metadata=[participant.tables] if participant.tables is not None else [],
     )
     runtime = SagaRuntime(participant, broker=broker, store=store, settings=settings)
-    app = FastStream(broker)
+    # The app's first line ("starting") comes before logging is configured: a logger of
+    # sagakit's keeps it out of a JSON log instead of printing it in another format.
+    app = FastStream(broker, logger=logging.getLogger("sagakit.app"))
+    endpoints = observe(
+        app,
+        service=participant.name,
+        broker=broker,
+        checks={"broker": broker_check(broker), "store": store_check(store)},
+        queues={sub.queue: (sub.event_type, sub.name) for sub in runtime.subscriptions},
+        log_format=settings.log_format,
+        log_level=settings.log_level,
+        metrics_port=settings.metrics_port,
+        health_port=settings.health_port,
+        configure_logs=configure_logs,
+    )
 
     @app.on_startup
     async def prepare() -> None:
-        if configure_logs:
-            configure_logging(
-                service=participant.name, log_format=settings.log_format, level=settings.log_level
-            )
         await prepare_store(participant, store)
 
     @app.after_startup
@@ -72,7 +92,14 @@ def build_service(
     async def close_store() -> None:
         await store.dispose()
 
-    return SagaService(app=app, broker=broker, store=store, runtime=runtime, settings=settings)
+    return SagaService(
+        app=app,
+        broker=broker,
+        store=store,
+        runtime=runtime,
+        settings=settings,
+        endpoints=endpoints,
+    )
 
 
 async def prepare_store(participant: Participant, store: Store) -> None:

@@ -1,4 +1,4 @@
-"""Prometheus metrics of a participant; served by the service's metrics endpoint."""
+"""Prometheus metrics of a participant and of the tracker; served on ``/metrics``."""
 
 from __future__ import annotations
 
@@ -30,3 +30,15 @@ DEAD_LETTERED = Counter(
     ["participant", "kind"],
 )
 OUTBOX_BACKLOG = Gauge("sagakit_outbox_backlog", "Events waiting in the outbox", ["participant"])
+
+# The saga tracker's own metrics.
+TRACKER_EVENTS = Counter(
+    "sagakit_tracker_events_total",
+    "Events the tracker saw, by what it did with them (recorded, duplicate, undecodable)",
+    ["event_type", "result"],
+)
+TRACKER_STUCK = Gauge(
+    "sagakit_tracker_stuck_sagas",
+    "Sagas not ended that did not move for the stuck threshold or are past their deadline",
+)
+TRACKER_SAGAS = Gauge("sagakit_tracker_sagas", "Sagas the tracker knows, by state", ["state"])

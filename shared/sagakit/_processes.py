@@ -376,6 +376,8 @@ class ServiceProcesses:
             BrokerUnavailable,
             ConnectionError,
             TimeoutError,
+            # aiormq's "<Connection …> closed" while the robust connection reconnects.
+            RuntimeError,
         ) as exc:
             logger.debug("consumer count of %s unavailable: %r", service.name, exc)
             return None

@@ -9,6 +9,7 @@ import asyncio
 import json
 import logging
 import random
+import struct
 import time
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from contextvars import ContextVar
@@ -23,6 +24,7 @@ from pydantic import BaseModel, ValidationError
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from . import _rules as rules
+from ._checker import emitted_events
 from ._context import StepOutcome, StepRecord, saga_scope, utc_now
 from ._envelope import Envelope, EventPayload, derived_event_id
 from ._errors import InvalidMessage, StepFailed
@@ -45,7 +47,7 @@ from ._topology import (
     flow_exchange,
     retry_queue_name,
 )
-from ._tracing import current_trace_headers, step_span
+from ._tracing import current_trace_headers, record_outcome, record_step_failure, step_span
 
 logger = logging.getLogger("sagakit.runtime")
 
@@ -97,6 +99,7 @@ class SagaRuntime:
         self._router = RabbitRouter(middlewares=[_parking_middleware(self)])
         for sub in self.subscriptions:
             self._subscribe(sub)
+        self._document_emitted_events()
         broker.include_router(self._router)
 
     @property
@@ -111,8 +114,12 @@ class SagaRuntime:
         dlx = await self.broker.declare_exchange(self.topology.dead_letter_exchange())
         dlq = await self.broker.declare_queue(self.topology.dead_letter_queue())
         await dlq.bind(dlx, routing_key="#")
+        retries = await self.broker.declare_exchange(self.topology.retry_exchange())
         for sub in self.subscriptions:
-            await self.broker.declare_queue(self.topology.retry_queue(sub.event_type))
+            delay = await self.broker.declare_queue(self.topology.retry_queue(sub.event_type))
+            await delay.bind(retries, routing_key=delay.name)
+            work = await self.broker.declare_queue(self.topology.work_queue(sub.event_type))
+            await work.bind(retries, routing_key=work.name)
 
     async def start(self, *, declare: bool = True) -> None:
         """Declare what FastStream does not, then start the outbox relay."""
@@ -144,9 +151,25 @@ class SagaRuntime:
             self.exchange,
             ack_policy=AckPolicy.MANUAL,
             decoder=_decode_json,
+            # Events are never RPC requests: a reply_to set by the sender must not make the
+            # service publish to a queue of the sender's choosing.
+            no_reply=True,
             title=sub.queue,
             description=f"{self.name}: {sub.kind.value} {sub.name!r} on {sub.event_type}",
         )(handle)
+
+    def _document_emitted_events(self) -> None:
+        # The outbox relay publishes what a participant emits, not FastStream publishers:
+        # these are never published through; they put the emitted events into AsyncAPI.
+        for event_type in emitted_events(self.spec, self.name):
+            self._router.publisher(
+                exchange=self.exchange,
+                routing_key=event_type,
+                persist=True,
+                title=f"{self.name}.emits.{event_type}",
+                description=f"{self.name} emits {event_type}",
+                schema=Envelope[self.spec.model_for(event_type)],  # type: ignore[misc]
+            )
 
     # -- handling ----------------------------------------------------------------------
 
@@ -179,7 +202,7 @@ class SagaRuntime:
                     event_ids, outcome = await self._after_transient(
                         sub, envelope, message, attempt, retry
                     )
-                span.set_attribute("saga.outcome", outcome)
+                record_outcome(span, outcome)
                 STEP_OUTCOMES.labels(self.name, sub.name, sub.kind.value, outcome).inc()
                 crash_point(CrashPoint.BEFORE_PUBLISH, sub.event_type)
                 await self.relay.publish(event_ids)
@@ -305,6 +328,7 @@ class SagaRuntime:
             if await self.store.claim_step(session, step=step.name, saga_id=saga_id) is not None:
                 return [], "ignored"
             logger.info("step failed: %s", failure.reason)
+            record_step_failure(failure.reason)
             record = self._record(step, StepOutcome.FAILED, reason=failure.reason)
             payload = self._system_payload(
                 step.failure, envelope, reason=failure.reason, detail=failure.detail
@@ -482,13 +506,14 @@ class SagaRuntime:
     async def _schedule_retry(
         self, sub: Subscription, message: Any, attempt: int, error: str
     ) -> None:
-        headers = dict(message.headers)
+        headers = _republishable(dict(message.headers))
         headers[ATTEMPT_HEADER] = attempt
         headers[LAST_ERROR_HEADER] = error[:300]
         headers.setdefault(FIRST_FAILURE_HEADER, utc_now().isoformat())
         delay = self._backoff(attempt)
         await self.broker.publish(
             message.body,
+            exchange=self.topology.retry_exchange(),
             routing_key=retry_queue_name(sub.queue),
             headers=headers,
             expiration=timedelta(seconds=delay),
@@ -503,7 +528,7 @@ class SagaRuntime:
         self, message: StreamMessage[Any], *, queue: str, reason: str, kind: str
     ) -> None:
         """Move ``message`` to the dead-letter queue with ``reason`` in its headers, then ack."""
-        headers = dict(message.headers)
+        headers = _republishable(dict(message.headers))
         now = utc_now().isoformat()
         headers[REASON_HEADER] = reason[:1000]
         headers[ORIGIN_QUEUE_HEADER] = queue
@@ -532,6 +557,28 @@ class SagaRuntime:
 async def _decode_json(message: StreamMessage[Any]) -> Any:
     # The body is JSON whatever content type a foreign client did or did not set.
     return json.loads(message.body)
+
+
+def _republishable(value: Any) -> Any:
+    """``value`` (headers) as the AMQP client can encode it again, to park or retry it.
+
+    The client decodes more than it encodes: a long string that is not UTF-8 arrives as
+    bytes, a 64-bit float (as Java or .NET clients send) as a float it packs in 32 bits.
+    Sent back as is, either fails the publish and leaves the message unacknowledged.
+    """
+    if isinstance(value, bytes):
+        return bytearray(value)
+    if isinstance(value, float):
+        try:
+            struct.pack(">f", value)
+        except OverflowError:
+            return repr(value)
+        return value
+    if isinstance(value, dict):
+        return {str(key): _republishable(item) for key, item in value.items()}
+    if isinstance(value, list | tuple):
+        return [_republishable(item) for item in value]
+    return value
 
 
 def _attempt(headers: Mapping[str, Any]) -> int:

@@ -3,16 +3,36 @@
 from __future__ import annotations
 
 import os
+from pathlib import Path
 from typing import ClassVar, Literal
+from urllib.parse import unquote, urlsplit
 
 from pydantic import Field, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 DEFAULT_RABBITMQ_URL = "amqp://guest:guest@127.0.0.1:5672/"
 
+ENVIRONMENT_VARIABLE = "SAGAKIT_ENV"
+LOCAL_DEVELOPMENT = "development"
+"""The one environment where the broker's ``guest`` account is accepted."""
+
 
 def _default_rabbitmq_url() -> str:
     return os.environ.get("RABBITMQ_URL", DEFAULT_RABBITMQ_URL)
+
+
+def _default_environment() -> str:
+    return os.environ.get(ENVIRONMENT_VARIABLE, LOCAL_DEVELOPMENT)
+
+
+def _read_secret(path: Path, *, variable: str) -> str:
+    try:
+        value = path.read_text(encoding="utf-8").strip()
+    except OSError as exc:
+        raise ValueError(f"{variable}: cannot read {path}: {exc.strerror}") from None
+    if not value:
+        raise ValueError(f"{variable}: {path} is empty")
+    return value
 
 
 class ParticipantSettings(BaseSettings):
@@ -21,14 +41,27 @@ class ParticipantSettings(BaseSettings):
     A subclass sets ``service_name`` and ``env_prefix`` (e.g. ``INVENTORY_``); every field
     is then read from ``<PREFIX><FIELD>``. The broker URL falls back to ``RABBITMQ_URL``
     so that all local services can share one.
+
+    Credentials may come from files instead (Docker or Kubernetes secrets):
+    ``<PREFIX>RABBITMQ_URL_FILE`` and ``<PREFIX>DATABASE_URL_FILE`` name a file whose
+    stripped contents are the URL; ``RABBITMQ_URL_FILE`` is the shared fallback. Setting a
+    variable and its ``_FILE`` twin together is an error.
+
+    Outside local development (``SAGAKIT_ENV``, or ``<PREFIX>ENVIRONMENT``, set to anything
+    but ``development``), a broker URL that logs in as ``guest``, or without a user name and
+    password (which AMQP clients turn into ``guest``), is refused.
     """
 
-    model_config = SettingsConfigDict(extra="ignore")
+    # Inputs stay out of validation errors: they would print broker and database passwords.
+    model_config = SettingsConfigDict(extra="ignore", hide_input_in_errors=True)
 
     service_name: ClassVar[str] = "participant"
 
     rabbitmq_url: str = Field(default_factory=_default_rabbitmq_url)
+    rabbitmq_url_file: Path | None = None
     database_url: str = ""
+    database_url_file: Path | None = None
+    environment: str = Field(default_factory=_default_environment)
     prefetch: int = Field(default=32, ge=1)
     step_timeout_seconds: float = Field(default=10.0, gt=0)
     step_retry_budget: int = Field(default=4, ge=0)
@@ -43,7 +76,51 @@ class ParticipantSettings(BaseSettings):
     health_port: int | None = Field(default=None, ge=1, le=65535)
 
     @model_validator(mode="after")
-    def _default_database(self) -> ParticipantSettings:
+    def _resolve(self) -> ParticipantSettings:
+        # One validator, so that the order is explicit: files, defaults, then the guard.
+        self._read_credential_files()
         if not self.database_url:
             self.database_url = f"sqlite+aiosqlite:///var/{self.service_name}.db"
+        self.environment = self.environment.strip().lower()
+        if self.environment != LOCAL_DEVELOPMENT:
+            self._refuse_guest()
         return self
+
+    @property
+    def _prefix(self) -> str:
+        return str(self.model_config.get("env_prefix", ""))
+
+    def _read_credential_files(self) -> None:
+        prefix = self._prefix
+        if self.rabbitmq_url_file is not None:
+            self._refuse_both("rabbitmq_url")
+            self.rabbitmq_url = _read_secret(
+                self.rabbitmq_url_file, variable=f"{prefix}RABBITMQ_URL_FILE"
+            )
+        elif "rabbitmq_url" not in self.model_fields_set:
+            shared_file = os.environ.get("RABBITMQ_URL_FILE")
+            if shared_file:
+                if "RABBITMQ_URL" in os.environ:
+                    raise ValueError("set RABBITMQ_URL or RABBITMQ_URL_FILE, not both")
+                self.rabbitmq_url = _read_secret(Path(shared_file), variable="RABBITMQ_URL_FILE")
+        if self.database_url_file is not None:
+            self._refuse_both("database_url")
+            self.database_url = _read_secret(
+                self.database_url_file, variable=f"{prefix}DATABASE_URL_FILE"
+            )
+
+    def _refuse_both(self, field: str) -> None:
+        if field in self.model_fields_set:
+            variable = f"{self._prefix}{field.upper()}"
+            raise ValueError(f"set {variable} or {variable}_FILE, not both")
+
+    def _refuse_guest(self) -> None:
+        url = urlsplit(self.rabbitmq_url)
+        user = unquote(url.username or "")
+        if user in {"", "guest"} or not url.password:
+            raise ValueError(
+                f"{self._prefix}RABBITMQ_URL logs in as {user or 'guest (no credentials)'!r}, "
+                f"which only local development may do ({ENVIRONMENT_VARIABLE}="
+                f"{self.environment}): give the service its own broker user, by "
+                f"{self._prefix}RABBITMQ_URL or {self._prefix}RABBITMQ_URL_FILE"
+            )

@@ -27,10 +27,12 @@ from sqlalchemy import (
     Text,
     event,
     select,
+    text,
     update,
 )
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import make_url
+from sqlalchemy.exc import OperationalError
 from sqlalchemy.ext.asyncio import (
     AsyncEngine,
     AsyncSession,
@@ -41,6 +43,9 @@ from sqlalchemy.ext.asyncio import (
 from ._context import utc_now
 
 metadata = MetaData()
+
+# Any constant works; it only has to be the same in every process that creates the schema.
+_SCHEMA_LOCK = 0x5A6A_C17
 
 inbox = Table(
     "sagakit_inbox",
@@ -147,10 +152,24 @@ class Store:
         return engine
 
     async def create_schema(self) -> None:
-        """Create every table that does not exist yet."""
-        async with self.engine.begin() as conn:
-            for md in self._metadata:
-                await conn.run_sync(md.create_all)
+        """Create every table that does not exist yet (safe when replicas start together)."""
+        for attempt in range(3):
+            try:
+                async with self.engine.begin() as conn:
+                    if not self.is_sqlite:
+                        # Replicas starting together would race between "does the table
+                        # exist" and "create it"; the lock ends with this transaction.
+                        await conn.execute(
+                            text("SELECT pg_advisory_xact_lock(:key)"), {"key": _SCHEMA_LOCK}
+                        )
+                    for md in self._metadata:
+                        await conn.run_sync(md.create_all)
+                return
+            except OperationalError as error:
+                # SQLite has no advisory lock: another process created a table between our
+                # check and our CREATE; the next pass sees it.
+                if attempt == 2 or "already exists" not in str(error):
+                    raise
 
     async def dispose(self) -> None:
         """Close every pooled connection."""

@@ -3,6 +3,11 @@
 Per participant: one durable quorum queue per consumed event type, bound to the flow's topic
 exchange with the event type as routing key; a delay queue beside each, for retries; and a
 dead-letter exchange with its queue, where bad input and exhausted compensations are parked.
+
+Retries go through a direct exchange of the participant's own, never the default exchange:
+a broker user allowed to write to the default exchange can put a message into any queue,
+and every name a participant touches starts with ``<participant>.``, so that broker
+permissions can be granted per participant (deploy/rabbitmq/definitions.json).
 """
 
 from __future__ import annotations
@@ -39,6 +44,11 @@ def retry_queue_name(queue: str) -> str:
     return f"{queue}.retry"
 
 
+def retry_exchange_name(participant: str) -> str:
+    """The direct exchange that routes a participant's retries into, and out of, delay."""
+    return f"{participant}.retries"
+
+
 def dead_letter_exchange_name(participant: str) -> str:
     """The exchange where a participant parks messages it cannot process."""
     return f"{participant}.dlx"
@@ -73,12 +83,25 @@ class ParticipantTopology:
         }
 
     def retry_queue(self, event_type: str) -> RabbitQueue:
-        """The delay queue of one work queue: expired messages go back to the work queue."""
+        """The delay queue of one work queue: expired messages go back to the work queue.
+
+        Bound to the retry exchange under its own name; the work queue is bound to the same
+        exchange under the work queue's name, where expired messages are dead-lettered.
+        """
         work = queue_name(self.participant, event_type)
         return RabbitQueue(
             retry_queue_name(work),
             durable=True,
-            arguments={"x-dead-letter-exchange": "", "x-dead-letter-routing-key": work},
+            arguments={
+                "x-dead-letter-exchange": retry_exchange_name(self.participant),
+                "x-dead-letter-routing-key": work,
+            },
+        )
+
+    def retry_exchange(self) -> RabbitExchange:
+        """The direct exchange of the participant's retries."""
+        return RabbitExchange(
+            retry_exchange_name(self.participant), type=ExchangeType.DIRECT, durable=True
         )
 
     def dead_letter_exchange(self) -> RabbitExchange:

@@ -4,6 +4,7 @@ injected at each step in turn (``sagakit.testing.FlowHarness``)."""
 from __future__ import annotations
 
 from collections.abc import AsyncIterator
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -16,7 +17,7 @@ from order_contracts.samples import EXPECTED_FAILED_STEP, Scenario, sample_order
 from payment_service.main import create_service as create_payment
 from payment_service.settings import PaymentSettings
 from sagakit import SagaService, StepOutcome
-from sagakit.testing import INJECTED_REASON, FlowHarness, FlowRun, assert_all_or_nothing
+from sagakit.testing import INJECTED_REASON, FlowHarness, assert_all_or_nothing
 from shipping_service.main import create_service as create_shipping
 from shipping_service.settings import ShippingSettings
 
@@ -77,9 +78,7 @@ async def test_the_injected_failure_touches_only_its_own_saga(flow: FlowHarness)
     assert fine.of_type("order.fulfilled")
 
 
-@pytest.mark.parametrize(
-    "scenario", [s for s in Scenario if EXPECTED_FAILED_STEP[s] is not None]
-)
+@pytest.mark.parametrize("scenario", [s for s in Scenario if EXPECTED_FAILED_STEP[s] is not None])
 async def test_each_real_business_failure_is_all_or_nothing_too(
     flow: FlowHarness, scenario: Scenario
 ) -> None:
@@ -89,14 +88,7 @@ async def test_each_real_business_failure_is_all_or_nothing_too(
     expected = EXPECTED_FAILED_STEP[scenario]
     history = [(r.step, r.outcome) for r in run.of_type("order.cancelled")[0].context.steps]
     assert (expected, StepOutcome.FAILED) in history
-    FlowRun(
-        spec=run.spec,
-        saga_id=run.saga_id,
-        failed_step=expected,
-        events=run.events,
-        undone=run.undone,
-        invalid=run.invalid,
-    ).assert_all_or_nothing()
+    replace(run, failed_step=expected).assert_all_or_nothing()
 
 
 async def test_the_check_itself_fails_when_a_completed_step_is_not_undone(
@@ -104,10 +96,8 @@ async def test_the_check_itself_fails_when_a_completed_step_is_not_undone(
 ) -> None:
     run = await flow.run(sample_order(), fail_at="ship_order")
     # What a participant that forgot to undo its charge would have produced.
-    forgetful = FlowRun(
-        spec=run.spec,
-        saga_id=run.saga_id,
-        failed_step=run.failed_step,
+    forgetful = replace(
+        run,
         events=tuple(e for e in run.events if e.event_type != "payment.refunded"),
         undone=tuple(s for s in run.undone if s != "charge_payment"),
     )

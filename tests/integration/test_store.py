@@ -122,3 +122,13 @@ async def test_rows_written_together_are_published_in_the_order_written(store: S
         await store.add_to_outbox(session, [_row(i) for i in ids])
     async with store.read() as session:
         assert [r.event_id for r in await store.pending_outbox(session)] == ids
+
+
+async def test_replicas_creating_the_schema_at_once_do_not_collide(store_url: str) -> None:
+    stores = [Store(store_url) for _ in range(4)]
+    try:
+        await asyncio.gather(*(s.create_schema() for s in stores))
+        async with stores[0].read() as session:
+            assert await stores[0].count_pending_outbox(session) == 0
+    finally:
+        await asyncio.gather(*(s.dispose() for s in stores))

@@ -1,0 +1,258 @@
+"""``saga status``, ``saga list`` and ``saga tracker rebuild``: the tracker's read model.
+
+They read the tracker's database (``TRACKER_DATABASE_URL``, SQLite ``var/tracker.db`` by
+default) and never touch the broker.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+from datetime import datetime, timedelta
+from typing import Annotated
+
+import typer
+from rich.console import Console
+from rich.table import Table
+from sqlalchemy.engine import make_url
+
+from sagakit._context import utc_now
+from sagakit._spec import SagaSpec
+from sagakit._tracker import SagaState, SagaView, view_as_dict
+from sagakit._tracker_store import DEFAULT_TRACKER_DATABASE_URL, SagaRow, tracker_store
+
+from . import app
+from ._spec_ref import load_spec
+
+DATABASE_ENV = "TRACKER_DATABASE_URL"
+STUCK_AFTER_ENV = "TRACKER_STUCK_AFTER_SECONDS"
+TRACE_URL_ENV = "SAGA_TRACE_URL"
+DEFAULT_STUCK_AFTER_SECONDS = 60.0
+
+tracker_app = typer.Typer(help="The saga tracker's database.", no_args_is_help=True)
+app.add_typer(tracker_app, name="tracker")
+
+DbOption = Annotated[
+    str | None,
+    typer.Option("--db", help=f"tracker database URL (default: ${DATABASE_ENV} or var/tracker.db)"),
+]
+SpecOption = Annotated[str | None, typer.Option("--spec", help="module:ATTRIBUTE of the SagaSpec")]
+JsonOption = Annotated[bool, typer.Option("--json", help="print JSON")]
+StuckAfterOption = Annotated[
+    float | None,
+    typer.Option(
+        "--stuck-after",
+        help=f"seconds without an event that make a saga stuck (default: ${STUCK_AFTER_ENV} or 60)",
+    ),
+]
+
+
+def _database(url: str | None) -> str:
+    return url or os.environ.get(DATABASE_ENV) or DEFAULT_TRACKER_DATABASE_URL
+
+
+def _stuck_after(seconds: float | None) -> timedelta:
+    if seconds is None:
+        seconds = float(os.environ.get(STUCK_AFTER_ENV) or DEFAULT_STUCK_AFTER_SECONDS)
+    return timedelta(seconds=seconds)
+
+
+def _when(value: datetime | None) -> str:
+    return value.isoformat(timespec="milliseconds") if value is not None else "-"
+
+
+def _clock(value: datetime | None) -> str:
+    # Inside one saga the date is in the header; the tables show the time of day (UTC).
+    return value.strftime("%H:%M:%S.%f")[:-3] if value is not None else "-"
+
+
+@app.command("status")
+def status(
+    saga_id: Annotated[str, typer.Argument(help="the saga id (context.saga_id)")],
+    db: DbOption = None,
+    spec: SpecOption = None,
+    stuck_after: StuckAfterOption = None,
+    as_json: JsonOption = False,
+) -> None:
+    """Show one saga: its state, its steps, its timeline and its trace id."""
+    flow = load_spec(spec)
+
+    async def read() -> tuple[SagaView | None, list[tuple[datetime, str, str, str]]]:
+        async with tracker_store(_database(db), spec=flow) as store:
+            events = await store.events(saga_id)
+            view = await store.view(saga_id)
+        timeline = [(e.occurred_at, e.event_type, e.producer, e.reason or "") for e in events]
+        return view, timeline
+
+    view, timeline = asyncio.run(read())
+    if view is None:
+        Console(stderr=True).print(f"saga {saga_id} is not known to the tracker")
+        raise typer.Exit(1)
+    threshold = _stuck_after(stuck_after)
+    stuck = view.stuck_reason(now=utc_now(), stuck_after=threshold)
+    if as_json:
+        document = view_as_dict(view)
+        document["stuck"] = stuck
+        document["timeline"] = [
+            {"at": at.isoformat(), "event_type": t, "producer": p, "reason": r or None}
+            for at, t, p, r in timeline
+        ]
+        typer.echo(json.dumps(document, indent=2))
+        return
+    _print_status(flow, view, timeline, stuck)
+
+
+def _print_status(
+    flow: SagaSpec,
+    view: SagaView,
+    timeline: list[tuple[datetime, str, str, str]],
+    stuck: str | None,
+) -> None:
+    console = Console()
+    console.print(f"[bold]saga {view.saga_id}[/bold] ({view.saga_type}): [bold]{view.state}[/bold]")
+    if stuck:
+        console.print(f"[red]stuck: {stuck}[/red]")
+    console.print(f"started     {_when(view.started_at)}")
+    console.print(
+        f"last event  {view.last_event_type} at {_when(view.last_event_at)}"
+        f" ({view.event_count} events)"
+    )
+    if view.deadline is not None:
+        console.print(f"deadline    {_when(view.deadline)}")
+    if view.failed_step:
+        console.print(f"failed step {view.failed_step}: {view.failure_reason or '-'}")
+    console.print(f"trace id    {view.trace_id or '- (not traced)'}")
+    trace_url = os.environ.get(TRACE_URL_ENV)
+    if view.trace_id and trace_url:
+        console.print(f"trace       {trace_url.format(trace_id=view.trace_id)}")
+    steps = Table(title="steps")
+    for column in ("#", "step", "participant", "outcome", "done", "failed", "undone"):
+        steps.add_column(column)
+    for number, step in enumerate(view.steps, start=1):
+        steps.add_row(
+            str(number),
+            step.step,
+            step.participant,
+            step.outcome or "-",
+            _clock(step.completed_at),
+            _clock(step.failed_at),
+            _clock(step.compensated_at),
+        )
+    console.print(steps)
+    events = Table(title="timeline")
+    for column in ("at (UTC)", "+ms", "event", "producer", "reason"):
+        events.add_column(column)
+    for at, event_type, producer, reason in timeline:
+        offset = int((at - view.started_at).total_seconds() * 1000)
+        events.add_row(_clock(at), str(offset), event_type, producer, reason or "")
+    console.print(events)
+
+
+@app.command("list")
+def list_sagas(
+    stuck: Annotated[bool, typer.Option("--stuck", help="only stuck sagas")] = False,
+    state: Annotated[
+        SagaState | None, typer.Option("--state", help="only sagas in this state")
+    ] = None,
+    limit: Annotated[int, typer.Option("--limit", min=1, help="at most this many")] = 50,
+    db: DbOption = None,
+    spec: SpecOption = None,
+    stuck_after: StuckAfterOption = None,
+    as_json: JsonOption = False,
+) -> None:
+    """List sagas the tracker knows, most recently moved first."""
+    flow = load_spec(spec)
+    threshold = _stuck_after(stuck_after)
+    now = utc_now()
+
+    async def read() -> list[SagaRow]:
+        async with tracker_store(_database(db), spec=flow) as store:
+            return await store.sagas(
+                state=state, stuck_after=threshold if stuck else None, now=now, limit=limit
+            )
+
+    rows = asyncio.run(read())
+    if as_json:
+        typer.echo(
+            json.dumps(
+                [
+                    {
+                        "saga_id": r.saga_id,
+                        "state": r.state.value,
+                        "stuck": r.stuck_reason(now=now, stuck_after=threshold),
+                        "last_event_type": r.last_event_type,
+                        "last_event_at": r.last_event_at.isoformat(),
+                        "started_at": r.started_at.isoformat(),
+                        "events": r.event_count,
+                        "failed_step": r.failed_step,
+                        "failure_reason": r.failure_reason,
+                        "trace_id": r.trace_id,
+                    }
+                    for r in rows
+                ],
+                indent=2,
+            )
+        )
+        return
+    table = Table(title=f"{len(rows)} saga(s)")
+    for column in ("saga", "state", "stuck", "last event", "at", "failed step", "trace id"):
+        table.add_column(column, overflow="fold")
+    for r in rows:
+        table.add_row(
+            r.saga_id,
+            r.state.value,
+            r.stuck_reason(now=now, stuck_after=threshold) or "",
+            r.last_event_type,
+            r.last_event_at.isoformat(timespec="seconds"),
+            f"{r.failed_step}: {r.failure_reason}" if r.failed_step else "",
+            r.trace_id or "",
+        )
+    Console().print(table)
+
+
+@tracker_app.command("rebuild")
+def rebuild(
+    sources: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--from",
+            help="a participant's database URL (repeatable; default: each participant's "
+            "<NAME>_DATABASE_URL or var/<name>.db)",
+        ),
+    ] = None,
+    db: DbOption = None,
+    spec: SpecOption = None,
+) -> None:
+    """Rebuild the tracker's database from the participants' outboxes.
+
+    Safe to run at any time, also while the tracker runs: events already recorded are
+    skipped by their id.
+    """
+    flow = load_spec(spec)
+    urls = sources or [
+        os.environ.get(f"{name.upper()}_DATABASE_URL") or f"sqlite+aiosqlite:///var/{name}.db"
+        for name in flow.participants()
+    ]
+
+    async def run() -> list[tuple[str, str, str]]:
+        done = []
+        async with tracker_store(_database(db), spec=flow) as store:
+            for url in urls:
+                try:
+                    read, new = await store.rebuild_from_outbox(url)
+                except Exception as exc:
+                    done.append((url, "-", f"failed: {type(exc).__name__}: {exc}"))
+                    continue
+                done.append((url, str(read), str(new)))
+        return done
+
+    results = asyncio.run(run())
+    table = Table(title="tracker rebuilt from outboxes")
+    for column in ("source", "events read", "new to the tracker"):
+        table.add_column(column, overflow="fold")
+    for url, read, new in results:
+        table.add_row(make_url(url).render_as_string(hide_password=True), read, new)
+    Console().print(table)
+    if any(new.startswith("failed") for _, _, new in results):
+        raise typer.Exit(1)
