@@ -132,13 +132,16 @@ class Store:
 
     def _create_engine(self) -> AsyncEngine:
         if not self.is_sqlite:
-            return create_async_engine(self.url, pool_size=10, max_overflow=10, pool_pre_ping=True)
+            return create_async_engine(
+                self.url, pool_size=10, max_overflow=10, pool_pre_ping=True, hide_parameters=True
+            )
         parsed = make_url(self.url)
         if parsed.database and parsed.database != ":memory:":
             from pathlib import Path
 
             Path(parsed.database).parent.mkdir(parents=True, exist_ok=True)
-        engine = create_async_engine(self.url, connect_args={"timeout": 30})
+        # hide_parameters: error messages would otherwise quote outbox bodies (personal data).
+        engine = create_async_engine(self.url, connect_args={"timeout": 30}, hide_parameters=True)
 
         @event.listens_for(engine.sync_engine, "connect")
         def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
