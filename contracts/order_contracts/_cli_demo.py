@@ -140,9 +140,15 @@ def demo_services() -> dict[str, ServiceApp]:
 
 
 def scenarios_for(orders: int) -> list[Scenario]:
-    """``orders`` scenarios cycling through every kind, so six orders cover them all."""
+    """The first six orders cover every kind; after them, two in three are fulfilled and
+    the rest cycle through the failures, as a shop's day might look."""
     kinds = list(Scenario)
-    return [kinds[number % len(kinds)] for number in range(orders)]
+    failures = [kind for kind in kinds if kind is not Scenario.FULFILLED]
+    chosen = kinds[:orders]
+    for number in range(orders - len(chosen)):
+        failure = failures[(number // 3) % len(failures)]
+        chosen.append(failure if number % 3 == 2 else Scenario.FULFILLED)
+    return chosen
 
 
 async def run_demo(
