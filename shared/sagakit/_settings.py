@@ -116,6 +116,8 @@ class ParticipantSettings(BaseSettings):
 
     def _refuse_guest(self) -> None:
         url = urlsplit(self.rabbitmq_url)
+        if url.scheme == "amqps" and "auth=external" in url.query.lower():
+            return  # the client certificate names the user
         user = unquote(url.username or "")
         if user in {"", "guest"} or not url.password:
             raise ValueError(

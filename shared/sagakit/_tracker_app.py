@@ -114,6 +114,8 @@ def build_tracker(
         flow_exchange(spec.exchange),
         ack_policy=AckPolicy.MANUAL,
         decoder=_raw_body,
+        # Never an RPC: a sender's reply_to must not make the tracker publish anywhere.
+        no_reply=True,
         title=TRACKER_QUEUE,
         description="The saga tracker: every event of the flow, recorded once.",
     )
