@@ -72,7 +72,7 @@ def test_payload_models_ignore_unknown_fields_for_forward_compatibility() -> Non
     assert InventoryReserved.model_validate(raw).reservation_id == "r1"
 
 
-@pytest.mark.parametrize("price", [1.5, "abc", "1.234", "-1.00", "NaN"])
+@pytest.mark.parametrize("price", [1.5, 2, True, None, "abc", "1.234", "-1.00", "NaN", "Infinity"])
 def test_money_must_be_a_decimal_string(price: object) -> None:
     raw = sample_order().model_dump(mode="json")
     raw["items"][0]["unit_price"] = price
