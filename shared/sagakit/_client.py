@@ -390,6 +390,6 @@ class EventWatch:
             event_type = json.loads(body).get("event_type")
             model = self.spec.events.get(event_type, EventPayload)
             return Envelope[model].model_validate_json(body)  # type: ignore[valid-type]
-        except (ValueError, AttributeError, TypeError, ValidationError):
+        except (ValueError, AttributeError, TypeError, ValidationError, RecursionError):
             logger.debug("watch skipped an undecodable message")
             return None

@@ -159,6 +159,9 @@ def saga_log_handler(
     return handler
 
 
+_PARAMETER_LOGGERS = ("aiosqlite", "sqlalchemy.engine", "asyncpg")
+
+
 def configure_logging(*, service: str, log_format: str = "text", level: str = "INFO") -> None:
     """Send the root logger, FastStream's loggers included, to stderr as text or JSON lines."""
     root = logging.getLogger()
@@ -169,3 +172,6 @@ def configure_logging(*, service: str, log_format: str = "text", level: str = "I
         faststream_logger.handlers.clear()
         faststream_logger.propagate = True
     logging.getLogger(service).setLevel(level.upper())
+    # At DEBUG these would print SQL parameters, i.e. outbox bodies with personal data.
+    for name in _PARAMETER_LOGGERS:
+        logging.getLogger(name).setLevel(max(logging.INFO, root.level))

@@ -170,3 +170,20 @@ def test_configure_logging_routes_faststreams_loggers_through_the_root_handler()
         for name, (handlers, propagate) in saved_faststream.items():
             logging.getLogger(name).handlers[:] = handlers
             logging.getLogger(name).propagate = propagate
+
+
+def test_debug_logging_never_prints_sql_parameters() -> None:
+    import logging as stdlib_logging
+
+    from sagakit._logging import configure_logging
+
+    root = stdlib_logging.getLogger()
+    saved_handlers, saved_level = root.handlers[:], root.level
+    try:
+        configure_logging(service="inventory", level="DEBUG")
+        assert root.level == stdlib_logging.DEBUG
+        for name in ("aiosqlite", "sqlalchemy.engine", "asyncpg"):
+            assert not stdlib_logging.getLogger(name).isEnabledFor(stdlib_logging.DEBUG)
+    finally:
+        root.handlers[:] = saved_handlers
+        root.setLevel(saved_level)
