@@ -16,7 +16,7 @@ from sagakit._participant import Subscription
 from sagakit._spec import SagaSpec
 
 from . import app
-from ._spec_ref import load_spec
+from ._spec_ref import SpecOption, load_spec
 
 SERVICE_FACTORY = "{participant}_service.main:create_service"
 """Where ``--with-services`` finds each participant's service: the FastStream layout of a
@@ -71,10 +71,7 @@ def service_subscriptions(services: list[LoadedService]) -> list[Subscription]:
 
 @app.command("check")
 def check(
-    spec: Annotated[
-        str | None,
-        typer.Option("--spec", help="module:ATTRIBUTE of the SagaSpec (or $SAGA_SPEC)"),
-    ] = None,
+    spec: SpecOption = None,
     with_services: Annotated[
         bool,
         typer.Option(

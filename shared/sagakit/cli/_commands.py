@@ -2,18 +2,11 @@
 
 from __future__ import annotations
 
-from typing import Annotated
-
-import typer
 from rich.console import Console
 from rich.table import Table
 
 from . import app
-from ._spec_ref import load_spec
-
-SpecOption = Annotated[
-    str | None, typer.Option("--spec", help="module:ATTRIBUTE of the SagaSpec (or $SAGA_SPEC)")
-]
+from ._spec_ref import SpecOption, load_spec
 
 
 @app.command("spec")

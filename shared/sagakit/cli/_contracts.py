@@ -22,7 +22,7 @@ from sagakit._spec import SagaSpec
 
 from . import app
 from ._check import SERVICE_FACTORY, LoadedService, load_services
-from ._spec_ref import load_spec
+from ._spec_ref import SpecOption, load_spec
 
 contracts_app = typer.Typer(
     help="AsyncAPI documents and event schemas on file.", no_args_is_help=True
@@ -95,10 +95,7 @@ def export(
     folder: Annotated[
         Path, typer.Option("--dir", help="the contracts folder (asyncapi/ and schemas/ inside)")
     ] = Path("contracts"),
-    spec: Annotated[
-        str | None,
-        typer.Option("--spec", help="module:ATTRIBUTE of the SagaSpec (or $SAGA_SPEC)"),
-    ] = None,
+    spec: SpecOption = None,
     factory: Annotated[
         str,
         typer.Option("--service-factory", help="where each participant's service is built"),

@@ -16,7 +16,7 @@ from sagakit._errors import BrokerUnavailable
 from sagakit._settings import DEFAULT_RABBITMQ_URL
 
 from . import app
-from ._spec_ref import load_spec
+from ._spec_ref import SpecOption, load_spec
 
 dlq_app = typer.Typer(
     help="Messages parked in the services' dead-letter queues.", no_args_is_help=True
@@ -29,7 +29,6 @@ UrlOption = Annotated[
 ServiceOption = Annotated[
     list[str] | None, typer.Option("--service", "-s", help="only this service (repeatable)")
 ]
-SpecOption = Annotated[str | None, typer.Option("--spec", help="module:ATTRIBUTE of the SagaSpec")]
 
 
 def _dead_letters(url: str | None, services: list[str] | None, spec: str | None) -> DeadLetters:

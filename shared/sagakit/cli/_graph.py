@@ -13,7 +13,7 @@ from sagakit._checker import FlowPath, Hop, Move, all_paths
 from sagakit._spec import SagaSpec
 
 from . import app
-from ._spec_ref import load_spec
+from ._spec_ref import SpecOption, load_spec
 
 README_START = "<!-- saga graph -->"
 README_END = "<!-- /saga graph -->"
@@ -137,10 +137,7 @@ def with_graph(readme: str, spec: SagaSpec) -> str:
 
 @app.command("graph")
 def graph(
-    spec: Annotated[
-        str | None,
-        typer.Option("--spec", help="module:ATTRIBUTE of the SagaSpec (or $SAGA_SPEC)"),
-    ] = None,
+    spec: SpecOption = None,
     readme: Annotated[
         Path | None,
         typer.Option(

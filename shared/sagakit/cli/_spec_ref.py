@@ -5,11 +5,20 @@ from __future__ import annotations
 import importlib
 import os
 from importlib.metadata import entry_points
+from typing import Annotated
+
+import typer
 
 from sagakit._errors import SpecError
 from sagakit._spec import SagaSpec
 
 SPEC_ENV = "SAGA_SPEC"
+
+SpecOption = Annotated[
+    str | None,
+    typer.Option("--spec", help="module:ATTRIBUTE of the SagaSpec (or $SAGA_SPEC)"),
+]
+"""The ``--spec`` option every generic command takes."""
 
 
 def load_spec(reference: str | None = None) -> SagaSpec:

@@ -23,7 +23,7 @@ from sagakit._tracker import SagaState, SagaView, view_as_dict
 from sagakit._tracker_store import DEFAULT_TRACKER_DATABASE_URL, SagaRow, tracker_store
 
 from . import app
-from ._spec_ref import load_spec
+from ._spec_ref import SpecOption, load_spec
 
 DATABASE_ENV = "TRACKER_DATABASE_URL"
 STUCK_AFTER_ENV = "TRACKER_STUCK_AFTER_SECONDS"
@@ -37,7 +37,6 @@ DbOption = Annotated[
     str | None,
     typer.Option("--db", help=f"tracker database URL (default: ${DATABASE_ENV} or var/tracker.db)"),
 ]
-SpecOption = Annotated[str | None, typer.Option("--spec", help="module:ATTRIBUTE of the SagaSpec")]
 JsonOption = Annotated[bool, typer.Option("--json", help="print JSON")]
 StuckAfterOption = Annotated[
     float | None,
