@@ -172,6 +172,7 @@ def configure_logging(*, service: str, log_format: str = "text", level: str = "I
         faststream_logger.handlers.clear()
         faststream_logger.propagate = True
     logging.getLogger(service).setLevel(level.upper())
-    # At DEBUG these would print SQL parameters, i.e. outbox bodies with personal data.
+    # At DEBUG these would print SQL parameters, i.e. outbox bodies with personal data;
+    # at INFO sqlalchemy.engine writes every statement, a dozen lines per message.
     for name in _PARAMETER_LOGGERS:
-        logging.getLogger(name).setLevel(max(logging.INFO, root.level))
+        logging.getLogger(name).setLevel(max(logging.WARNING, root.level))

@@ -81,7 +81,10 @@ class QueueProbe:
 
     async def open(self) -> None:
         """Connect, unless connected; raises BrokerUnavailable when no broker answers."""
-        if self._connection is None or self._connection.is_closed:
+        # aio-pika sets is_closed only on our own close(); a connection the broker dropped
+        # (a restart) shows as no longer connected.
+        connection = self._connection
+        if connection is None or connection.is_closed or not connection.connected.is_set():
             self._channel = None
             self._connection = await connect(
                 self.url, connect_timeout=self.connect_timeout, robust=False

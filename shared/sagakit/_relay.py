@@ -43,14 +43,17 @@ class OutboxRelay:
         self._participant = participant
         self._interval = interval
         self._task: asyncio.Task[None] | None = None
+        self._marks = _SentMarks(store)
 
-    async def publish(self, event_ids: Sequence[str]) -> None:
-        """Publish these just-committed events now."""
-        if not event_ids:
-            return
-        async with self._store.read() as session:
-            rows = await self._store.outbox_rows(session, event_ids)
-        await self._send(rows)
+    async def publish(self, rows: Sequence[OutboxRow]) -> None:
+        """Publish these just-committed outbox rows now, then mark them sent.
+
+        The rows are those the transaction wrote (``Store.add_to_outbox`` returns them), so
+        they go out without being read back; marking them sent shares a transaction with
+        other handlers' marks.
+        """
+        if rows:
+            await self._send(rows, inline=True)
 
     async def flush(self, *, older_than: timedelta | None = None) -> int:
         """Publish every pending row (older than ``older_than``); returns how many went out."""
@@ -58,30 +61,40 @@ class OutboxRelay:
             rows = await self._store.pending_outbox(session, older_than=older_than)
         return await self._send(rows) if rows else 0
 
-    async def _send(self, rows: Sequence[OutboxRow]) -> int:
+    async def _send(self, rows: Sequence[OutboxRow], *, inline: bool = False) -> int:
         # One saga's events go out in the order they were written (a compensated event
         # before the cancellation it leads to); different sagas' events go out concurrently.
         by_saga: dict[str, list[OutboxRow]] = {}
         for row in rows:
             by_saga.setdefault(row.saga_id, []).append(row)
-        batches = await asyncio.gather(*(self._publish_in_order(b) for b in by_saga.values()))
-        sent = [event_id for batch in batches for event_id in batch]
-        if sent:
+        if len(by_saga) == 1:
+            [only] = by_saga.values()
+            sent = await self._publish_in_order(only, inline=inline)
+        else:
+            batches = await asyncio.gather(
+                *(self._publish_in_order(b, inline=inline) for b in by_saga.values())
+            )
+            sent = [event_id for batch in batches for event_id in batch]
+        if sent and inline:
+            await self._marks.mark(sent)
+        elif sent:
             async with self._store.transaction() as session:
                 await self._store.mark_sent(session, sent)
         return len(sent)
 
-    async def _publish_in_order(self, rows: Sequence[OutboxRow]) -> list[str]:
+    async def _publish_in_order(self, rows: Sequence[OutboxRow], *, inline: bool) -> list[str]:
         sent: list[str] = []
         for row in rows:
-            if not await self._publish_one(row):
+            if not await self._publish_one(row, inline=inline):
                 break  # a later event of the saga must not overtake this one
             sent.append(row.event_id)
         return sent
 
-    async def _publish_one(self, row: OutboxRow) -> bool:
+    async def _publish_one(self, row: OutboxRow, *, inline: bool) -> bool:
         try:
-            with continued_trace(row.headers):
+            # Inline, the handler's span is current and the row's trace headers name it: only
+            # a late publish needs the trace put back.
+            with contextlib.nullcontext() if inline else continued_trace(row.headers):
                 await self._broker.publish(
                     row.body.encode(),
                     exchange=self._exchange,
@@ -127,3 +140,46 @@ class OutboxRelay:
             except Exception:
                 logger.exception("outbox relay pass failed")
             await asyncio.sleep(self._interval)
+
+
+class _SentMarks:
+    """Marks published rows as sent, many handlers' rows per transaction (group commit).
+
+    A caller waits until a transaction that covers its rows has committed; while one
+    commits, the next callers' rows gather for the following one. Marking is bookkeeping
+    (an unmarked row is published again by the relay, and consumers drop the copy), but
+    waiting keeps the order of before: a delivery is acked after its events are marked.
+    """
+
+    def __init__(self, store: Store) -> None:
+        self._store = store
+        self._waiting: list[tuple[Sequence[str], asyncio.Future[None]]] = []
+        self._task: asyncio.Task[None] | None = None
+
+    async def mark(self, event_ids: Sequence[str]) -> None:
+        future = asyncio.get_running_loop().create_future()
+        self._waiting.append((event_ids, future))
+        if self._task is None or self._task.done():
+            self._task = asyncio.create_task(self._drain())
+        await future
+
+    async def _drain(self) -> None:
+        while self._waiting:
+            batch, self._waiting = self._waiting, []
+            event_ids = [event_id for ids, _ in batch for event_id in ids]
+            try:
+                async with self._store.transaction() as session:
+                    await self._store.mark_sent(session, event_ids)
+            except asyncio.CancelledError:
+                for _, future in (*batch, *self._waiting):
+                    future.cancel()
+                self._waiting = []
+                raise
+            except Exception as exc:
+                for _, future in batch:
+                    if not future.done():
+                        future.set_exception(exc)
+                continue
+            for _, future in batch:
+                if not future.done():
+                    future.set_result(None)

@@ -16,18 +16,19 @@ from contextvars import ContextVar
 from datetime import timedelta
 from typing import Any
 
+from aio_pika.abc import AbstractChannel
 from faststream import AckPolicy, BaseMiddleware
 from faststream.message import StreamMessage
-from faststream.rabbit import RabbitBroker, RabbitRouter
-from faststream.rabbit.annotations import RabbitMessage
+from faststream.rabbit import RabbitBroker, RabbitExchange, RabbitQueue, RabbitRouter
 from pydantic import BaseModel, ValidationError
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from . import _rules as rules
 from ._checker import emitted_events
+from ._client import connect
 from ._context import StepOutcome, StepRecord, saga_scope, utc_now
 from ._envelope import Envelope, EventPayload, derived_event_id
-from ._errors import InvalidMessage, StepFailed
+from ._errors import BrokerUnavailable, InvalidMessage, StepFailed
 from ._faults import CrashPoint, crash_point
 from ._logging import _handling
 from ._metrics import DEAD_LETTERED, EVENTS_CONSUMED, RETRIES, STEP_DURATION, STEP_OUTCOMES
@@ -54,6 +55,15 @@ logger = logging.getLogger("sagakit.runtime")
 # Set by the parking middleware, flipped once a handler body starts: an exception before
 # that is the message's fault (undecodable, schema-invalid); after it, the service's.
 _handler_started: ContextVar[list[bool] | None] = ContextVar("sagakit_started", default=None)
+# The delivery being handled, also set by the parking middleware: a handler that asked
+# FastStream for it (a ``RabbitMessage`` parameter) would have it resolved on a worker
+# thread, a thread switch per message.
+_delivery: ContextVar[StreamMessage[Any] | None] = ContextVar("sagakit_delivery", default=None)
+
+# Declaring the topology at start-up outlasts a broker that is away for about this long.
+_DECLARE_ATTEMPTS = 60
+_DECLARE_PAUSE_SECONDS = 1.0
+_DECLARE_TIMEOUT_SECONDS = 10.0
 
 # An infrastructure error (database or broker away) sends the message back after a pause;
 # the quorum queue's delivery limit stops it from looping forever.
@@ -110,22 +120,52 @@ class SagaRuntime:
     # -- lifecycle ---------------------------------------------------------------------
 
     async def declare_topology(self) -> None:
-        """Declare the dead-letter exchange and queue and the delay queues."""
-        dlx = await self.broker.declare_exchange(self.topology.dead_letter_exchange())
-        dlq = await self.broker.declare_queue(self.topology.dead_letter_queue())
-        await dlq.bind(dlx, routing_key="#")
-        retries = await self.broker.declare_exchange(self.topology.retry_exchange())
-        for sub in self.subscriptions:
-            delay = await self.broker.declare_queue(self.topology.retry_queue(sub.event_type))
-            await delay.bind(retries, routing_key=delay.name)
-            work = await self.broker.declare_queue(self.topology.work_queue(sub.event_type))
-            await work.bind(retries, routing_key=work.name)
+        """Declare the dead-letter exchange and queue and the delay queues.
+
+        On a short-lived connection of its own, not the broker's robust one: a connection
+        lost in the middle of a declaration there could leave the robust channel's recovery,
+        and with it the service's consumers, waiting for ever (bench/chaos.py found a
+        service alive with one of three consumers back). Everything here is durable, so
+        no recovery needs to declare it again.
+        """
+        url = self.settings.rabbitmq_url
+        connection = await connect(url, connect_timeout=_DECLARE_TIMEOUT_SECONDS, robust=False)
+        try:
+            channel = await connection.channel()
+            dlx = await _declare_exchange(channel, self.topology.dead_letter_exchange())
+            dlq = await _declare_queue(channel, self.topology.dead_letter_queue())
+            await dlq.bind(dlx, routing_key="#")
+            retries = await _declare_exchange(channel, self.topology.retry_exchange())
+            for sub in self.subscriptions:
+                delay = await _declare_queue(channel, self.topology.retry_queue(sub.event_type))
+                await delay.bind(retries, routing_key=delay.name)
+                work = await _declare_queue(channel, self.topology.work_queue(sub.event_type))
+                await work.bind(retries, routing_key=work.name)
+        finally:
+            await connection.close()
 
     async def start(self, *, declare: bool = True) -> None:
-        """Declare what FastStream does not, then start the outbox relay."""
+        """Declare what FastStream does not, then start the outbox relay.
+
+        A connection lost while declaring (a broker restart, a network blip) is waited out
+        instead of ending the process: the robust connection comes back, and declaring
+        again is harmless.
+        """
         if declare:
-            await self.declare_topology()
+            await self._declare_topology_patiently()
         self.relay.start()
+
+    async def _declare_topology_patiently(self) -> None:
+        for attempt in range(1, _DECLARE_ATTEMPTS + 1):
+            try:
+                await self.declare_topology()
+                return
+            # aiormq: connection errors are ConnectionErrors, a closed channel a RuntimeError.
+            except (BrokerUnavailable, ConnectionError, RuntimeError, TimeoutError) as exc:
+                if attempt == _DECLARE_ATTEMPTS:
+                    raise
+                logger.warning("declaring the topology failed (%r), trying again", exc)
+                await asyncio.sleep(_DECLARE_PAUSE_SECONDS)
 
     async def stop(self) -> None:
         """Stop the outbox relay."""
@@ -136,13 +176,14 @@ class SagaRuntime:
     def _subscribe(self, sub: Subscription) -> None:
         model = self.spec.model_for(sub.event_type)
 
-        async def handle(envelope: Any, message: Any) -> None:
+        async def handle(envelope: Any) -> None:
+            message = _delivery.get()
+            assert message is not None, "the parking middleware sets the delivery"
             await self._handle(sub, envelope, message)
 
         # FastStream validates the body against this annotation, and documents it in AsyncAPI.
         handle.__annotations__ = {
             "envelope": Envelope[model],  # type: ignore[valid-type]
-            "message": RabbitMessage,
             "return": None,
         }
         handle.__name__ = handle.__qualname__ = f"{sub.kind.value}_{sub.name}_on_{sub.event_type}"
@@ -196,16 +237,16 @@ class SagaRuntime:
                 span.set_attribute("saga.handler", sub.kind.value)
                 span.set_attribute("messaging.message.id", str(envelope.event_id))
                 try:
-                    event_ids, outcome = await self._dispatch(sub, envelope, attempt)
+                    rows, outcome = await self._dispatch(sub, envelope, attempt)
                 except _RetryableError as retry:
                     span.record_exception(retry.cause)
-                    event_ids, outcome = await self._after_transient(
+                    rows, outcome = await self._after_transient(
                         sub, envelope, message, attempt, retry
                     )
                 record_outcome(span, outcome)
                 STEP_OUTCOMES.labels(self.name, sub.name, sub.kind.value, outcome).inc()
                 crash_point(CrashPoint.BEFORE_PUBLISH, sub.event_type)
-                await self.relay.publish(event_ids)
+                await self.relay.publish(rows)
                 crash_point(CrashPoint.BEFORE_ACK, sub.event_type)
                 if outcome not in {"retry", "parked"}:
                     await message.ack()
@@ -231,7 +272,7 @@ class SagaRuntime:
 
     async def _dispatch(
         self, sub: Subscription, envelope: Envelope[Any], attempt: int
-    ) -> tuple[list[str], str]:
+    ) -> tuple[list[OutboxRow], str]:
         try:
             if sub.kind is HandlerKind.STEP:
                 return await self._run_step(sub, envelope, attempt)
@@ -250,7 +291,7 @@ class SagaRuntime:
         message: Any,
         attempt: int,
         retry: _RetryableError,
-    ) -> tuple[list[str], str]:
+    ) -> tuple[list[OutboxRow], str]:
         budget = (
             self.settings.compensation_retry_budget
             if sub.kind is HandlerKind.COMPENSATION
@@ -286,7 +327,7 @@ class SagaRuntime:
 
     async def _run_step(
         self, sub: Subscription, envelope: Envelope[Any], attempt: int
-    ) -> tuple[list[str], str]:
+    ) -> tuple[list[OutboxRow], str]:
         step = sub.step
         assert step is not None
         saga_id = envelope.context.saga_id
@@ -303,10 +344,7 @@ class SagaRuntime:
                     return [], "ignored"
                 if decision is rules.ForwardDecision.FAIL_DEADLINE:
                     raise StepFailed("deadline_exceeded", detail="the saga's deadline has passed")
-                result = await asyncio.wait_for(
-                    sub.handler(envelope.payload, self._step_context(session, envelope, attempt)),
-                    timeout=self.settings.step_timeout_seconds,
-                )
+                result = await self._call(sub, envelope, session, attempt)
                 self._expect(result, step.success)
                 record = self._record(step, StepOutcome.COMPLETED)
                 success = self._envelope(result, cause=envelope, record=record)
@@ -319,7 +357,7 @@ class SagaRuntime:
 
     async def _record_failure(
         self, sub: Subscription, step: StepSpec, envelope: Envelope[Any], failure: StepFailed
-    ) -> tuple[list[str], str]:
+    ) -> tuple[list[OutboxRow], str]:
         """In a fresh transaction (the step's own writes are gone): mark failed, emit failure."""
         saga_id = envelope.context.saga_id
         async with self.store.transaction() as session:
@@ -348,7 +386,7 @@ class SagaRuntime:
 
     async def _run_compensation(
         self, sub: Subscription, envelope: Envelope[Any], attempt: int
-    ) -> tuple[list[str], str]:
+    ) -> tuple[list[OutboxRow], str]:
         step = sub.step
         assert step is not None
         assert step.compensated is not None
@@ -363,10 +401,7 @@ class SagaRuntime:
                 return [], "ignored"
             record = self._record(step, StepOutcome.COMPENSATED)
             if decision is rules.CompensationDecision.UNDO:
-                result = await asyncio.wait_for(
-                    sub.handler(envelope.payload, self._step_context(session, envelope, attempt)),
-                    timeout=self.settings.step_timeout_seconds,
-                )
+                result = await self._call(sub, envelope, session, attempt)
                 self._expect(result, step.compensated)
                 crash_point(CrashPoint.MID_COMPENSATION, sub.event_type)
             else:
@@ -395,15 +430,21 @@ class SagaRuntime:
 
     async def _run_reaction(
         self, sub: Subscription, envelope: Envelope[Any], attempt: int
-    ) -> tuple[list[str], str]:
+    ) -> tuple[list[OutboxRow], str]:
         async with self.store.transaction() as session:
             if not await self._first_delivery(session, sub, envelope):
                 return [], "duplicate"
-            await asyncio.wait_for(
-                sub.handler(envelope.payload, self._step_context(session, envelope, attempt)),
-                timeout=self.settings.step_timeout_seconds,
-            )
+            await self._call(sub, envelope, session, attempt)
         return [], "handled"
+
+    async def _call(
+        self, sub: Subscription, envelope: Envelope[Any], session: AsyncSession, attempt: int
+    ) -> Any:
+        # asyncio.timeout rather than wait_for, which runs every handler in a task of its own.
+        async with asyncio.timeout(self.settings.step_timeout_seconds):
+            return await sub.handler(
+                envelope.payload, self._step_context(session, envelope, attempt)
+            )
 
     # -- building events ---------------------------------------------------------------
 
@@ -478,7 +519,9 @@ class SagaRuntime:
         )
         return self._envelope(payload, cause=cause, record=None)
 
-    async def _emit(self, session: AsyncSession, events: Sequence[Envelope[Any]]) -> list[str]:
+    async def _emit(
+        self, session: AsyncSession, events: Sequence[Envelope[Any]]
+    ) -> list[OutboxRow]:
         trace_headers = current_trace_headers()
         rows = [
             OutboxRow(
@@ -491,8 +534,7 @@ class SagaRuntime:
             )
             for e in events
         ]
-        await self.store.add_to_outbox(session, rows)
-        return [r.event_id for r in rows]
+        return await self.store.add_to_outbox(session, rows)
 
     # -- retry and parking -------------------------------------------------------------
 
@@ -552,6 +594,26 @@ class SagaRuntime:
         if routing_key.startswith(f"{self.name}."):
             return routing_key
         return self.topology.work_queue(routing_key or "unknown").name
+
+
+def _declare_exchange(channel: AbstractChannel, exchange: RabbitExchange) -> Any:
+    return channel.declare_exchange(
+        exchange.name,
+        exchange.type.value,
+        durable=exchange.durable,
+        auto_delete=exchange.auto_delete,
+        arguments=exchange.arguments,
+    )
+
+
+def _declare_queue(channel: AbstractChannel, queue: RabbitQueue) -> Any:
+    return channel.declare_queue(
+        queue.name,
+        durable=queue.durable,
+        exclusive=queue.exclusive,
+        auto_delete=queue.auto_delete,
+        arguments=queue.arguments,
+    )
 
 
 async def _decode_json(message: StreamMessage[Any]) -> Any:
@@ -625,24 +687,26 @@ def _parking_middleware(runtime: SagaRuntime) -> Callable[..., BaseMiddleware]:
         async def consume_scope(
             self, call_next: Callable[[Any], Awaitable[Any]], msg: StreamMessage[Any]
         ) -> Any:
-            queue = runtime.origin_queue(msg)
             if len(msg.body) > runtime.settings.max_message_bytes:
-                await _park_logged(runtime, msg, queue, f"too_large: {len(msg.body)} bytes")
+                reason = f"too_large: {len(msg.body)} bytes"
+                await _park_logged(runtime, msg, runtime.origin_queue(msg), reason)
                 return None
             started: list[bool] = []
             token = _handler_started.set(started)
+            delivery = _delivery.set(msg)
             try:
                 return await call_next(msg)
             except InvalidMessage as exc:
-                await _park_logged(runtime, msg, queue, exc.reason)
+                await _park_logged(runtime, msg, runtime.origin_queue(msg), exc.reason)
             except Exception as exc:
                 if not started:
-                    await _park_logged(runtime, msg, queue, _describe(exc))
+                    await _park_logged(runtime, msg, runtime.origin_queue(msg), _describe(exc))
                     return None
                 logger.exception("handling failed for an infrastructure reason; requeueing")
                 await asyncio.sleep(_REQUEUE_PAUSE_SECONDS)
                 await msg.nack()  # RabbitMessage.nack requeues by default
             finally:
+                _delivery.reset(delivery)
                 _handler_started.reset(token)
             return None
 

@@ -25,6 +25,7 @@ from sqlalchemy import (
     String,
     Table,
     Text,
+    bindparam,
     event,
     select,
     text,
@@ -41,6 +42,9 @@ from sqlalchemy.ext.asyncio import (
 )
 
 from ._context import utc_now
+from ._sqlite import inline_connector
+
+_SQLITE_BUSY_SECONDS = 30.0
 
 metadata = MetaData()
 
@@ -132,8 +136,11 @@ class Store:
 
     def _create_engine(self) -> AsyncEngine:
         if not self.is_sqlite:
+            # No overflow: a burst beyond the pool waits for a pooled connection instead of
+            # opening (and, on return, closing) connections of its own, which cost more
+            # than the transactions they would serve.
             return create_async_engine(
-                self.url, pool_size=10, max_overflow=10, pool_pre_ping=True, hide_parameters=True
+                self.url, pool_size=10, max_overflow=0, pool_pre_ping=True, hide_parameters=True
             )
         parsed = make_url(self.url)
         if parsed.database and parsed.database != ":memory:":
@@ -141,7 +148,15 @@ class Store:
 
             Path(parsed.database).parent.mkdir(parents=True, exist_ok=True)
         # hide_parameters: error messages would otherwise quote outbox bodies (personal data).
-        engine = create_async_engine(self.url, connect_args={"timeout": 30}, hide_parameters=True)
+        options: dict[str, Any] = {"connect_args": {"timeout": _SQLITE_BUSY_SECONDS}}
+        if not parsed.query:
+            # Statements run on the loop's thread instead of aiosqlite's (_sqlite.py says why).
+            options = {
+                "async_creator": inline_connector(
+                    parsed.database or ":memory:", timeout=_SQLITE_BUSY_SECONDS
+                )
+            }
+        engine = create_async_engine(self.url, hide_parameters=True, **options)
 
         @event.listens_for(engine.sync_engine, "connect")
         def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
@@ -149,7 +164,7 @@ class Store:
             # WAL + NORMAL survives a killed process (not a power cut) without fsync per commit.
             cursor.execute("PRAGMA journal_mode=WAL")
             cursor.execute("PRAGMA synchronous=NORMAL")
-            cursor.execute("PRAGMA busy_timeout=30000")
+            cursor.execute(f"PRAGMA busy_timeout={int(_SQLITE_BUSY_SECONDS * 1000)}")
             cursor.close()
 
         return engine
@@ -238,12 +253,9 @@ class Store:
         self, session: AsyncSession, *, step: str, saga_id: uuid.UUID, lock: bool = False
     ) -> StepStatus | None:
         """The step's status for a saga, or None if the step never started."""
-        query = select(saga_steps.c.status).where(
-            saga_steps.c.step == step, saga_steps.c.saga_id == str(saga_id)
-        )
-        if lock:
-            query = query.with_for_update()
-        status = (await session.execute(query)).scalar_one_or_none()
+        query = _STEP_STATUS_FOR_UPDATE if lock else _STEP_STATUS
+        result = await session.execute(query, {"w_step": step, "w_saga_id": str(saga_id)})
+        status = result.scalar_one_or_none()
         return StepStatus(status) if status is not None else None
 
     async def set_step_status(
@@ -258,20 +270,25 @@ class Store:
         """Move the step to ``status`` for a saga (creating the record if needed)."""
         values = {"status": status.value, "reason": reason, "updated_at": utc_now()}
         result = await session.execute(
-            update(saga_steps)
-            .where(saga_steps.c.step == step, saga_steps.c.saga_id == str(saga_id))
-            .values(**values)
+            _SET_STEP_STATUS, {"w_step": step, "w_saga_id": str(saga_id), **values}
         )
         if getattr(result, "rowcount", 0) == 0:
             await session.execute(
-                saga_steps.insert().values(step=step, saga_id=str(saga_id), **values)
+                saga_steps.insert(), {"step": step, "saga_id": str(saga_id), **values}
             )
 
     # -- outbox ------------------------------------------------------------------------
 
-    async def add_to_outbox(self, session: AsyncSession, rows: Iterable[OutboxRow]) -> None:
-        """Queue events for publishing; an event already queued is queued again."""
+    async def add_to_outbox(
+        self, session: AsyncSession, rows: Iterable[OutboxRow]
+    ) -> list[OutboxRow]:
+        """Queue events for publishing; an event already queued is queued again.
+
+        Returns the rows as they will be published: an event queued before keeps the body
+        it was first written with.
+        """
         now = utc_now()
+        queued = []
         for position, row in enumerate(rows):
             values = {
                 "event_id": row.event_id,
@@ -286,11 +303,14 @@ class Store:
                 "sent_at": None,
                 "attempts": 0,
             }
-            if not await self._insert_if_absent(session, outbox, values):
-                # The same derived event id: announce it again with its original body.
-                await session.execute(
-                    update(outbox).where(outbox.c.event_id == row.event_id).values(sent_at=None)
-                )
+            if await self._insert_if_absent(session, outbox, values):
+                queued.append(row)
+                continue
+            # The same derived event id: announce it again with its original body.
+            await session.execute(_REQUEUE, {"w_event_id": row.event_id})
+            result = await session.execute(_OUTBOX_ROW, {"w_event_id": row.event_id})
+            queued.append(_outbox_row(result.mappings().one()))
+        return queued
 
     async def pending_outbox(
         self, session: AsyncSession, *, older_than: timedelta | None = None, limit: int = 500
@@ -315,11 +335,7 @@ class Store:
     async def mark_sent(self, session: AsyncSession, event_ids: Sequence[str]) -> None:
         """Mark events as published."""
         if event_ids:
-            await session.execute(
-                update(outbox)
-                .where(outbox.c.event_id.in_(event_ids))
-                .values(sent_at=utc_now(), attempts=outbox.c.attempts + 1)
-            )
+            await session.execute(_MARK_SENT, {"w_event_ids": list(event_ids), "now": utc_now()})
 
     async def count_pending_outbox(self, session: AsyncSession) -> int:
         """How many events wait to be published (the outbox backlog)."""
@@ -331,10 +347,35 @@ class Store:
     async def _insert_if_absent(
         self, session: AsyncSession, table: Table, values: dict[str, Any]
     ) -> bool:
-        dialect = postgresql if not self.is_sqlite else sqlite
-        statement = dialect.insert(table).values(**values).on_conflict_do_nothing()
-        result = await session.execute(statement)
+        statements = _INSERT_IF_ABSENT_SQLITE if self.is_sqlite else _INSERT_IF_ABSENT_POSTGRESQL
+        result = await session.execute(statements[table.name], values)
         return bool(getattr(result, "rowcount", 0) == 1)
+
+
+# Hot-path statements, built once: building a statement per call costs more than running it
+# on SQLite. Bound parameters named w_* select rows; the others are column values.
+_INSERT_IF_ABSENT_SQLITE = {
+    table.name: sqlite.insert(table).on_conflict_do_nothing()
+    for table in (inbox, saga_steps, outbox)
+}
+_INSERT_IF_ABSENT_POSTGRESQL = {
+    table.name: postgresql.insert(table).on_conflict_do_nothing()
+    for table in (inbox, saga_steps, outbox)
+}
+_STEP_WHERE = (
+    saga_steps.c.step == bindparam("w_step"),
+    saga_steps.c.saga_id == bindparam("w_saga_id"),
+)
+_STEP_STATUS = select(saga_steps.c.status).where(*_STEP_WHERE)
+_STEP_STATUS_FOR_UPDATE = _STEP_STATUS.with_for_update()
+_SET_STEP_STATUS = update(saga_steps).where(*_STEP_WHERE)
+_OUTBOX_ROW = select(outbox).where(outbox.c.event_id == bindparam("w_event_id"))
+_REQUEUE = update(outbox).where(outbox.c.event_id == bindparam("w_event_id")).values(sent_at=None)
+_MARK_SENT = (
+    update(outbox)
+    .where(outbox.c.event_id.in_(bindparam("w_event_ids", expanding=True)))
+    .values(sent_at=bindparam("now"), attempts=outbox.c.attempts + 1)
+)
 
 
 def _outbox_row(r: Any) -> OutboxRow:

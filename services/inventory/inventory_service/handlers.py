@@ -41,7 +41,9 @@ def create_participant(settings: InventorySettings) -> Participant:
         shortages = domain.find_shortages(requested, available)
         if shortages:
             raise StepFailed("insufficient_stock", detail="; ".join(map(str, shortages)))
-        for sku, quantity in requested.items():
+        # SKUs in one order everywhere (here and in release_stock), so that two transactions
+        # touching the same SKUs lock their rows in the same order and cannot deadlock.
+        for sku, quantity in sorted(requested.items()):
             # Conditional decrement: a concurrent replica cannot take the same units.
             result = await step.session.execute(
                 update(Stock)
@@ -76,9 +78,9 @@ def create_participant(settings: InventorySettings) -> Participant:
         if reservation is None or reservation.status == domain.RELEASED:
             return InventoryReleased(order=event.order, reservation_id=None)
         lines = await step.session.execute(
-            select(ReservationLine).where(
-                ReservationLine.reservation_id == reservation.reservation_id
-            )
+            select(ReservationLine)
+            .where(ReservationLine.reservation_id == reservation.reservation_id)
+            .order_by(ReservationLine.sku)
         )
         for line in lines.scalars():
             await step.session.execute(

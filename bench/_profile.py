@@ -1,0 +1,102 @@
+"""Sampling the services with py-spy while they run, and summarising where the time went."""
+
+from __future__ import annotations
+
+import re
+import shutil
+import signal
+import subprocess
+import sys
+from collections import Counter
+from pathlib import Path
+from typing import Any
+
+_FRAME = re.compile(r"^(?P<func>.*) \((?P<path>.*?)(?::\d+)?\)$")
+_MARKERS = ("site-packages/", "/work/main/", "/lib/python3.11/")
+
+
+def _short(frame: str) -> str:
+    match = _FRAME.match(frame)
+    if match is None:
+        return frame
+    path = match["path"]
+    for marker in _MARKERS:
+        if marker in path:
+            path = path.split(marker, 1)[1]
+            break
+    return f"{match['func']} ({path})"
+
+
+class Profiler:
+    """One ``py-spy record`` per process, stopped with SIGINT so that it writes its output."""
+
+    def __init__(self, out_dir: Path, *, rate: int = 97) -> None:
+        found = shutil.which("py-spy") or str(Path(sys.executable).with_name("py-spy"))
+        self.executable = found
+        self.out_dir = out_dir
+        self.rate = rate
+        self._running: dict[str, subprocess.Popen[bytes]] = {}
+
+    def path(self, name: str) -> Path:
+        return self.out_dir / f"{name}.collapsed"
+
+    def start(self, name: str, pid: int) -> None:
+        self.out_dir.mkdir(parents=True, exist_ok=True)
+        log = (self.out_dir / f"{name}.py-spy.log").open("wb")
+        self._running[name] = subprocess.Popen(
+            [
+                self.executable,
+                "record",
+                "--pid",
+                str(pid),
+                "--rate",
+                str(self.rate),
+                "--format",
+                "raw",
+                "--gil",
+                "--output",
+                str(self.path(name)),
+            ],
+            stdout=log,
+            stderr=subprocess.STDOUT,
+        )
+
+    def stop(self) -> dict[str, dict[str, Any]]:
+        for process in self._running.values():
+            process.send_signal(signal.SIGINT)
+        summaries = {}
+        for name, process in self._running.items():
+            process.wait(timeout=60)
+            if self.path(name).exists():
+                summaries[name] = summarize(self.path(name))
+        self._running.clear()
+        return summaries
+
+
+def summarize(path: Path, *, top: int = 15) -> dict[str, Any]:
+    """Top functions by self and by inclusive share of samples in a collapsed-stack file."""
+    own: Counter[str] = Counter()
+    inclusive: Counter[str] = Counter()
+    total = 0
+    for line in path.read_text().splitlines():
+        stack, _, count_text = line.rpartition(" ")
+        if not stack:
+            continue
+        count = int(count_text)
+        frames = [_short(f) for f in stack.split(";")]
+        total += count
+        own[frames[-1]] += count
+        for frame in set(frames):
+            inclusive[frame] += count
+    if not total:
+        return {"samples": 0, "self": [], "inclusive": []}
+
+    def share(counter: Counter[str], limit: float) -> list[tuple[str, float]]:
+        return [
+            (name, round(100 * n / total, 1))
+            for name, n in counter.most_common()
+            if n / total <= limit
+        ][:top]
+
+    # Inclusive shares above 90% are the event loop and the thread runners: no news.
+    return {"samples": total, "self": share(own, 1.0), "inclusive": share(inclusive, 0.9)}
