@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import contextlib
+import functools
 import gc
 import logging
+from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 
 from faststream import FastStream
@@ -63,7 +66,11 @@ def build_service(
     runtime = SagaRuntime(participant, broker=broker, store=store, settings=settings)
     # The app's first line ("starting") comes before logging is configured: a logger of
     # sagakit's keeps it out of a JSON log instead of printing it in another format.
-    app = FastStream(broker, logger=logging.getLogger("sagakit.app"))
+    app = FastStream(
+        broker,
+        logger=logging.getLogger("sagakit.app"),
+        lifespan=functools.partial(_closing_on_failure, broker),
+    )
     endpoints = observe(
         app,
         service=participant.name,
@@ -104,6 +111,26 @@ def build_service(
         settings=settings,
         endpoints=endpoints,
     )
+
+
+@contextlib.asynccontextmanager
+async def _closing_on_failure(broker: RabbitBroker) -> AsyncIterator[None]:
+    # When the app fails (the connection lost while subscribers start), the robust
+    # connection is left reconnecting, and it survives the cancellation at exit: the
+    # process would hang for ever, its consumers restored for an app that is gone, holding
+    # deliveries it never acks (bench/chaos.py found one). Closed, the process exits.
+    try:
+        yield
+    except BaseException:
+        try:
+            await broker.stop()
+        except Exception:
+            # Stopping subscribers on a dead channel fails before the connection is closed.
+            connection = getattr(broker, "_connection", None)
+            if connection is not None:
+                with contextlib.suppress(Exception):
+                    await connection.close()
+        raise
 
 
 async def prepare_store(participant: Participant, store: Store) -> None:

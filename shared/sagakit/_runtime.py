@@ -16,19 +16,17 @@ from contextvars import ContextVar
 from datetime import timedelta
 from typing import Any
 
-from aio_pika.abc import AbstractChannel
 from faststream import AckPolicy, BaseMiddleware
 from faststream.message import StreamMessage
-from faststream.rabbit import RabbitBroker, RabbitExchange, RabbitQueue, RabbitRouter
+from faststream.rabbit import RabbitBroker, RabbitRouter
 from pydantic import BaseModel, ValidationError
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from . import _rules as rules
 from ._checker import emitted_events
-from ._client import connect
 from ._context import StepOutcome, StepRecord, saga_scope, utc_now
 from ._envelope import Envelope, EventPayload, derived_event_id
-from ._errors import BrokerUnavailable, InvalidMessage, StepFailed
+from ._errors import InvalidMessage, StepFailed
 from ._faults import CrashPoint, crash_point
 from ._logging import _handling
 from ._metrics import DEAD_LETTERED, EVENTS_CONSUMED, RETRIES, STEP_DURATION, STEP_OUTCOMES
@@ -63,7 +61,6 @@ _delivery: ContextVar[StreamMessage[Any] | None] = ContextVar("sagakit_delivery"
 # Declaring the topology at start-up outlasts a broker that is away for about this long.
 _DECLARE_ATTEMPTS = 60
 _DECLARE_PAUSE_SECONDS = 1.0
-_DECLARE_TIMEOUT_SECONDS = 10.0
 
 # An infrastructure error (database or broker away) sends the message back after a pause;
 # the quorum queue's delivery limit stops it from looping forever.
@@ -120,29 +117,16 @@ class SagaRuntime:
     # -- lifecycle ---------------------------------------------------------------------
 
     async def declare_topology(self) -> None:
-        """Declare the dead-letter exchange and queue and the delay queues.
-
-        On a short-lived connection of its own, not the broker's robust one: a connection
-        lost in the middle of a declaration there could leave the robust channel's recovery,
-        and with it the service's consumers, waiting for ever (bench/chaos.py found a
-        service alive with one of three consumers back). Everything here is durable, so
-        no recovery needs to declare it again.
-        """
-        url = self.settings.rabbitmq_url
-        connection = await connect(url, connect_timeout=_DECLARE_TIMEOUT_SECONDS, robust=False)
-        try:
-            channel = await connection.channel()
-            dlx = await _declare_exchange(channel, self.topology.dead_letter_exchange())
-            dlq = await _declare_queue(channel, self.topology.dead_letter_queue())
-            await dlq.bind(dlx, routing_key="#")
-            retries = await _declare_exchange(channel, self.topology.retry_exchange())
-            for sub in self.subscriptions:
-                delay = await _declare_queue(channel, self.topology.retry_queue(sub.event_type))
-                await delay.bind(retries, routing_key=delay.name)
-                work = await _declare_queue(channel, self.topology.work_queue(sub.event_type))
-                await work.bind(retries, routing_key=work.name)
-        finally:
-            await connection.close()
+        """Declare the dead-letter exchange and queue and the delay queues."""
+        dlx = await self.broker.declare_exchange(self.topology.dead_letter_exchange())
+        dlq = await self.broker.declare_queue(self.topology.dead_letter_queue())
+        await dlq.bind(dlx, routing_key="#")
+        retries = await self.broker.declare_exchange(self.topology.retry_exchange())
+        for sub in self.subscriptions:
+            delay = await self.broker.declare_queue(self.topology.retry_queue(sub.event_type))
+            await delay.bind(retries, routing_key=delay.name)
+            work = await self.broker.declare_queue(self.topology.work_queue(sub.event_type))
+            await work.bind(retries, routing_key=work.name)
 
     async def start(self, *, declare: bool = True) -> None:
         """Declare what FastStream does not, then start the outbox relay.
@@ -161,7 +145,7 @@ class SagaRuntime:
                 await self.declare_topology()
                 return
             # aiormq: connection errors are ConnectionErrors, a closed channel a RuntimeError.
-            except (BrokerUnavailable, ConnectionError, RuntimeError, TimeoutError) as exc:
+            except (ConnectionError, RuntimeError) as exc:
                 if attempt == _DECLARE_ATTEMPTS:
                     raise
                 logger.warning("declaring the topology failed (%r), trying again", exc)
@@ -594,26 +578,6 @@ class SagaRuntime:
         if routing_key.startswith(f"{self.name}."):
             return routing_key
         return self.topology.work_queue(routing_key or "unknown").name
-
-
-def _declare_exchange(channel: AbstractChannel, exchange: RabbitExchange) -> Any:
-    return channel.declare_exchange(
-        exchange.name,
-        exchange.type.value,
-        durable=exchange.durable,
-        auto_delete=exchange.auto_delete,
-        arguments=exchange.arguments,
-    )
-
-
-def _declare_queue(channel: AbstractChannel, queue: RabbitQueue) -> Any:
-    return channel.declare_queue(
-        queue.name,
-        durable=queue.durable,
-        exclusive=queue.exclusive,
-        auto_delete=queue.auto_delete,
-        arguments=queue.arguments,
-    )
 
 
 async def _decode_json(message: StreamMessage[Any]) -> Any:

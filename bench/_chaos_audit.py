@@ -1,0 +1,426 @@
+"""The end of a chaos run: what each service's own store says, against the ledger and the DLQs.
+
+Every check names what it proves and, when it fails, whether something was lost (an effect
+or event that should exist does not), applied twice (an effect or event exists more often
+than once, or a balance is off), or wrong (an outcome the reference rules do not give).
+"""
+
+from __future__ import annotations
+
+import json
+from collections import Counter
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from decimal import Decimal
+from enum import StrEnum
+from typing import Any
+
+from _chaos_faults import MALFORMED_PREFIX, Malformed
+from _chaos_ledger import Ledger, Seen
+from _chaos_orders import INITIAL_STOCK, PlannedOrder
+from _chaos_stores import StoreState
+from sagakit import SagaSpec
+from sagakit._dlq import ParkedMessage
+
+# Failures that are not the order's fault: the step gave up, as the design says it must.
+TRANSIENT_REASONS = frozenset({"retries_exhausted", "deadline_exceeded"})
+
+
+class Verdict(StrEnum):
+    """What a failed check means."""
+
+    LOST = "lost"
+    TWICE = "applied twice"
+    WRONG = "wrong outcome"
+
+
+@dataclass
+class Check:
+    """One property of the end state; ``failures`` names what broke it."""
+
+    name: str
+    verdict: Verdict
+    checked: int = 0
+    failures: list[str] = field(default_factory=list)
+
+    def fail(self, what: str) -> None:
+        self.failures.append(what)
+
+    @property
+    def ok(self) -> bool:
+        return not self.failures
+
+
+def expected_trail(spec: SagaSpec, failed_step: str | None) -> set[str]:
+    """The event types a saga emits when ``failed_step`` fails (None: when fulfilled)."""
+    trail = {spec.start_event}
+    for step in spec.steps:
+        if step.name == failed_step:
+            trail.add(step.failure)
+            trail.add(spec.cancelled_event)
+            return trail
+        trail.add(step.success)
+        if failed_step is not None and step.compensated is not None:
+            trail.add(step.compensated)
+    return trail
+
+
+@dataclass
+class Audit:
+    """Outcomes and checks of a run."""
+
+    outcomes: Counter[str]
+    cancel_reasons: Counter[str]
+    parked_reasons: Counter[str]
+    checks: list[Check]
+    notes: dict[str, Any]
+
+    def count(self, verdict: Verdict) -> int:
+        """How many failures of that kind the checks found."""
+        return sum(len(c.failures) for c in self.checks if c.verdict is verdict)
+
+    @property
+    def lost(self) -> int:
+        return self.count(Verdict.LOST)
+
+    @property
+    def applied_twice(self) -> int:
+        return self.count(Verdict.TWICE)
+
+    @property
+    def wrong(self) -> int:
+        return self.count(Verdict.WRONG)
+
+
+class _Auditor:
+    def __init__(
+        self,
+        *,
+        spec: SagaSpec,
+        planned: Mapping[str, PlannedOrder],
+        ledger: Ledger,
+        parked: Iterable[ParkedMessage],
+        stores: StoreState,
+        malformed: Mapping[str, Malformed],
+        duplicated: Iterable[Seen],
+        consumers: Mapping[str, int],
+    ) -> None:
+        self.spec = spec
+        self.consumers = consumers
+        self.planned = planned
+        self.ledger = ledger
+        self.stores = stores
+        self.malformed = malformed
+        self.duplicated = list(duplicated)
+        self.parked = list(parked)
+        self.parked_sagas: dict[str, list[ParkedMessage]] = {}
+        for entry in self.parked:
+            if not entry.id.startswith(MALFORMED_PREFIX) and entry.saga_id:
+                self.parked_sagas.setdefault(entry.saga_id, []).append(entry)
+        self.checks: dict[str, Check] = {}
+
+    def check(self, name: str, verdict: Verdict) -> Check:
+        key = f"{name}|{verdict}"
+        if key not in self.checks:
+            self.checks[key] = Check(name, verdict)
+        return self.checks[key]
+
+    def run(self) -> Audit:
+        outcomes: Counter[str] = Counter()
+        cancel_reasons: Counter[str] = Counter()
+        parked_reasons: Counter[str] = Counter()
+        fulfilled: list[str] = []
+        open_parked: list[str] = []
+        for saga, plan in self.planned.items():
+            events = self.ledger.by_saga.get(saga, [])
+            types = {e.event_type for e in events}
+            done = self.spec.completed_event in types
+            cancelled = self.spec.cancelled_event in types
+            ended = self.check("every saga ended or is parked with a reason", Verdict.LOST)
+            ended.checked += 1
+            if done and cancelled:
+                outcomes["fulfilled and cancelled"] += 1
+                self.check("one terminal event per saga", Verdict.TWICE).fail(saga)
+                continue
+            if not (done or cancelled):
+                if saga in self.parked_sagas:
+                    outcomes["parked"] += 1
+                    open_parked.append(saga)
+                    for entry in self.parked_sagas[saga]:
+                        parked_reasons[entry.reason.split(":")[0]] += 1
+                        if not entry.reason:
+                            ended.fail(f"{saga} parked without a reason")
+                else:
+                    outcomes["pending"] += 1
+                    last = events[-1].event_type if events else "nothing"
+                    ended.fail(f"{saga} ({plan.scenario.value}) stopped after {last}")
+                continue
+            self._one_id_per_type(saga, events)
+            if done:
+                outcomes["fulfilled"] += 1
+                fulfilled.append(saga)
+                self._trail(saga, types, None)
+                self._outcome(saga, plan, None, None)
+                self._fulfilled_effects(saga, plan)
+            else:
+                cancellation = next(e for e in events if e.event_type == self.spec.cancelled_event)
+                failed_step, reason = _cancellation(cancellation)
+                outcomes[f"cancelled at {failed_step}"] += 1
+                cancel_reasons[reason] += 1
+                self._trail(saga, types, failed_step)
+                self._outcome(saga, plan, failed_step, reason)
+                self._cancelled_effects(saga, plan)
+        self._stock(fulfilled, open_parked)
+        self._money(fulfilled, open_parked)
+        self._malformed()
+        self._outbox()
+        self._consumers()
+        notes = self._duplicates()
+        notes["parked messages"] = len(self.parked)
+        notes["ledger deliveries"] = self.ledger.deliveries
+        notes["ledger messages"] = len(self.ledger.first)
+        notes["inbox rows"] = self.stores.inbox_rows
+        return Audit(
+            outcomes=outcomes,
+            cancel_reasons=cancel_reasons,
+            parked_reasons=parked_reasons,
+            checks=list(self.checks.values()),
+            notes=notes,
+        )
+
+    # -- per saga ----------------------------------------------------------------------
+
+    def _one_id_per_type(self, saga: str, events: list[Seen]) -> None:
+        check = self.check("one event id per event type and saga", Verdict.TWICE)
+        check.checked += 1
+        ids: dict[str, set[str | None]] = {}
+        for event in events:
+            ids.setdefault(event.event_type or "", set()).add(event.event_id)
+        for event_type, distinct in ids.items():
+            if len(distinct) > 1:
+                check.fail(f"{saga}: {event_type} x{len(distinct)}")
+
+    def _trail(self, saga: str, types: set[str | None], failed_step: str | None) -> None:
+        expected = expected_trail(self.spec, failed_step)
+        missing = expected - types
+        extra = {t for t in types if t is not None} - expected
+        lost = self.check("each saga's events as the spec says: none missing", Verdict.LOST)
+        twice = self.check("each saga's events as the spec says: none extra", Verdict.TWICE)
+        lost.checked += 1
+        twice.checked += 1
+        if missing:
+            lost.fail(f"{saga}: missing {sorted(missing)}")
+        if extra:
+            twice.fail(f"{saga}: extra {sorted(extra)}")
+
+    def _outcome(
+        self, saga: str, plan: PlannedOrder, failed_step: str | None, reason: str | None
+    ) -> None:
+        check = self.check("outcome as the reference rules say", Verdict.WRONG)
+        check.checked += 1
+        if failed_step == plan.failed_step:
+            return
+        if reason in TRANSIENT_REASONS:
+            return  # a step that gave up under faults: cancelled, correctly compensated
+        check.fail(f"{saga}: {plan.scenario.value} ended at {failed_step or 'fulfilled'}")
+
+    def _fulfilled_effects(self, saga: str, plan: PlannedOrder) -> None:
+        s = self.stores
+        self._expect(
+            "fulfilled: stock reserved once, as ordered",
+            saga,
+            s.reservations.get(saga) == "active" and s.reserved.get(saga) == plan.quantities(),
+            f"reservation {s.reservations.get(saga)} {s.reserved.get(saga)}",
+        )
+        payment = s.payments.get(saga)
+        charged = payment is not None and payment[2] == "captured" and payment[1] == plan.total
+        self._expect(
+            "fulfilled: charged once, the order's total",
+            saga,
+            charged and not s.refunds.get(payment[0] if payment else ""),
+            f"payment {payment}",
+        )
+        self._expect(
+            "fulfilled: exactly one shipment, booked",
+            saga,
+            s.shipments.get(saga) == "booked",
+            f"shipment {s.shipments.get(saga)}",
+        )
+        self._notice(saga, "confirmation")
+
+    def _cancelled_effects(self, saga: str, plan: PlannedOrder) -> None:
+        s = self.stores
+        self._expect(
+            "cancelled: no stock held",
+            saga,
+            s.reservations.get(saga) in (None, "released"),
+            f"reservation {s.reservations.get(saga)}",
+        )
+        payment = s.payments.get(saga)
+        refunds = s.refunds.get(payment[0], []) if payment else []
+        refunded = payment is None or (
+            payment[2] == "refunded" and len(refunds) == 1 and refunds[0] == payment[1]
+        )
+        self._expect(
+            "cancelled: not charged, or refunded once",
+            saga,
+            refunded,
+            f"payment {payment} refunds {refunds}",
+            twice=len(refunds) > 1,
+        )
+        self._expect(
+            "cancelled: no active shipment",
+            saga,
+            s.shipments.get(saga) in (None, "cancelled"),
+            f"shipment {s.shipments.get(saga)}",
+        )
+        self._notice(saga, "cancellation")
+
+    def _notice(self, saga: str, kind: str) -> None:
+        kinds = self.stores.notices.get(saga, [])
+        check = self.check("exactly one notice per saga, of the right kind", Verdict.LOST)
+        twice = self.check("exactly one notice per saga: never two", Verdict.TWICE)
+        check.checked += 1
+        twice.checked += 1
+        if len(kinds) > 1:
+            twice.fail(f"{saga}: {kinds}")
+        elif kinds != [kind]:
+            check.fail(f"{saga}: {kinds or 'none'}, expected {kind}")
+
+    def _expect(self, name: str, saga: str, ok: bool, detail: str, *, twice: bool = False) -> None:
+        check = self.check(name, Verdict.TWICE if twice else Verdict.LOST)
+        check.checked += 1
+        if not ok:
+            check.fail(f"{saga}: {detail}")
+
+    # -- balances ----------------------------------------------------------------------
+
+    def _stock(self, fulfilled: list[str], open_parked: list[str]) -> None:
+        s = self.stores
+        held: Counter[str] = Counter()
+        for saga, status in s.reservations.items():
+            if status == "active":
+                held.update(s.reserved.get(saga, {}))
+        sold: Counter[str] = Counter()
+        for saga in fulfilled:
+            sold.update(self.planned[saga].quantities())
+        for saga in open_parked:
+            if s.reservations.get(saga) == "active":
+                sold.update(s.reserved.get(saga, {}))
+        conserved = self.check("stock conserved per SKU: initial - held = current", Verdict.TWICE)
+        for sku, initial in INITIAL_STOCK.items():
+            conserved.checked += 1
+            current = s.stock.get(sku)
+            if current != initial - held[sku]:
+                conserved.fail(f"{sku}: {initial} - {held[sku]} held != {current}")
+            check = self.check(
+                "stock per SKU = initial - fulfilled orders",
+                Verdict.TWICE
+                if current is not None and current < initial - sold[sku]
+                else Verdict.LOST,
+            )
+            check.checked += 1
+            if current != initial - sold[sku]:
+                check.fail(f"{sku}: {initial} - {sold[sku]} sold != {current}")
+
+    def _money(self, fulfilled: list[str], open_parked: list[str]) -> None:
+        s = self.stores
+        excluded = set(open_parked)
+        charged = sum(
+            (p[1] for saga, p in s.payments.items() if saga not in excluded), Decimal("0")
+        )
+        refunded = sum(
+            (
+                amount
+                for saga, p in s.payments.items()
+                if saga not in excluded
+                for amount in s.refunds.get(p[0], [])
+            ),
+            Decimal("0"),
+        )
+        owed = sum((self.planned[saga].total for saga in fulfilled), Decimal("0"))
+        net = charged - refunded
+        check = self.check(
+            "charged - refunded = total of fulfilled orders",
+            Verdict.TWICE if net > owed else Verdict.LOST,
+        )
+        check.checked += 1
+        if net != owed:
+            check.fail(f"{charged} - {refunded} = {net}, fulfilled orders total {owed}")
+
+    # -- bad input, duplicates, outbox -------------------------------------------------
+
+    def _malformed(self) -> None:
+        parked: dict[str, list[ParkedMessage]] = {}
+        for entry in self.parked:
+            if entry.id in self.malformed:
+                parked.setdefault(entry.id, []).append(entry)
+        check = self.check(
+            "every malformed message parked by each consumer, with a reason", Verdict.LOST
+        )
+        for message_id, sent in self.malformed.items():
+            entries = parked.get(message_id, [])
+            for participant in sorted(sent.parked_by):
+                check.checked += 1
+                mine = [e for e in entries if e.service == participant and e.reason]
+                if not mine:
+                    what = f"{sent.shape} as {sent.routing_key}"
+                    check.fail(f"{message_id} ({what}) at {participant}")
+
+    def _outbox(self) -> None:
+        check = self.check("every committed event published (outbox drained)", Verdict.LOST)
+        for service, pending in self.stores.pending_outbox.items():
+            check.checked += 1
+            if pending:
+                check.fail(f"{service}: {pending} unsent")
+
+    def _consumers(self) -> None:
+        check = self.check(
+            "one consumer per work queue at the end (none missing, no zombie)", Verdict.LOST
+        )
+        for queue, count in sorted(self.consumers.items()):
+            check.checked += 1
+            if count != 1:
+                check.fail(f"{queue}: {count} consumers")
+
+    def _duplicates(self) -> dict[str, Any]:
+        sagas = {seen.saga_id for seen in self.duplicated}
+        seen_twice = sum(1 for seen in self.duplicated if self.ledger.copies[seen.message_id] > 1)
+        copies = sum(self.ledger.copies.values()) - len(self.ledger.copies)
+        parked_copies = Counter((e.id, e.service) for e in self.parked if e.id in self.malformed)
+        return {
+            "duplicated events": len(self.duplicated),
+            "duplicates seen on the exchange": seen_twice,
+            "sagas given duplicates": len(sagas),
+            "extra copies on the exchange (all causes)": copies,
+            "malformed parked more than once": sum(1 for n in parked_copies.values() if n > 1),
+        }
+
+
+def _cancellation(event: Seen) -> tuple[str, str]:
+    payload = json.loads(event.body).get("payload", {})
+    return str(payload.get("failed_step", "?")), str(payload.get("reason", "?"))
+
+
+def audit(
+    *,
+    spec: SagaSpec,
+    consumers: Mapping[str, int],
+    planned: Mapping[str, PlannedOrder],
+    ledger: Ledger,
+    parked: Iterable[ParkedMessage],
+    stores: StoreState,
+    malformed: Mapping[str, Malformed],
+    duplicated: Iterable[Seen],
+) -> Audit:
+    """Check the end state of a run."""
+    return _Auditor(
+        spec=spec,
+        planned=planned,
+        ledger=ledger,
+        parked=parked,
+        stores=stores,
+        malformed=malformed,
+        duplicated=duplicated,
+        consumers=consumers,
+    ).run()

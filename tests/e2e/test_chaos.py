@@ -1,0 +1,185 @@
+"""The chaos run (bench/chaos.py), small and seeded: about 100 sagas meet every fault kind.
+
+Kills (random and at crash points), a broker restart, connection cuts and latency through
+the proxy, duplicated events, garbage under real routing keys and business failures at
+every step; then nothing may be lost, applied twice or end against the rules, by the
+services' own stores, the dead-letter queues and the independent ledger.
+
+The run restarts the broker node that ``rabbitmqctl`` controls (``RABBITMQ_NODENAME``).
+A second test feeds the audit a doctored end state, to show that its checks can fail.
+"""
+
+from __future__ import annotations
+
+import importlib
+import json
+import shutil
+import subprocess
+import sys
+import time
+import uuid
+from decimal import Decimal
+from pathlib import Path
+from types import ModuleType, SimpleNamespace
+from typing import Any
+
+import pytest
+
+BENCH = Path(__file__).resolve().parents[2] / "bench"
+SEED = 20251124
+SAGAS = 100
+BUDGET_SECONDS = 180
+
+
+@pytest.fixture
+def chaos(monkeypatch: pytest.MonkeyPatch) -> SimpleNamespace:
+    monkeypatch.syspath_prepend(str(BENCH))
+    modules: dict[str, ModuleType] = {
+        name: importlib.import_module(f"_chaos_{name}")
+        for name in ("audit", "faults", "ledger", "orders", "stores")
+    }
+    return SimpleNamespace(**modules)
+
+
+@pytest.mark.e2e
+@pytest.mark.timeout(BUDGET_SECONDS + 60)
+@pytest.mark.skipif(shutil.which("rabbitmqctl") is None, reason="needs a local broker to restart")
+def test_a_seeded_chaos_run_loses_nothing_and_applies_nothing_twice(
+    tmp_path: Path, chaos: SimpleNamespace
+) -> None:
+    report_path = tmp_path / "report.json"
+    command = [
+        sys.executable,
+        str(BENCH / "chaos.py"),
+        f"--sagas={SAGAS}",
+        f"--seed={SEED}",
+        "--rate=5",
+        "--settle-timeout=90",
+        f"--workdir={tmp_path / 'run'}",
+        f"--json={report_path}",
+    ]
+    began = time.monotonic()
+    run = subprocess.run(command, capture_output=True, text=True, timeout=BUDGET_SECONDS + 30)
+    elapsed = time.monotonic() - began
+    assert run.returncode == 0, f"{run.stdout}\n{run.stderr[-6000:]}"
+    report = json.loads(report_path.read_text())
+
+    assert report["seed"] == SEED
+    assert (report["lost"], report["applied_twice"], report["wrong_outcomes"]) == (0, 0, 0)
+    assert [c["check"] for c in report["checks"] if c["failed"]] == []
+    assert sum(report["outcomes"].values()) == SAGAS
+    assert report["outcomes"].get("pending", 0) == 0
+    # every kind of fault happened, and the business failures hit every step
+    kinds = [kind.value for kind in chaos.faults.FaultKind]
+    assert [kind for kind in kinds if not report["faults"].get(kind)] == []
+    cancelled_at = {
+        outcome.removeprefix("cancelled at ")
+        for outcome in report["outcomes"]
+        if outcome.startswith("cancelled at ")
+    }
+    assert cancelled_at == {"reserve_stock", "charge_payment", "ship_order", "confirm_order"}
+    notes = report["notes"]
+    assert notes["duplicates seen on the exchange"] == notes["duplicated events"]
+    assert elapsed < BUDGET_SECONDS, f"the chaos run took {elapsed:.0f}s"
+
+
+# -- the audit itself can fail -----------------------------------------------------------
+
+
+def _event(saga: str, event_type: str, **payload: Any) -> SimpleNamespace:
+    event_id = str(uuid.uuid5(uuid.NAMESPACE_URL, f"{saga}/{event_type}"))
+    body = {
+        "event_id": event_id,
+        "event_type": event_type,
+        "context": {"saga_id": saga},
+        "payload": payload,
+    }
+    return SimpleNamespace(
+        message_id=event_id,
+        routing_key=event_type,
+        body=json.dumps(body).encode(),
+        headers={},
+        correlation_id=saga,
+        type=event_type,
+        content_type="application/json",
+    )
+
+
+def test_the_audit_finds_lost_and_doubled_effects(chaos: SimpleNamespace) -> None:
+    from order_contracts import ORDER_SAGA
+    from order_contracts.samples import Scenario, sample_order
+
+    fulfilled, declined, stuck = (str(uuid.uuid4()) for _ in range(3))
+    planned = {
+        fulfilled: chaos.orders.PlannedOrder(Scenario.FULFILLED, sample_order()),
+        declined: chaos.orders.PlannedOrder(
+            Scenario.CARD_DECLINED, sample_order(Scenario.CARD_DECLINED)
+        ),
+        stuck: chaos.orders.PlannedOrder(Scenario.FULFILLED, sample_order()),
+    }
+    ledger = chaos.ledger.Ledger("amqp://unused", spec=ORDER_SAGA)
+    trails = {
+        fulfilled: [
+            "order.created",
+            "inventory.reserved",
+            "payment.processed",
+            "shipment.created",
+            "order.fulfilled",
+        ],
+        declined: ["order.created", "inventory.reserved", "payment.failed", "inventory.released"],
+        stuck: ["order.created", "inventory.reserved"],
+    }
+    for saga, types in trails.items():
+        for event_type in types:
+            ledger._record(_event(saga, event_type))
+    ledger._record(
+        _event(declined, "order.cancelled", failed_step="charge_payment", reason="card_declined")
+    )
+    initial = chaos.orders.INITIAL_STOCK
+    two_apples = {"SKU-APPLE": 2}
+    stores = chaos.stores.StoreState(
+        # the declined order's release never happened; the stuck one holds its stock
+        stock={**initial, "SKU-APPLE": initial["SKU-APPLE"] - 6},
+        reservations={fulfilled: "active", declined: "active", stuck: "active"},
+        reserved={fulfilled: two_apples, declined: two_apples, stuck: two_apples},
+        # the fulfilled order was charged twice its total
+        payments={fulfilled: ("pay-1", Decimal("6.00"), "captured")},
+        refunds={},
+        shipments={fulfilled: "booked"},
+        # and told twice, once of each kind
+        notices={fulfilled: ["confirmation", "cancellation"], declined: ["cancellation"]},
+        pending_outbox={"inventory": 0, "payment": 1, "shipping": 0, "notification": 0},
+        inbox_rows=0,
+    )
+    result = chaos.audit.audit(
+        spec=ORDER_SAGA,
+        # a zombie still holds its queue beside the new process
+        consumers={"payment.inventory.reserved": 2, "inventory.order.created": 1},
+        planned=planned,
+        ledger=ledger,
+        parked=[],
+        stores=stores,
+        malformed={
+            "chaos-malformed-0001": chaos.faults.Malformed(
+                "chaos-malformed-0001", "order.created", "bytes", frozenset({"inventory"})
+            )
+        },
+        duplicated=[],
+    )
+    failed = {check.name: check.failures for check in result.checks if check.failures}
+    assert set(failed) == {
+        "every saga ended or is parked with a reason",
+        "cancelled: no stock held",
+        "fulfilled: charged once, the order's total",
+        "exactly one notice per saga: never two",
+        "stock per SKU = initial - fulfilled orders",
+        "charged - refunded = total of fulfilled orders",
+        "every malformed message parked by each consumer, with a reason",
+        "every committed event published (outbox drained)",
+        "one consumer per work queue at the end (none missing, no zombie)",
+    }
+    assert failed["every saga ended or is parked with a reason"] == [
+        f"{stuck} (fulfilled) stopped after inventory.reserved"
+    ]
+    assert result.lost >= 5
+    assert result.applied_twice >= 2  # two notices; more charged than the fulfilled orders
