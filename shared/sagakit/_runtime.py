@@ -18,7 +18,7 @@ from typing import Any
 
 from faststream import AckPolicy, BaseMiddleware
 from faststream.message import StreamMessage
-from faststream.rabbit import RabbitBroker, RabbitRouter
+from faststream.rabbit import RabbitBroker, RabbitExchange, RabbitRouter
 from pydantic import BaseModel, ValidationError
 from sqlalchemy.ext.asyncio import AsyncSession
 
@@ -532,44 +532,55 @@ class SagaRuntime:
     async def _schedule_retry(
         self, sub: Subscription, message: Any, attempt: int, error: str
     ) -> None:
-        headers = _republishable(dict(message.headers))
-        headers[ATTEMPT_HEADER] = attempt
-        headers[LAST_ERROR_HEADER] = error[:300]
-        headers.setdefault(FIRST_FAILURE_HEADER, utc_now().isoformat())
-        delay = self._backoff(attempt)
-        await self.broker.publish(
-            message.body,
+        await self._republish(
+            message,
             exchange=self.topology.retry_exchange(),
             routing_key=retry_queue_name(sub.queue),
-            headers=headers,
-            expiration=timedelta(seconds=delay),
-            persist=True,
-            mandatory=True,
-            **_message_properties(message),
+            headers={ATTEMPT_HEADER: attempt, LAST_ERROR_HEADER: error[:300]},
+            expiration=timedelta(seconds=self._backoff(attempt)),
         )
         RETRIES.labels(self.name, sub.name).inc()
-        await message.ack()
 
     async def park(
         self, message: StreamMessage[Any], *, queue: str, reason: str, kind: str
     ) -> None:
         """Move ``message`` to the dead-letter queue with ``reason`` in its headers, then ack."""
-        headers = _republishable(dict(message.headers))
-        now = utc_now().isoformat()
-        headers[REASON_HEADER] = reason[:1000]
-        headers[ORIGIN_QUEUE_HEADER] = queue
-        headers[PARKED_AT_HEADER] = now
-        headers.setdefault(FIRST_FAILURE_HEADER, now)
-        await self.broker.publish(
-            message.body,
+        await self._republish(
+            message,
             exchange=self.topology.dead_letter_exchange(),
             routing_key=queue,
-            headers=headers,
+            headers={
+                REASON_HEADER: reason[:1000],
+                ORIGIN_QUEUE_HEADER: queue,
+                PARKED_AT_HEADER: utc_now().isoformat(),
+            },
+        )
+        DEAD_LETTERED.labels(self.name, kind).inc()
+
+    async def _republish(
+        self,
+        message: Any,
+        *,
+        exchange: RabbitExchange,
+        routing_key: str,
+        headers: Mapping[str, Any],
+        expiration: timedelta | None = None,
+    ) -> None:
+        # The same body and properties, the given headers added, confirmed; then the
+        # original is acked, so the message is never in neither place.
+        merged = _republishable(dict(message.headers))
+        merged.update(headers)
+        merged.setdefault(FIRST_FAILURE_HEADER, utc_now().isoformat())
+        await self.broker.publish(
+            message.body,
+            exchange=exchange,
+            routing_key=routing_key,
+            headers=merged,
+            expiration=expiration,
             persist=True,
             mandatory=True,
             **_message_properties(message),
         )
-        DEAD_LETTERED.labels(self.name, kind).inc()
         await message.ack()
 
     def origin_queue(self, message: StreamMessage[Any]) -> str:

@@ -324,14 +324,6 @@ class Store:
             query = query.with_for_update(skip_locked=True)
         return [_outbox_row(r) for r in (await session.execute(query)).mappings()]
 
-    async def outbox_rows(self, session: AsyncSession, event_ids: Sequence[str]) -> list[OutboxRow]:
-        """The outbox rows with these ids that are still unsent."""
-        if not event_ids:
-            return []
-        query = select(outbox).where(outbox.c.event_id.in_(event_ids), outbox.c.sent_at.is_(None))
-        by_id = {r["event_id"]: _outbox_row(r) for r in (await session.execute(query)).mappings()}
-        return [by_id[i] for i in event_ids if i in by_id]
-
     async def mark_sent(self, session: AsyncSession, event_ids: Sequence[str]) -> None:
         """Mark events as published."""
         if event_ids:
