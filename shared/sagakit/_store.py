@@ -226,7 +226,7 @@ class Store:
             "saga_id": str(saga_id),
             "processed_at": utc_now(),
         }
-        return await self._insert_if_absent(session, inbox, values)
+        return await self.insert_if_absent(session, inbox, values)
 
     # -- step log ----------------------------------------------------------------------
 
@@ -245,7 +245,7 @@ class Store:
             "status": StepStatus.RUNNING.value,
             "updated_at": utc_now(),
         }
-        if await self._insert_if_absent(session, saga_steps, values):
+        if await self.insert_if_absent(session, saga_steps, values):
             return None
         return await self.step_status(session, step=step, saga_id=saga_id, lock=True)
 
@@ -303,7 +303,7 @@ class Store:
                 "sent_at": None,
                 "attempts": 0,
             }
-            if await self._insert_if_absent(session, outbox, values):
+            if await self.insert_if_absent(session, outbox, values):
                 queued.append(row)
                 continue
             # The same derived event id: announce it again with its original body.
@@ -336,11 +336,17 @@ class Store:
         query = select(func.count()).select_from(outbox).where(outbox.c.sent_at.is_(None))
         return int((await session.execute(query)).scalar_one())
 
-    async def _insert_if_absent(
+    async def insert_if_absent(
         self, session: AsyncSession, table: Table, values: dict[str, Any]
     ) -> bool:
+        """Insert a row unless its key exists (waiting on a concurrent insert of it on
+        PostgreSQL); True if this call inserted it."""
         statements = _INSERT_IF_ABSENT_SQLITE if self.is_sqlite else _INSERT_IF_ABSENT_POSTGRESQL
-        result = await session.execute(statements[table.name], values)
+        statement = statements.get(table.name)
+        if statement is None:  # not one of sagakit's hot-path tables: build it
+            dialect = sqlite if self.is_sqlite else postgresql
+            statement = dialect.insert(table).on_conflict_do_nothing()
+        result = await session.execute(statement, values)
         return bool(getattr(result, "rowcount", 0) == 1)
 
 

@@ -31,7 +31,6 @@ from sqlalchemy import (
     select,
     update,
 )
-from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import make_url
 from sqlalchemy.ext.asyncio import AsyncSession, create_async_engine
 
@@ -157,7 +156,7 @@ class TrackerStore:
         """Add ``event`` to its saga and recompute the saga's view; None for a duplicate."""
         async with self.store.transaction() as session:
             await self._lock_saga(session, event)
-            inserted = await self._insert_if_absent(
+            inserted = await self.store.insert_if_absent(
                 session,
                 tracked_events,
                 {
@@ -196,22 +195,13 @@ class TrackerStore:
             "last_event_at": _stored(event.occurred_at),
             "event_count": 0,
         }
-        await self._insert_if_absent(session, tracked_sagas, placeholder)
+        await self.store.insert_if_absent(session, tracked_sagas, placeholder)
         if not self.store.is_sqlite:
             await session.execute(
                 select(tracked_sagas.c.saga_id)
                 .where(tracked_sagas.c.saga_id == event.saga_id)
                 .with_for_update()
             )
-
-    async def _insert_if_absent(
-        self, session: AsyncSession, table: Table, values: dict[str, Any]
-    ) -> bool:
-        dialect = sqlite if self.store.is_sqlite else postgresql
-        result = await session.execute(
-            dialect.insert(table).values(**values).on_conflict_do_nothing()
-        )
-        return bool(getattr(result, "rowcount", 0) == 1)
 
     # -- reading -----------------------------------------------------------------------
 
