@@ -3,18 +3,20 @@
 from __future__ import annotations
 
 import uuid
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import Any, TypeVar
 
 from sqlalchemy import MetaData
 from sqlalchemy.ext.asyncio import AsyncSession
+from sqlalchemy.sql import Executable
 
 from ._context import SagaContext, StepRecord
 from ._envelope import EventPayload
 from ._errors import SpecError
 from ._spec import SagaSpec, StepSpec
+from ._sql import Rows, Transaction
 from ._topology import queue_name
 
 
@@ -22,9 +24,12 @@ from ._topology import queue_name
 class StepContext:
     """What a handler gets besides the payload: its transaction and the saga so far.
 
+    The handler writes the service's own state in ``transaction`` (through ``execute``
+    for Core statements, the fast path, or ``session`` for the ORM); it commits together
+    with the inbox record, the step's status and the outgoing events, or not at all.
+
     Attributes:
-        session: The open transaction; write the service's own state through it. It commits
-            together with the inbox record and the outgoing events, or not at all.
+        transaction: The open transaction.
         saga: The incoming event's SagaContext.
         event_id: The id of the incoming event.
         event_type: The type of the incoming event.
@@ -32,7 +37,7 @@ class StepContext:
         failure: On compensation, the failed step that started the backward path.
     """
 
-    session: AsyncSession
+    transaction: Transaction
     saga: SagaContext
     event_id: uuid.UUID
     event_type: str
@@ -43,6 +48,19 @@ class StepContext:
     def saga_id(self) -> uuid.UUID:
         """The saga's id."""
         return self.saga.saga_id
+
+    @property
+    def session(self) -> AsyncSession:
+        """An ORM session in the handler's transaction (flushed before it commits)."""
+        return self.transaction.session
+
+    async def execute(self, statement: Executable, params: Mapping[str, Any] | None = None) -> Rows:
+        """Run a Core statement with ``params`` in the handler's transaction.
+
+        Build the statement once (a module constant, values as ``bindparam``s) and pass
+        the values here: it is compiled once and then runs on the driver directly.
+        """
+        return await self.transaction.execute(statement, params)
 
 
 PayloadT = TypeVar("PayloadT", bound=EventPayload)

@@ -168,8 +168,8 @@ class _SentMarks:
             batch, self._waiting = self._waiting, []
             event_ids = [event_id for ids, _ in batch for event_id in ids]
             try:
-                async with self._store.transaction() as session:
-                    await self._store.mark_sent(session, event_ids)
+                async with self._store.write() as transaction:
+                    await self._store.mark_sent(transaction, event_ids)
             except asyncio.CancelledError:
                 for _, future in (*batch, *self._waiting):
                     future.cancel()

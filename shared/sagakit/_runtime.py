@@ -20,7 +20,6 @@ from faststream import AckPolicy, BaseMiddleware
 from faststream.message import StreamMessage
 from faststream.rabbit import RabbitBroker, RabbitExchange, RabbitRouter
 from pydantic import BaseModel, ValidationError
-from sqlalchemy.ext.asyncio import AsyncSession
 
 from . import _rules as rules
 from ._checker import emitted_events
@@ -34,6 +33,7 @@ from ._participant import HandlerKind, Participant, StepContext, Subscription
 from ._relay import OutboxRelay
 from ._settings import ParticipantSettings
 from ._spec import StepSpec
+from ._sql import Transaction
 from ._store import OutboxRow, StepStatus, Store
 from ._topology import (
     ATTEMPT_HEADER,
@@ -316,10 +316,10 @@ class SagaRuntime:
         assert step is not None
         saga_id = envelope.context.saga_id
         try:
-            async with self.store.transaction() as session:
-                if not await self._first_delivery(session, sub, envelope):
+            async with self.store.write() as transaction:
+                if not await self._first_delivery(transaction, sub, envelope):
                     return [], "duplicate"
-                status = await self.store.claim_step(session, step=step.name, saga_id=saga_id)
+                status = await self.store.claim_step(transaction, step=step.name, saga_id=saga_id)
                 decision = rules.on_forward(
                     status, past_deadline=envelope.context.is_past_deadline()
                 )
@@ -328,14 +328,14 @@ class SagaRuntime:
                     return [], "ignored"
                 if decision is rules.ForwardDecision.FAIL_DEADLINE:
                     raise StepFailed("deadline_exceeded", detail="the saga's deadline has passed")
-                result = await self._call(sub, envelope, session, attempt)
+                result = await self._call(sub, envelope, transaction, attempt)
                 self._expect(result, step.success)
                 record = self._record(step, StepOutcome.COMPLETED)
                 success = self._envelope(result, cause=envelope, record=record)
                 await self.store.set_step_status(
-                    session, step=step.name, saga_id=saga_id, status=StepStatus.COMPLETED
+                    transaction, step=step.name, saga_id=saga_id, status=StepStatus.COMPLETED
                 )
-                return await self._emit(session, [success]), "completed"
+                return await self._emit(transaction, [success]), "completed"
         except StepFailed as failure:
             return await self._record_failure(sub, step, envelope, failure)
 
@@ -344,10 +344,13 @@ class SagaRuntime:
     ) -> tuple[list[OutboxRow], str]:
         """In a fresh transaction (the step's own writes are gone): mark failed, emit failure."""
         saga_id = envelope.context.saga_id
-        async with self.store.transaction() as session:
-            if not await self._first_delivery(session, sub, envelope):
+        async with self.store.write() as transaction:
+            if not await self._first_delivery(transaction, sub, envelope):
                 return [], "duplicate"
-            if await self.store.claim_step(session, step=step.name, saga_id=saga_id) is not None:
+            if (
+                await self.store.claim_step(transaction, step=step.name, saga_id=saga_id)
+                is not None
+            ):
                 return [], "ignored"
             logger.info("step failed: %s", failure.reason)
             record_step_failure(failure.reason)
@@ -360,13 +363,13 @@ class SagaRuntime:
             if self.spec.is_first(step):
                 events.append(self._cancellation(failed, step.name, failure.reason))
             await self.store.set_step_status(
-                session,
+                transaction,
                 step=step.name,
                 saga_id=saga_id,
                 status=StepStatus.FAILED,
                 reason=failure.reason,
             )
-            return await self._emit(session, events), "failed"
+            return await self._emit(transaction, events), "failed"
 
     async def _run_compensation(
         self, sub: Subscription, envelope: Envelope[Any], attempt: int
@@ -375,17 +378,17 @@ class SagaRuntime:
         assert step is not None
         assert step.compensated is not None
         saga_id = envelope.context.saga_id
-        async with self.store.transaction() as session:
-            if not await self._first_delivery(session, sub, envelope):
+        async with self.store.write() as transaction:
+            if not await self._first_delivery(transaction, sub, envelope):
                 return [], "duplicate"
-            status = await self.store.claim_step(session, step=step.name, saga_id=saga_id)
+            status = await self.store.claim_step(transaction, step=step.name, saga_id=saga_id)
             decision = rules.on_compensation(status)
             if decision is rules.CompensationDecision.IGNORE:
                 logger.warning("compensation requested for a step that failed itself: ignored")
                 return [], "ignored"
             record = self._record(step, StepOutcome.COMPENSATED)
             if decision is rules.CompensationDecision.UNDO:
-                result = await self._call(sub, envelope, session, attempt)
+                result = await self._call(sub, envelope, transaction, attempt)
                 self._expect(result, step.compensated)
                 crash_point(CrashPoint.MID_COMPENSATION, sub.event_type)
             else:
@@ -408,35 +411,35 @@ class SagaRuntime:
                     )
                 )
             await self.store.set_step_status(
-                session, step=step.name, saga_id=saga_id, status=StepStatus.COMPENSATED
+                transaction, step=step.name, saga_id=saga_id, status=StepStatus.COMPENSATED
             )
-            return await self._emit(session, events), outcome
+            return await self._emit(transaction, events), outcome
 
     async def _run_reaction(
         self, sub: Subscription, envelope: Envelope[Any], attempt: int
     ) -> tuple[list[OutboxRow], str]:
-        async with self.store.transaction() as session:
-            if not await self._first_delivery(session, sub, envelope):
+        async with self.store.write() as transaction:
+            if not await self._first_delivery(transaction, sub, envelope):
                 return [], "duplicate"
-            await self._call(sub, envelope, session, attempt)
+            await self._call(sub, envelope, transaction, attempt)
         return [], "handled"
 
     async def _call(
-        self, sub: Subscription, envelope: Envelope[Any], session: AsyncSession, attempt: int
+        self, sub: Subscription, envelope: Envelope[Any], transaction: Transaction, attempt: int
     ) -> Any:
         # asyncio.timeout rather than wait_for, which runs every handler in a task of its own.
         async with asyncio.timeout(self.settings.step_timeout_seconds):
             return await sub.handler(
-                envelope.payload, self._step_context(session, envelope, attempt)
+                envelope.payload, self._step_context(transaction, envelope, attempt)
             )
 
     # -- building events ---------------------------------------------------------------
 
     async def _first_delivery(
-        self, session: AsyncSession, sub: Subscription, envelope: Envelope[Any]
+        self, transaction: Transaction, sub: Subscription, envelope: Envelope[Any]
     ) -> bool:
         first = await self.store.remember_message(
-            session,
+            transaction,
             consumer=sub.queue,
             message_id=str(envelope.event_id),
             saga_id=envelope.context.saga_id,
@@ -446,10 +449,10 @@ class SagaRuntime:
         return first
 
     def _step_context(
-        self, session: AsyncSession, envelope: Envelope[Any], attempt: int
+        self, transaction: Transaction, envelope: Envelope[Any], attempt: int
     ) -> StepContext:
         return StepContext(
-            session=session,
+            transaction=transaction,
             saga=envelope.context,
             event_id=envelope.event_id,
             event_type=envelope.event_type,
@@ -504,7 +507,7 @@ class SagaRuntime:
         return self._envelope(payload, cause=cause, record=None)
 
     async def _emit(
-        self, session: AsyncSession, events: Sequence[Envelope[Any]]
+        self, transaction: Transaction, events: Sequence[Envelope[Any]]
     ) -> list[OutboxRow]:
         trace_headers = current_trace_headers()
         rows = [
@@ -518,7 +521,7 @@ class SagaRuntime:
             )
             for e in events
         ]
-        return await self.store.add_to_outbox(session, rows)
+        return await self.store.add_to_outbox(transaction, rows)
 
     # -- retry and parking -------------------------------------------------------------
 

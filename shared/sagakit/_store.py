@@ -40,13 +40,18 @@ from sqlalchemy.ext.asyncio import (
     async_sessionmaker,
     create_async_engine,
 )
+from sqlalchemy.sql import Executable
 
 from ._context import utc_now
+from ._sql import Transaction, _Compiled
 from ._sqlite import inline_connector
 
 _SQLITE_BUSY_SECONDS = 30.0
 
 metadata = MetaData()
+
+# What the store's statements run on: a write Transaction (the hot path), or an ORM session.
+Executor = Transaction | AsyncSession
 
 # Any constant works; it only has to be the same in every process that creates the schema.
 _SCHEMA_LOCK = 0x5A6A_C17
@@ -125,6 +130,7 @@ class Store:
         self._sessions: async_sessionmaker[AsyncSession] | None = None
         # SQLite has one writer; serialising in-process avoids lock upgrade deadlocks.
         self._write_lock = asyncio.Lock() if self.is_sqlite else None
+        self._compiled: dict[tuple[Executable, tuple[str, ...]], _Compiled | None] = {}
 
     @property
     def engine(self) -> AsyncEngine:
@@ -207,6 +213,32 @@ class Store:
                 yield session
 
     @contextlib.asynccontextmanager
+    async def write(self) -> AsyncIterator[Transaction]:
+        """One write transaction, committed when the block ends without error.
+
+        The hot path: statements run through ``Transaction.execute`` skip SQLAlchemy's
+        execution layer (``_sql.py`` says how and why); ``Transaction.session`` gives the
+        ORM in the same transaction.
+        """
+        async with contextlib.AsyncExitStack() as stack:
+            if self._write_lock is not None:
+                await stack.enter_async_context(self._write_lock)
+            connection = await stack.enter_async_context(self.engine.connect())
+            async with connection.begin():
+                raw = await connection.get_raw_connection()
+                transaction = Transaction(
+                    connection,
+                    raw.driver_connection,
+                    is_sqlite=self.is_sqlite,
+                    cache=self._compiled,
+                )
+                try:
+                    yield transaction
+                    await transaction._before_commit()
+                finally:
+                    await transaction._close()
+
+    @contextlib.asynccontextmanager
     async def read(self) -> AsyncIterator[AsyncSession]:
         """A session for reads only."""
         _ = self.engine
@@ -217,7 +249,7 @@ class Store:
     # -- inbox -------------------------------------------------------------------------
 
     async def remember_message(
-        self, session: AsyncSession, *, consumer: str, message_id: str, saga_id: uuid.UUID
+        self, session: Executor, *, consumer: str, message_id: str, saga_id: uuid.UUID
     ) -> bool:
         """Record that ``consumer`` handled ``message_id``; False if it already had."""
         values = {
@@ -231,7 +263,7 @@ class Store:
     # -- step log ----------------------------------------------------------------------
 
     async def claim_step(
-        self, session: AsyncSession, *, step: str, saga_id: uuid.UUID
+        self, session: Executor, *, step: str, saga_id: uuid.UUID
     ) -> StepStatus | None:
         """Start ``step`` for a saga unless it has a status already.
 
@@ -250,7 +282,7 @@ class Store:
         return await self.step_status(session, step=step, saga_id=saga_id, lock=True)
 
     async def step_status(
-        self, session: AsyncSession, *, step: str, saga_id: uuid.UUID, lock: bool = False
+        self, session: Executor, *, step: str, saga_id: uuid.UUID, lock: bool = False
     ) -> StepStatus | None:
         """The step's status for a saga, or None if the step never started."""
         query = _STEP_STATUS_FOR_UPDATE if lock else _STEP_STATUS
@@ -260,7 +292,7 @@ class Store:
 
     async def set_step_status(
         self,
-        session: AsyncSession,
+        session: Executor,
         *,
         step: str,
         saga_id: uuid.UUID,
@@ -279,9 +311,7 @@ class Store:
 
     # -- outbox ------------------------------------------------------------------------
 
-    async def add_to_outbox(
-        self, session: AsyncSession, rows: Iterable[OutboxRow]
-    ) -> list[OutboxRow]:
+    async def add_to_outbox(self, session: Executor, rows: Iterable[OutboxRow]) -> list[OutboxRow]:
         """Queue events for publishing; an event already queued is queued again.
 
         Returns the rows as they will be published: an event queued before keeps the body
@@ -313,7 +343,7 @@ class Store:
         return queued
 
     async def pending_outbox(
-        self, session: AsyncSession, *, older_than: timedelta | None = None, limit: int = 500
+        self, session: Executor, *, older_than: timedelta | None = None, limit: int = 500
     ) -> list[OutboxRow]:
         """Unsent events, oldest first (only those older than ``older_than`` if given)."""
         query = select(outbox).where(outbox.c.sent_at.is_(None))
@@ -324,7 +354,7 @@ class Store:
             query = query.with_for_update(skip_locked=True)
         return [_outbox_row(r) for r in (await session.execute(query)).mappings()]
 
-    async def mark_sent(self, session: AsyncSession, event_ids: Sequence[str]) -> None:
+    async def mark_sent(self, session: Executor, event_ids: Sequence[str]) -> None:
         """Mark events as published."""
         if event_ids:
             await session.execute(_MARK_SENT, {"w_event_ids": list(event_ids), "now": utc_now()})
@@ -337,7 +367,7 @@ class Store:
         return int((await session.execute(query)).scalar_one())
 
     async def insert_if_absent(
-        self, session: AsyncSession, table: Table, values: dict[str, Any]
+        self, session: Executor, table: Table, values: dict[str, Any]
     ) -> bool:
         """Insert a row unless its key exists (waiting on a concurrent insert of it on
         PostgreSQL); True if this call inserted it."""

@@ -12,12 +12,45 @@ from order_contracts import (
     OrderEvent,
 )
 from sagakit import Participant, StepContext, StepFailed, TransientError, utc_now
-from sqlalchemy import select, update
+from sqlalchemy import bindparam, insert, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from . import domain
 from .settings import InventorySettings
 from .tables import Base, Reservation, ReservationLine, Stock
+
+# Built once, run with values: a handler's statements then skip SQLAlchemy's compilation
+# and execution layers (StepContext.execute).
+_stock = Base.metadata.tables[Stock.__tablename__]
+_reservations = Base.metadata.tables[Reservation.__tablename__]
+_lines = Base.metadata.tables[ReservationLine.__tablename__]
+_AVAILABLE = select(_stock.c.available).where(_stock.c.sku == bindparam("w_sku"))
+# Conditional decrement: a concurrent replica cannot take the same units.
+_TAKE = (
+    update(_stock)
+    .where(_stock.c.sku == bindparam("w_sku"), _stock.c.available >= bindparam("w_quantity"))
+    .values(available=_stock.c.available - bindparam("w_quantity"))
+)
+_PUT_BACK = (
+    update(_stock)
+    .where(_stock.c.sku == bindparam("w_sku"))
+    .values(available=_stock.c.available + bindparam("w_quantity"))
+)
+_RESERVE = insert(_reservations)
+_RESERVE_LINE = insert(_lines)
+_RESERVATION = select(_reservations.c.reservation_id, _reservations.c.status).where(
+    _reservations.c.saga_id == bindparam("w_saga_id")
+)
+_RESERVED_LINES = (
+    select(_lines.c.sku, _lines.c.quantity)
+    .where(_lines.c.reservation_id == bindparam("w_reservation_id"))
+    .order_by(_lines.c.sku)
+)
+_RELEASE = (
+    update(_reservations)
+    .where(_reservations.c.saga_id == bindparam("w_saga_id"))
+    .values(status=bindparam("status"), released_at=bindparam("released_at"))
+)
 
 
 def create_participant(settings: InventorySettings) -> Participant:
@@ -36,60 +69,52 @@ def create_participant(settings: InventorySettings) -> Participant:
     @inventory.on_step("reserve_stock")
     async def reserve_stock(order: OrderCreated, step: StepContext) -> InventoryReserved:
         requested = domain.requested_quantities((line.sku, line.quantity) for line in order.items)
-        rows = await step.session.execute(select(Stock).where(Stock.sku.in_(requested)))
-        available = {stock.sku: stock.available for stock in rows.scalars()}
+        available = {}
+        for sku in requested:
+            found = (await step.execute(_AVAILABLE, {"w_sku": sku})).scalar_one_or_none()
+            if found is not None:
+                available[sku] = int(found)
         shortages = domain.find_shortages(requested, available)
         if shortages:
             raise StepFailed("insufficient_stock", detail="; ".join(map(str, shortages)))
         # SKUs in one order everywhere (here and in release_stock), so that two transactions
         # touching the same SKUs lock their rows in the same order and cannot deadlock.
         for sku, quantity in sorted(requested.items()):
-            # Conditional decrement: a concurrent replica cannot take the same units.
-            result = await step.session.execute(
-                update(Stock)
-                .where(Stock.sku == sku, Stock.available >= quantity)
-                .values(available=Stock.available - quantity)
-            )
-            if getattr(result, "rowcount", 0) != 1:
+            taken = await step.execute(_TAKE, {"w_sku": sku, "w_quantity": quantity})
+            if taken.rowcount != 1:
                 raise TransientError(f"stock of {sku} changed while reserving")
         reservation_id = str(uuid.uuid4())
-        step.session.add(
-            Reservation(
-                saga_id=str(step.saga_id),
-                reservation_id=reservation_id,
-                order_id=order.order_id,
-                status=domain.ACTIVE,
-                created_at=utc_now(),
+        await step.execute(
+            _RESERVE,
+            {
+                "saga_id": str(step.saga_id),
+                "reservation_id": reservation_id,
+                "order_id": order.order_id,
+                "status": domain.ACTIVE,
+                "created_at": utc_now(),
+            },
+        )
+        for sku, quantity in requested.items():
+            await step.execute(
+                _RESERVE_LINE,
+                {"reservation_id": reservation_id, "sku": sku, "quantity": quantity},
             )
-        )
-        step.session.add_all(
-            ReservationLine(reservation_id=reservation_id, sku=sku, quantity=quantity)
-            for sku, quantity in requested.items()
-        )
         return InventoryReserved(order=order, reservation_id=reservation_id)
 
     @inventory.on_compensation("reserve_stock")
     async def release_stock(event: OrderEvent, step: StepContext) -> InventoryReleased:
-        reservation = (
-            await step.session.execute(
-                select(Reservation).where(Reservation.saga_id == str(step.saga_id))
-            )
-        ).scalar_one_or_none()
-        if reservation is None or reservation.status == domain.RELEASED:
+        saga_id = str(step.saga_id)
+        reservation = (await step.execute(_RESERVATION, {"w_saga_id": saga_id})).first()
+        if reservation is None or reservation[1] == domain.RELEASED:
             return InventoryReleased(order=event.order, reservation_id=None)
-        lines = await step.session.execute(
-            select(ReservationLine)
-            .where(ReservationLine.reservation_id == reservation.reservation_id)
-            .order_by(ReservationLine.sku)
+        reservation_id = reservation[0]
+        lines = await step.execute(_RESERVED_LINES, {"w_reservation_id": reservation_id})
+        for sku, quantity in lines:
+            await step.execute(_PUT_BACK, {"w_sku": sku, "w_quantity": quantity})
+        await step.execute(
+            _RELEASE,
+            {"w_saga_id": saga_id, "status": domain.RELEASED, "released_at": utc_now()},
         )
-        for line in lines.scalars():
-            await step.session.execute(
-                update(Stock)
-                .where(Stock.sku == line.sku)
-                .values(available=Stock.available + line.quantity)
-            )
-        reservation.status = domain.RELEASED
-        reservation.released_at = utc_now()
-        return InventoryReleased(order=event.order, reservation_id=reservation.reservation_id)
+        return InventoryReleased(order=event.order, reservation_id=reservation_id)
 
     return inventory

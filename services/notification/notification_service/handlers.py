@@ -7,11 +7,18 @@ import uuid
 
 from order_contracts import ORDER_SAGA, OrderCancelled, OrderFulfilled, ShipmentCreated
 from sagakit import Participant, StepContext, StepFailed, utc_now
-from sqlalchemy import select
+from sqlalchemy import bindparam, insert, select
 
 from . import domain
 from .settings import NotificationSettings
 from .tables import Base, Notice
+
+# Built once, run with values (StepContext.execute).
+_notices = Base.metadata.tables[Notice.__tablename__]
+_RECORD = insert(_notices)
+_NOTICE_OF_KIND = select(_notices.c.notice_id).where(
+    _notices.c.saga_id == bindparam("w_saga_id"), _notices.c.kind == bindparam("w_kind")
+)
 
 logger = logging.getLogger(__name__)
 
@@ -30,16 +37,17 @@ def create_participant(settings: NotificationSettings) -> Participant:
                 domain.CONTACT_UNREACHABLE, detail="the customer's email domain cannot be reached"
             )
         notice_id = str(uuid.uuid4())
-        step.session.add(
-            Notice(
-                notice_id=notice_id,
-                saga_id=str(step.saga_id),
-                order_id=order.order_id,
-                kind=domain.CONFIRMATION,
-                recipient=order.customer.email,
-                status=domain.SENT,
-                created_at=utc_now(),
-            )
+        await step.execute(
+            _RECORD,
+            {
+                "notice_id": notice_id,
+                "saga_id": str(step.saga_id),
+                "order_id": order.order_id,
+                "kind": domain.CONFIRMATION,
+                "recipient": order.customer.email,
+                "status": domain.SENT,
+                "created_at": utc_now(),
+            },
         )
         return OrderFulfilled(order=order, notification_id=notice_id)
 
@@ -47,12 +55,10 @@ def create_participant(settings: NotificationSettings) -> Participant:
     async def send_cancellation_notice(event: OrderCancelled, step: StepContext) -> None:
         saga_id = str(step.saga_id)
         already = (
-            await step.session.execute(
-                select(Notice.notice_id).where(
-                    Notice.saga_id == saga_id, Notice.kind == domain.CANCELLATION
-                )
+            await step.execute(
+                _NOTICE_OF_KIND, {"w_saga_id": saga_id, "w_kind": domain.CANCELLATION}
             )
-        ).scalar_one_or_none()
+        ).first()
         if already is not None:
             logger.info("cancellation notice already recorded: nothing to do")
             return
@@ -60,16 +66,17 @@ def create_participant(settings: NotificationSettings) -> Participant:
         status = domain.delivery_status(
             reachable=domain.is_reachable(order.customer.email, unreachable)
         )
-        step.session.add(
-            Notice(
-                notice_id=str(uuid.uuid4()),
-                saga_id=saga_id,
-                order_id=order.order_id,
-                kind=domain.CANCELLATION,
-                recipient=order.customer.email,
-                status=status,
-                created_at=utc_now(),
-            )
+        await step.execute(
+            _RECORD,
+            {
+                "notice_id": str(uuid.uuid4()),
+                "saga_id": saga_id,
+                "order_id": order.order_id,
+                "kind": domain.CANCELLATION,
+                "recipient": order.customer.email,
+                "status": status,
+                "created_at": utc_now(),
+            },
         )
         logger.info("cancellation notice recorded (%s)", status)
 

@@ -12,11 +12,25 @@ from order_contracts import (
     PaymentRefunded,
 )
 from sagakit import Participant, StepContext, StepFailed, utc_now
-from sqlalchemy import select
+from sqlalchemy import bindparam, insert, select, update
 
 from . import domain
 from .settings import PaymentSettings
 from .tables import Base, Payment, Refund
+
+# Built once, run with values (StepContext.execute).
+_payments = Base.metadata.tables[Payment.__tablename__]
+_refunds = Base.metadata.tables[Refund.__tablename__]
+_CHARGE = insert(_payments)
+_CHARGED = select(_payments.c.payment_id, _payments.c.amount, _payments.c.status).where(
+    _payments.c.saga_id == bindparam("w_saga_id")
+)
+_REFUND = insert(_refunds)
+_MARK_REFUNDED = (
+    update(_payments)
+    .where(_payments.c.saga_id == bindparam("w_saga_id"))
+    .values(status=bindparam("status"), refunded_at=bindparam("refunded_at"))
+)
 
 
 def create_participant(settings: PaymentSettings) -> Participant:
@@ -38,16 +52,17 @@ def create_participant(settings: PaymentSettings) -> Participant:
         if refusal is not None:
             raise StepFailed(refusal.reason, detail=refusal.detail)
         payment_id = str(uuid.uuid4())
-        step.session.add(
-            Payment(
-                saga_id=str(step.saga_id),
-                payment_id=payment_id,
-                order_id=order.order_id,
-                amount=amount,
-                currency=order.currency,
-                status=domain.CAPTURED,
-                created_at=utc_now(),
-            )
+        await step.execute(
+            _CHARGE,
+            {
+                "saga_id": str(step.saga_id),
+                "payment_id": payment_id,
+                "order_id": order.order_id,
+                "amount": amount,
+                "currency": order.currency,
+                "status": domain.CAPTURED,
+                "created_at": utc_now(),
+            },
         )
         return PaymentProcessed(
             order=order, payment_id=payment_id, amount=amount, currency=order.currency
@@ -55,24 +70,24 @@ def create_participant(settings: PaymentSettings) -> Participant:
 
     @payment.on_compensation("charge_payment")
     async def refund_payment(event: OrderEvent, step: StepContext) -> PaymentRefunded:
-        charge = (
-            await step.session.execute(select(Payment).where(Payment.saga_id == str(step.saga_id)))
-        ).scalar_one_or_none()
-        if charge is None or charge.status == domain.REFUNDED:
+        saga_id = str(step.saga_id)
+        charge = (await step.execute(_CHARGED, {"w_saga_id": saga_id})).first()
+        if charge is None or charge[2] == domain.REFUNDED:
             return PaymentRefunded(order=event.order)
+        payment_id, amount = charge[0], charge[1]
         now = utc_now()
-        step.session.add(
-            Refund(
-                refund_id=str(uuid.uuid4()),
-                payment_id=charge.payment_id,
-                amount=charge.amount,
-                created_at=now,
-            )
+        await step.execute(
+            _REFUND,
+            {
+                "refund_id": str(uuid.uuid4()),
+                "payment_id": payment_id,
+                "amount": amount,
+                "created_at": now,
+            },
         )
-        charge.status = domain.REFUNDED
-        charge.refunded_at = now
-        return PaymentRefunded(
-            order=event.order, payment_id=charge.payment_id, amount=charge.amount
+        await step.execute(
+            _MARK_REFUNDED, {"w_saga_id": saga_id, "status": domain.REFUNDED, "refunded_at": now}
         )
+        return PaymentRefunded(order=event.order, payment_id=payment_id, amount=amount)
 
     return payment

@@ -12,11 +12,23 @@ from order_contracts import (
     ShipmentCreated,
 )
 from sagakit import Participant, StepContext, StepFailed, utc_now
-from sqlalchemy import select
+from sqlalchemy import bindparam, insert, select, update
 
 from . import domain
 from .settings import ShippingSettings
 from .tables import Base, Shipment
+
+# Built once, run with values (StepContext.execute).
+_shipments = Base.metadata.tables[Shipment.__tablename__]
+_BOOK = insert(_shipments)
+_BOOKED = select(_shipments.c.shipment_id, _shipments.c.status).where(
+    _shipments.c.saga_id == bindparam("w_saga_id")
+)
+_CANCEL = (
+    update(_shipments)
+    .where(_shipments.c.saga_id == bindparam("w_saga_id"))
+    .values(status=bindparam("status"), cancelled_at=bindparam("cancelled_at"))
+)
 
 
 def create_participant(settings: ShippingSettings) -> Participant:
@@ -34,16 +46,17 @@ def create_participant(settings: ShippingSettings) -> Participant:
             )
         shipment_id = uuid.uuid4()
         tracking_number = domain.tracking_number(shipment_id)
-        step.session.add(
-            Shipment(
-                saga_id=str(step.saga_id),
-                shipment_id=str(shipment_id),
-                order_id=order.order_id,
-                tracking_number=tracking_number,
-                country=country,
-                status=domain.BOOKED,
-                created_at=utc_now(),
-            )
+        await step.execute(
+            _BOOK,
+            {
+                "saga_id": str(step.saga_id),
+                "shipment_id": str(shipment_id),
+                "order_id": order.order_id,
+                "tracking_number": tracking_number,
+                "country": country,
+                "status": domain.BOOKED,
+                "created_at": utc_now(),
+            },
         )
         return ShipmentCreated(
             order=order, shipment_id=str(shipment_id), tracking_number=tracking_number
@@ -51,15 +64,13 @@ def create_participant(settings: ShippingSettings) -> Participant:
 
     @shipping.on_compensation("ship_order")
     async def cancel_shipment(event: OrderEvent, step: StepContext) -> ShipmentCancelled:
-        shipment = (
-            await step.session.execute(
-                select(Shipment).where(Shipment.saga_id == str(step.saga_id))
-            )
-        ).scalar_one_or_none()
-        if shipment is None or shipment.status == domain.CANCELLED:
+        saga_id = str(step.saga_id)
+        shipment = (await step.execute(_BOOKED, {"w_saga_id": saga_id})).first()
+        if shipment is None or shipment[1] == domain.CANCELLED:
             return ShipmentCancelled(order=event.order)
-        shipment.status = domain.CANCELLED
-        shipment.cancelled_at = utc_now()
-        return ShipmentCancelled(order=event.order, shipment_id=shipment.shipment_id)
+        await step.execute(
+            _CANCEL, {"w_saga_id": saga_id, "status": domain.CANCELLED, "cancelled_at": utc_now()}
+        )
+        return ShipmentCancelled(order=event.order, shipment_id=shipment[0])
 
     return shipping
