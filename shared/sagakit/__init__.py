@@ -23,6 +23,7 @@ from ._processes import (
 )
 from ._settings import ParticipantSettings
 from ._spec import ReactionSpec, SagaSpec, StepSpec
+from ._sql import Rows, Transaction
 from ._store import StepStatus, Store
 from ._tracker import SagaState, SagaView, StepView, TrackedEvent
 from ._tracker_app import TrackerService, TrackerSettings, build_tracker
@@ -42,6 +43,7 @@ __all__ = [
     "ParticipantSettings",
     "QueueProbe",
     "ReactionSpec",
+    "Rows",
     "SagaClient",
     "SagaContext",
     "SagaError",
@@ -66,6 +68,7 @@ __all__ = [
     "TrackerService",
     "TrackerSettings",
     "TrackerStore",
+    "Transaction",
     "TransientError",
     "WatchTimeout",
     "build_service",

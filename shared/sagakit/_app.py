@@ -58,6 +58,7 @@ def build_service(
         graceful_timeout=15.0,
         # FastStream's lines go through the root handler, with the saga fields.
         logger=logging.getLogger(BROKER_LOGGER),
+        log_level=logging.getLevelNamesMapping()[settings.message_log_level],
     )
     store = Store(
         settings.database_url,

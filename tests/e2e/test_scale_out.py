@@ -39,8 +39,13 @@ async def replicated_system(
 ) -> AsyncIterator[OrderSystem]:
     directory = tmp_path_factory.mktemp("scale-out")
     databases = {name: postgres_database() for name in PARTICIPANTS}
+    # The per-message "Received" lines show which replica handled what (they are at DEBUG
+    # unless asked for).
+    message_logs = {f"{p.upper()}_MESSAGE_LOG_LEVEL": "INFO" for p in PARTICIPANTS}
     async with (
-        service_processes(module_broker_url, directory, databases, replicas=2) as procs,
+        service_processes(
+            module_broker_url, directory, databases, replicas=2, env=message_logs
+        ) as procs,
         SagaClient(module_broker_url, ORDER_SAGA, producer="scale-test") as client,
         client.watch() as watch,
     ):
