@@ -16,7 +16,12 @@ from dataclasses import dataclass
 from typing import Any
 
 from sqlalchemy.engine import Dialect
-from sqlalchemy.exc import MultipleResultsFound, NoResultFound
+from sqlalchemy.exc import (
+    DBAPIError,
+    InvalidRequestError,
+    MultipleResultsFound,
+    NoResultFound,
+)
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncSession
 from sqlalchemy.sql import ClauseElement, Executable
 from sqlalchemy.sql.compiler import SQLCompiler
@@ -80,8 +85,10 @@ class Rows:
 
 class _Mappings(list[dict[str, Any]]):
     def one(self) -> dict[str, Any]:
-        if len(self) != 1:
-            raise NoResultFound(f"expected exactly one row, found {len(self)}")
+        if not self:
+            raise NoResultFound("no row was found when one was required")
+        if len(self) > 1:
+            raise MultipleResultsFound("multiple rows were found when exactly one was required")
         return self[0]
 
 
@@ -147,6 +154,13 @@ def compile_for_driver(
     selected = [] if writes else list(getattr(statement, "selected_columns", None) or [])
     if not writes and not selected:
         return None
+    try:
+        result_processors = tuple(
+            column.type.dialect_impl(dialect).result_processor(dialect, None) for column in selected
+        )
+    except (TypeError, ValueError, InvalidRequestError):
+        # Some need the column's type as the database reports it (asyncpg's Numeric does).
+        return None
     return _Compiled(
         sql=compiled.string,
         names=names,
@@ -154,13 +168,11 @@ def compile_for_driver(
             bind.value if bind.value is not None or not bind.required else _MISSING
             for bind in binds
         ),
-        processors=tuple(dialect.type_descriptor(b.type).bind_processor(dialect) for b in binds),
+        # dialect_impl: the type as this database stores it (variants, dialect types).
+        processors=tuple(b.type.dialect_impl(dialect).bind_processor(dialect) for b in binds),
         returns_rows=not writes,
         keys=tuple(str(column.key) for column in selected),
-        result_processors=tuple(
-            dialect.type_descriptor(column.type).result_processor(dialect, None)
-            for column in selected
-        ),
+        result_processors=result_processors,
     )
 
 
@@ -178,11 +190,13 @@ class Transaction:
         connection: AsyncConnection,
         driver: Any,
         *,
+        adapter: Any,
         is_sqlite: bool,
         cache: dict[tuple[Executable, tuple[str, ...]], _Compiled | None],
     ) -> None:
         self.connection = connection
         self._driver = driver
+        self._adapter = adapter
         self._is_sqlite = is_sqlite
         self._cache = cache
         self._dialect = connection.dialect
@@ -205,13 +219,19 @@ class Transaction:
     async def execute(self, statement: Executable, params: Mapping[str, Any] | None = None) -> Rows:
         """Run ``statement`` with ``params`` in this transaction."""
         values = params or {}
-        if self._session is not None and self._session.new | self._session.dirty:
+        if self._session is not None:
             await self._session.flush()  # what the ORM holds must be written first
         compiled = self._compiled(statement, values)
         if compiled is None or not self._begun:
             self._begun = True
             return await self._through_sqlalchemy(statement, values)
         arguments = compiled.arguments(values)
+        try:
+            return await self._run(compiled, arguments)
+        except Exception as error:
+            raise self._translated(error, compiled.sql, arguments) from error
+
+    async def _run(self, compiled: _Compiled, arguments: list[Any]) -> Rows:
         if self._is_sqlite:
             cursor = await self._driver.execute(compiled.sql, arguments)
             if compiled.returns_rows:
@@ -223,6 +243,27 @@ class Transaction:
             return Rows(compiled.rows(records), keys=compiled.keys, rowcount=len(records))
         status = await self._driver.execute(compiled.sql, *arguments)
         return Rows([], keys=(), rowcount=_rowcount(status))
+
+    def _translated(self, error: Exception, sql: str, arguments: list[Any]) -> Exception:
+        """The driver's error as SQLAlchemy raises it (``sqlalchemy.exc.IntegrityError``
+        and so on), so that the same failure looks the same on either path."""
+        dbapi_error: type[Exception] = self._dialect.loaded_dbapi.Error
+        if not isinstance(error, dbapi_error):
+            # asyncpg raises its own classes; SQLAlchemy's adapter maps them to DB-API ones.
+            translate = getattr(self._adapter, "_handle_exception", None)
+            if translate is None:
+                return error
+            try:
+                translate(error)
+            except dbapi_error as adapted:
+                error = adapted
+            except Exception:
+                return error
+            else:
+                return error
+        return DBAPIError.instance(
+            sql, arguments, error, dbapi_error, hide_parameters=True, dialect=self._dialect
+        )
 
     def _compiled(self, statement: Executable, values: Mapping[str, Any]) -> _Compiled | None:
         key = (statement, tuple(values))

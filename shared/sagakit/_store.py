@@ -229,6 +229,7 @@ class Store:
                 transaction = Transaction(
                     connection,
                     raw.driver_connection,
+                    adapter=raw.dbapi_connection,
                     is_sqlite=self.is_sqlite,
                     cache=self._compiled,
                 )
@@ -356,8 +357,15 @@ class Store:
 
     async def mark_sent(self, session: Executor, event_ids: Sequence[str]) -> None:
         """Mark events as published."""
-        if event_ids:
-            await session.execute(_MARK_SENT, {"w_event_ids": list(event_ids), "now": utc_now()})
+        if not event_ids:
+            return
+        now = utc_now()
+        if isinstance(session, Transaction):
+            # One statement per row runs on the driver; an expanding IN would not.
+            for event_id in event_ids:
+                await session.execute(_MARK_ONE_SENT, {"w_event_id": event_id, "now": now})
+            return
+        await session.execute(_MARK_SENT, {"w_event_ids": list(event_ids), "now": now})
 
     async def count_pending_outbox(self, session: AsyncSession) -> int:
         """How many events wait to be published (the outbox backlog)."""
@@ -399,6 +407,11 @@ _STEP_STATUS_FOR_UPDATE = _STEP_STATUS.with_for_update()
 _SET_STEP_STATUS = update(saga_steps).where(*_STEP_WHERE)
 _OUTBOX_ROW = select(outbox).where(outbox.c.event_id == bindparam("w_event_id"))
 _REQUEUE = update(outbox).where(outbox.c.event_id == bindparam("w_event_id")).values(sent_at=None)
+_MARK_ONE_SENT = (
+    update(outbox)
+    .where(outbox.c.event_id == bindparam("w_event_id"))
+    .values(sent_at=bindparam("now"), attempts=outbox.c.attempts + 1)
+)
 _MARK_SENT = (
     update(outbox)
     .where(outbox.c.event_id.in_(bindparam("w_event_ids", expanding=True)))
