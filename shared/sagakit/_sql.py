@@ -135,10 +135,11 @@ def compile_for_driver(
     compiled = statement.compile(dialect=dialect, column_keys=list(keys))
     if not isinstance(compiled, SQLCompiler) or compiled.positiontup is None:
         return None
-    # Python-side column defaults and values fetched back need SQLAlchemy's execution.
-    fetches = ("insert_prefetch", "update_prefetch", "postfetch")
+    # Python-side column defaults (and onupdate values) are computed by SQLAlchemy's
+    # execution. (Its postfetch list, columns set by SQL expressions, only matters to the ORM.)
+    prefetch = ("insert_prefetch", "update_prefetch")
     if (
-        any(getattr(compiled, name, None) for name in fetches)
+        any(getattr(compiled, name, None) for name in prefetch)
         or compiled.literal_execute_params
         or compiled.post_compile_params
         or compiled.escaped_bind_names
