@@ -173,6 +173,21 @@ def test_an_update_takes_column_values_from_the_keys(dialect: Dialect) -> None:
 
 
 @pytest.mark.parametrize("dialect", POSITIONAL)
+def test_an_update_setting_a_sql_expression_runs_on_the_driver(dialect: Dialect) -> None:
+    # count = count + :n is "postfetched" by SQLAlchemy for the ORM; the driver path needs
+    # nothing back, so it must not fall back for it (the stock decrement is one of these).
+    statement = (
+        update(items)
+        .where(items.c.id == bindparam("w_id"))
+        .values(count=items.c.count + bindparam("n"))
+    )
+    compiled = compile_for_driver(statement, dialect, ["w_id", "n"])
+    assert compiled is not None
+    assert set(compiled.names) == {"n", "w_id"}
+    assert "count +" in compiled.sql
+
+
+@pytest.mark.parametrize("dialect", POSITIONAL)
 def test_a_select_returns_rows_under_its_column_keys(dialect: Dialect) -> None:
     statement = select(items.c.id, items.c.name).where(items.c.count > bindparam("least"))
     compiled = compile_for_driver(statement, dialect, ["least"])
