@@ -18,6 +18,8 @@ logger = logging.getLogger("sagakit.relay")
 
 # The relay loop leaves young rows to the inline publish that follows each commit.
 _STALE_AFTER = timedelta(seconds=2)
+# Rows published inline within this long are marked sent in one transaction.
+_MARK_WINDOW_SECONDS = 0.01
 
 
 class OutboxRelay:
@@ -46,11 +48,11 @@ class OutboxRelay:
         self._marks = _SentMarks(store)
 
     async def publish(self, rows: Sequence[OutboxRow]) -> None:
-        """Publish these just-committed outbox rows now, then mark them sent.
+        """Publish these just-committed outbox rows now; they are marked sent soon after.
 
-        The rows are those the transaction wrote (``Store.add_to_outbox`` returns them), so
-        they go out without being read back; marking them sent shares a transaction with
-        other handlers' marks.
+        Returns once the broker has confirmed them. The rows are those the transaction
+        wrote (``Store.add_to_outbox`` returns them), so they go out without being read
+        back; they are marked sent in the background, with other handlers' rows.
         """
         if rows:
             await self._send(rows, inline=True)
@@ -76,7 +78,7 @@ class OutboxRelay:
             )
             sent = [event_id for batch in batches for event_id in batch]
         if sent and inline:
-            await self._marks.mark(sent)
+            self._marks.add(sent)
         elif sent:
             async with self._store.transaction() as session:
                 await self._store.mark_sent(session, sent)
@@ -118,8 +120,13 @@ class OutboxRelay:
         if self._task is None:
             self._task = asyncio.create_task(self._run(), name=f"{self._participant}-relay")
 
+    async def settle(self) -> None:
+        """Wait until the rows published so far are marked sent."""
+        await self._marks.settle()
+
     async def stop(self) -> None:
-        """Stop the background loop."""
+        """Mark what was published, then stop the background loop."""
+        await self._marks.settle()
         if self._task is not None:
             self._task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
@@ -143,43 +150,41 @@ class OutboxRelay:
 
 
 class _SentMarks:
-    """Marks published rows as sent, many handlers' rows per transaction (group commit).
+    """Marks published rows as sent, in the background, many handlers' rows per transaction.
 
-    A caller waits until a transaction that covers its rows has committed; while one
-    commits, the next callers' rows gather for the following one. Marking is bookkeeping
-    (an unmarked row is published again by the relay, and consumers drop the copy), but
-    waiting keeps the order of before: a delivery is acked after its events are marked.
+    Marking is bookkeeping: a row left unmarked (a crash, a failed write) is published
+    again by the relay loop, and consumers drop the copy by its event id. So no handler
+    waits for it: a delivery is acked as soon as its events are confirmed, and the rows
+    published within one short window share a transaction.
     """
 
-    def __init__(self, store: Store) -> None:
+    def __init__(self, store: Store, *, window: float = _MARK_WINDOW_SECONDS) -> None:
         self._store = store
-        self._waiting: list[tuple[Sequence[str], asyncio.Future[None]]] = []
+        self._window = window
+        self._pending: list[str] = []
         self._task: asyncio.Task[None] | None = None
 
-    async def mark(self, event_ids: Sequence[str]) -> None:
-        future = asyncio.get_running_loop().create_future()
-        self._waiting.append((event_ids, future))
+    def add(self, event_ids: Sequence[str]) -> None:
+        self._pending.extend(event_ids)
         if self._task is None or self._task.done():
-            self._task = asyncio.create_task(self._drain())
-        await future
+            self._task = asyncio.create_task(self._drain(), name="sagakit-sent-marks")
+
+    async def settle(self) -> None:
+        """Wait until every row added so far has been written (or its write has failed)."""
+        while self._task is not None and not self._task.done():
+            await asyncio.shield(self._task)
 
     async def _drain(self) -> None:
-        while self._waiting:
-            batch, self._waiting = self._waiting, []
-            event_ids = [event_id for ids, _ in batch for event_id in ids]
+        while self._pending:
+            await asyncio.sleep(self._window)
+            batch, self._pending = self._pending, []
             try:
                 async with self._store.write() as transaction:
-                    await self._store.mark_sent(transaction, event_ids)
-            except asyncio.CancelledError:
-                for _, future in (*batch, *self._waiting):
-                    future.cancel()
-                self._waiting = []
-                raise
+                    await self._store.mark_sent(transaction, batch)
             except Exception as exc:
-                for _, future in batch:
-                    if not future.done():
-                        future.set_exception(exc)
-                continue
-            for _, future in batch:
-                if not future.done():
-                    future.set_result(None)
+                logger.warning(
+                    "could not mark %d published events as sent (the relay publishes them"
+                    " again, and consumers drop the copies): %s",
+                    len(batch),
+                    exc,
+                )

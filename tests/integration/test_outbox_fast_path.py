@@ -1,5 +1,6 @@
 """The outbox's fast path on SQLite and PostgreSQL, with a real broker: rows go out as
-written, a re-announced event keeps its first body, and marks are grouped but never lost."""
+written, a re-announced event keeps its first body, and marks are grouped but never lost,
+and a row whose mark could not be written is published again."""
 
 from __future__ import annotations
 
@@ -78,8 +79,10 @@ async def test_rows_published_inline_by_many_handlers_at_once_are_all_marked(
             async with store.transaction() as session:
                 written.append(await store.add_to_outbox(session, [_row(saga, 1), _row(saga, 2)]))
 
-        # as forty handlers do after their commits: publish, wait for the mark, then ack
+        # as forty handlers do after their commits: publish (and ack once confirmed); the
+        # marks are written in the background, in shared transactions
         await asyncio.gather(*(relay.publish(rows) for rows in written))
+        await relay.settle()
 
         async with store.read() as session:
             assert await store.count_pending_outbox(session) == 0
@@ -94,6 +97,54 @@ async def test_rows_published_inline_by_many_handlers_at_once_are_all_marked(
         # each saga's two events arrived, in the order they were written
         for saga, rows in zip(sagas, written, strict=True):
             assert [m for s, m in received if s == saga] == [r.event_id for r in rows]
+    finally:
+        await broker.stop()
+        await connection.close()
+        await relay.stop()
+
+
+async def test_a_row_whose_mark_failed_is_published_again_by_the_relay(
+    store: Store, rabbitmq_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    exchange = f"fast-path-{uuid.uuid4().hex[:8]}"
+    broker = RabbitBroker(rabbitmq_url)
+    relay = OutboxRelay(store, broker, flow_exchange(exchange), participant="test", interval=60)
+    connection = await aio_pika.connect_robust(rabbitmq_url)
+    try:
+        channel = await connection.channel()
+        declared = await channel.declare_exchange(
+            exchange, aio_pika.ExchangeType.TOPIC, durable=True
+        )
+        queue = await channel.declare_queue(exclusive=True)
+        await queue.bind(declared, routing_key="#")
+        await broker.start()
+        saga = str(uuid.uuid4())
+        async with store.transaction() as session:
+            rows = await store.add_to_outbox(session, [_row(saga, 1)])
+
+        async def database_away(*args: object, **kwargs: object) -> None:
+            raise ConnectionError("database away")
+
+        with monkeypatch.context() as patched:
+            patched.setattr(store, "mark_sent", database_away)
+            await relay.publish(rows)  # confirmed: the handler would ack now
+            await relay.settle()
+        async with store.read() as session:
+            assert [r.event_id for r in await store.pending_outbox(session)] == [rows[0].event_id]
+
+        assert await relay.flush() == 1  # the relay loop's pass, once the row is old enough
+        async with store.read() as session:
+            assert await store.count_pending_outbox(session) == 0
+        received: list[str] = []
+        async with asyncio.timeout(10):
+            async with queue.iterator() as messages:
+                async for message in messages:
+                    await message.ack()
+                    received.append(message.message_id or "")
+                    if len(received) == 2:
+                        break
+        # the same event twice: consumers drop the copy by its id
+        assert received == [rows[0].event_id] * 2
     finally:
         await broker.stop()
         await connection.close()
