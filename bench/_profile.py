@@ -73,8 +73,44 @@ class Profiler:
         return summaries
 
 
+# Where a service's CPU goes, by part: a sample counts for the first part whose frames it
+# contains (the database first: its frames sit under the handler's and the runtime's).
+PARTS: tuple[tuple[str, tuple[str, ...]], ...] = (
+    (
+        "database (SQLAlchemy, driver, sagakit store)",
+        ("sqlalchemy/", "sagakit/_sqlite.py", "sagakit/_sql.py", "sagakit/_store.py", "greenlet"),
+    ),
+    ("log lines", ("logging/__init__.py", "faststream/_internal/logger")),
+    ("publishing events (FastStream, aio-pika)", ("OutboxRelay._publish_one",)),
+    ("acking deliveries", ("RabbitMessage.ack",)),
+    (
+        "building events (pydantic, ids, JSON)",
+        ("SagaRuntime._emit", "SagaRuntime._envelope", "SagaRuntime._system_payload"),
+    ),
+    ("the service's handlers (own code)", ("create_participant.<locals>",)),
+    ("sagakit runtime (rules, spans, metrics)", ("SagaRuntime._handle",)),
+    ("FastStream consume path (middlewares, decoding, validation)", ("SubscriberUsecase.consume",)),
+)
+OTHER_PART = "AMQP client I/O, event loop, other"
+
+
+def parts(path: Path) -> dict[str, float]:
+    """The share of samples (percent) of each part of ``PARTS``, and of the rest."""
+    counts = dict.fromkeys([*(name for name, _ in PARTS), OTHER_PART], 0)
+    total = 0
+    for line in path.read_text().splitlines():
+        stack, _, count_text = line.rpartition(" ")
+        if not stack:
+            continue
+        total += int(count_text)
+        part = next((name for name, marks in PARTS if any(m in stack for m in marks)), OTHER_PART)
+        counts[part] += int(count_text)
+    return {name: round(100 * n / total, 1) if total else 0.0 for name, n in counts.items()}
+
+
 def summarize(path: Path, *, top: int = 15) -> dict[str, Any]:
-    """Top functions by self and by inclusive share of samples in a collapsed-stack file."""
+    """Cost by part, and top functions by self and by inclusive share of samples in a
+    collapsed-stack file."""
     own: Counter[str] = Counter()
     inclusive: Counter[str] = Counter()
     total = 0
@@ -89,7 +125,7 @@ def summarize(path: Path, *, top: int = 15) -> dict[str, Any]:
         for frame in set(frames):
             inclusive[frame] += count
     if not total:
-        return {"samples": 0, "self": [], "inclusive": []}
+        return {"samples": 0, "parts": {}, "self": [], "inclusive": []}
 
     def share(counter: Counter[str], limit: float) -> list[tuple[str, float]]:
         return [
@@ -99,4 +135,9 @@ def summarize(path: Path, *, top: int = 15) -> dict[str, Any]:
         ][:top]
 
     # Inclusive shares above 90% are the event loop and the thread runners: no news.
-    return {"samples": total, "self": share(own, 1.0), "inclusive": share(inclusive, 0.9)}
+    return {
+        "samples": total,
+        "parts": parts(path),
+        "self": share(own, 1.0),
+        "inclusive": share(inclusive, 0.9),
+    }

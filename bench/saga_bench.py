@@ -784,8 +784,8 @@ def main(argv: list[str] | None = None) -> None:
     print(report["table"])
     for outcome in report["configurations"]:
         for service, summary in outcome["profile"].items():
-            print(f"profile of {service} ({summary['samples']} samples), top inclusive:")
-            for name, share in summary["inclusive"][:12]:
+            print(f"profile of {service} ({summary['samples']} samples), by part:")
+            for name, share in summary["parts"].items():
                 print(f"  {share:5.1f}%  {name}")
 
 
