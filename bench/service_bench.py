@@ -80,7 +80,7 @@ def event_for(service: str, client: SagaClient) -> Envelope[Any]:
 
 
 async def one_run(
-    service: str, *, url: str, messages: int, work_dir: Path, profile: bool
+    service: str, *, url: str, messages: int, work_dir: Path, profile_dir: Path | None
 ) -> dict[str, Any]:
     database = work_dir / f"{service}-{uuid.uuid4().hex[:6]}.db"
     queue = f"{service}.{CONSUMES[service]}"
@@ -112,7 +112,7 @@ async def one_run(
             pid = procs.pid(service)
             assert pid is not None
             tree = process_tree(pid)
-            profiler = Profiler(work_dir / "profile") if profile else None
+            profiler = Profiler(profile_dir) if profile_dir is not None else None
             if profiler is not None:
                 profiler.start(service, pid)
             cpu_before, began = cpu_seconds(tree), time.monotonic()
@@ -158,7 +158,7 @@ async def bench(args: argparse.Namespace) -> list[dict[str, Any]]:
                     url=url,
                     messages=args.messages,
                     work_dir=Path(work),
-                    profile=args.profile,
+                    profile_dir=args.output_dir / "profile" if args.profile else None,
                 )
             runs.append(result)
             print(
@@ -178,6 +178,12 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--runs", type=int, default=3)
     parser.add_argument("--profile", action="store_true", help="sample with py-spy (slower)")
     parser.add_argument("--url", default="amqp://guest:guest@127.0.0.1:5672/")
+    parser.add_argument(
+        "--output-dir",
+        type=Path,
+        default=Path(__file__).parent / "results" / "service",
+        help="where --profile writes the collapsed stacks (<service>.collapsed)",
+    )
     args = parser.parse_args(argv)
     runs = asyncio.run(bench(args))
     figures = [r["cpu_ms_per_message"] for r in runs]

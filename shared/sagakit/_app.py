@@ -102,6 +102,8 @@ def build_service(
 
     @app.after_shutdown
     async def close_store() -> None:
+        # Handlers that finished while the broker stopped may have sent marks still pending.
+        await runtime.relay.settle()
         await store.dispose()
 
     return SagaService(

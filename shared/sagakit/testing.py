@@ -109,6 +109,8 @@ class ParticipantHarness:
     ) -> None:
         assert self._test_broker is not None
         await self._test_broker.__aexit__(exc_type, exc, tb)
+        # Sent marks are written in the background: let them finish before the store closes.
+        await self.service.runtime.relay.settle()
         await self.service.store.dispose()
 
     @property
@@ -363,6 +365,7 @@ class FlowHarness:
         assert self._test_broker is not None
         await self._test_broker.__aexit__(exc_type, exc, tb)
         for service in self.services:
+            await service.runtime.relay.settle()
             await service.store.dispose()
 
     async def run(

@@ -170,6 +170,7 @@ async def running(services: list[SagaService]) -> AsyncIterator[None]:
         for service in services:
             await service.runtime.stop()
             await service.broker.stop()
+            await service.runtime.relay.settle()
             await service.store.dispose()
 
 
