@@ -174,6 +174,11 @@ def arguments(argv: list[str] | None = None) -> argparse.Namespace:
         "PYTHONPATH=/elsewhere/shared to measure another sagakit",
     )
     parser.add_argument("--skip-tracing", action="store_true")
+    parser.add_argument(
+        "--skip-faststream-null",
+        action="store_true",
+        help="skip the null saga on FastStream (the ceiling of a FastStream app)",
+    )
     parser.add_argument("--skip-postgres", action="store_true")
     parser.add_argument(
         "--profile",
@@ -377,7 +382,9 @@ def _pid(procs: ServiceProcesses, name: str) -> int:
 
 
 @contextlib.contextmanager
-def null_hops(url: str, log_dir: Path, *, prefetch: int) -> Iterator[list[subprocess.Popen[bytes]]]:
+def null_hops(
+    url: str, log_dir: Path, *, prefetch: int, faststream: bool = False
+) -> Iterator[list[subprocess.Popen[bytes]]]:
     log_dir.mkdir(parents=True, exist_ok=True)
     processes: list[subprocess.Popen[bytes]] = []
     try:
@@ -392,6 +399,7 @@ def null_hops(url: str, log_dir: Path, *, prefetch: int) -> Iterator[list[subpro
                             str(hop),
                             "--prefetch",
                             str(prefetch),
+                            *(["--faststream"] if faststream else []),
                         ],
                         stdin=subprocess.DEVNULL,
                         stdout=log,
@@ -433,14 +441,17 @@ async def run_null(
     url: str,
     source: SagaSource,
     args: argparse.Namespace,
-    rate: float,
+    rate: float | None,
+    sagas: int,
+    faststream: bool = False,
 ) -> None:
+    """The null saga's hops as processes: full speed, then (given a rate) the offered rate."""
     connection = await aio_pika.connect_robust(url)
     async with connection:
         await declare(await connection.channel())
     queues = [queue_name(hop) for hop in range(1, HOPS + 1)]
     log_dir = args.output_dir / "logs" / outcome.name
-    with null_hops(url, log_dir, prefetch=args.prefetch) as processes:
+    with null_hops(url, log_dir, prefetch=args.prefetch, faststream=faststream) as processes:
         await wait_consuming(url, queues, processes)
         trees = {f"hop{i + 1}": process_tree(p.pid) for i, p in enumerate(processes)}
         meter = Meter({**trees, **common_groups()})
@@ -459,24 +470,25 @@ async def run_null(
                 full_speed(
                     client,
                     observer,
-                    source.sagas(client, args.sagas, "full", null=True),
+                    source.sagas(client, sagas, "full", null=True),
                     in_flight=args.in_flight,
                     timeout=PHASE_TIMEOUT,
                 )
             )
             outcome.phases.append(full)
             _progress(outcome, full)
-            at_rate = await meter.measure(
-                offered_rate(
-                    client,
-                    observer,
-                    source.sagas(client, rate_phase_size(rate, args), "rate", null=True),
-                    rate=rate,
-                    timeout=PHASE_TIMEOUT,
+            if rate is not None:
+                at_rate = await meter.measure(
+                    offered_rate(
+                        client,
+                        observer,
+                        source.sagas(client, rate_phase_size(rate, args), "rate", null=True),
+                        rate=rate,
+                        timeout=PHASE_TIMEOUT,
+                    )
                 )
-            )
-            outcome.phases.append(at_rate)
-            _progress(outcome, at_rate)
+                outcome.phases.append(at_rate)
+                _progress(outcome, at_rate)
         outcome.peak_rss_mib = {name: round(peak_rss_mib(pids), 1) for name, pids in trees.items()}
 
 
@@ -614,6 +626,13 @@ def targets(outcomes: list[Outcome]) -> list[str]:
             found.append(
                 f"{name} at full speed: {share:.0f}% of the null saga (goal {goal:.0f}%: {verdict})"
             )
+    ceiling = by_name.get("null-faststream")
+    ceiling_full = ceiling.phase("full speed") if ceiling else None
+    if ceiling_full is not None and null_full is not None:
+        share = 100 * ceiling_full.sagas_per_second / null_full.sagas_per_second
+        found.append(
+            f"for scale, the null saga on FastStream (no work at all) reaches {share:.0f}%"
+        )
     main = by_name.get("sqlite")
     at_rate = main.phase("offered rate") if main else None
     if at_rate is not None and null_rate is not None:
@@ -693,7 +712,24 @@ async def bench(args: argparse.Namespace) -> dict[str, Any]:
         null = Outcome("null-saga", "null", None, tracing=False)
         outcomes.insert(0, null)
         with throwaway_vhost(args.url, "null") as url:
-            await run_null(null, url=url, source=source, args=args, rate=offered["rate"])
+            await run_null(
+                null, url=url, source=source, args=args, rate=offered["rate"], sagas=args.sagas
+            )
+
+        if not args.skip_faststream_null:
+            print("null saga on FastStream (the ceiling of a FastStream app)", flush=True)
+            on_faststream = Outcome("null-faststream", "null", None, tracing=False)
+            outcomes.insert(1, on_faststream)
+            with throwaway_vhost(args.url, "null-faststream") as url:
+                await run_null(
+                    on_faststream,
+                    url=url,
+                    source=source,
+                    args=args,
+                    rate=None,
+                    sagas=args.compare_sagas,
+                    faststream=True,
+                )
 
         if not args.skip_tracing:
             print("sagakit services, SQLite, tracing on (OTLP/HTTP to a local sink)", flush=True)
