@@ -6,9 +6,12 @@ from __future__ import annotations
 
 import asyncio
 import uuid
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
 
 import aio_pika
 import pytest
+from aio_pika.abc import AbstractIncomingMessage
 from faststream.rabbit import RabbitBroker
 from sagakit import Store
 from sagakit._relay import OutboxRelay
@@ -58,9 +61,28 @@ async def test_queued_rows_come_back_as_they_will_be_published(store: Store) -> 
         }
 
 
-async def test_rows_published_inline_by_many_handlers_at_once_are_all_marked(
-    store: Store, rabbitmq_url: str
-) -> None:
+@dataclass
+class Wire:
+    """A relay publishing to a fresh exchange, and a queue that receives all it publishes."""
+
+    relay: OutboxRelay
+    queue: aio_pika.abc.AbstractQueue
+
+    async def received(self, count: int) -> list[AbstractIncomingMessage]:
+        """The next ``count`` messages on the queue, acked."""
+        messages: list[AbstractIncomingMessage] = []
+        async with asyncio.timeout(10):
+            async with self.queue.iterator() as incoming:
+                async for message in incoming:
+                    await message.ack()
+                    messages.append(message)
+                    if len(messages) == count:
+                        break
+        return messages
+
+
+@pytest.fixture
+async def wire(store: Store, rabbitmq_url: str) -> AsyncIterator[Wire]:
     exchange = f"fast-path-{uuid.uuid4().hex[:8]}"
     broker = RabbitBroker(rabbitmq_url)
     relay = OutboxRelay(store, broker, flow_exchange(exchange), participant="test", interval=60)
@@ -73,79 +95,56 @@ async def test_rows_published_inline_by_many_handlers_at_once_are_all_marked(
         queue = await channel.declare_queue(exclusive=True)
         await queue.bind(declared, routing_key="#")
         await broker.start()
-        sagas = [str(uuid.uuid4()) for _ in range(40)]
-        written: list[list[OutboxRow]] = []
-        for saga in sagas:
-            async with store.transaction() as session:
-                written.append(await store.add_to_outbox(session, [_row(saga, 1), _row(saga, 2)]))
-
-        # as forty handlers do after their commits: publish (and ack once confirmed); the
-        # marks are written in the background, in shared transactions
-        await asyncio.gather(*(relay.publish(rows) for rows in written))
-        await relay.settle()
-
-        async with store.read() as session:
-            assert await store.count_pending_outbox(session) == 0
-        received: list[tuple[str, str]] = []
-        async with asyncio.timeout(10):
-            async with queue.iterator() as messages:
-                async for message in messages:
-                    await message.ack()
-                    received.append((message.correlation_id or "", message.message_id or ""))
-                    if len(received) == 2 * len(sagas):
-                        break
-        # each saga's two events arrived, in the order they were written
-        for saga, rows in zip(sagas, written, strict=True):
-            assert [m for s, m in received if s == saga] == [r.event_id for r in rows]
+        yield Wire(relay, queue)
     finally:
         await broker.stop()
         await connection.close()
         await relay.stop()
+
+
+async def test_rows_published_inline_by_many_handlers_at_once_are_all_marked(
+    store: Store, wire: Wire
+) -> None:
+    sagas = [str(uuid.uuid4()) for _ in range(40)]
+    written: list[list[OutboxRow]] = []
+    for saga in sagas:
+        async with store.transaction() as session:
+            written.append(await store.add_to_outbox(session, [_row(saga, 1), _row(saga, 2)]))
+
+    # as forty handlers do after their commits: publish (and ack once confirmed); the
+    # marks are written in the background, in shared transactions
+    await asyncio.gather(*(wire.relay.publish(rows) for rows in written))
+    await wire.relay.settle()
+
+    async with store.read() as session:
+        assert await store.count_pending_outbox(session) == 0
+    received = [
+        (m.correlation_id or "", m.message_id or "") for m in await wire.received(2 * len(sagas))
+    ]
+    # each saga's two events arrived, in the order they were written
+    for saga, rows in zip(sagas, written, strict=True):
+        assert [m for s, m in received if s == saga] == [r.event_id for r in rows]
 
 
 async def test_a_row_whose_mark_failed_is_published_again_by_the_relay(
-    store: Store, rabbitmq_url: str, monkeypatch: pytest.MonkeyPatch
+    store: Store, wire: Wire, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    exchange = f"fast-path-{uuid.uuid4().hex[:8]}"
-    broker = RabbitBroker(rabbitmq_url)
-    relay = OutboxRelay(store, broker, flow_exchange(exchange), participant="test", interval=60)
-    connection = await aio_pika.connect_robust(rabbitmq_url)
-    try:
-        channel = await connection.channel()
-        declared = await channel.declare_exchange(
-            exchange, aio_pika.ExchangeType.TOPIC, durable=True
-        )
-        queue = await channel.declare_queue(exclusive=True)
-        await queue.bind(declared, routing_key="#")
-        await broker.start()
-        saga = str(uuid.uuid4())
-        async with store.transaction() as session:
-            rows = await store.add_to_outbox(session, [_row(saga, 1)])
+    saga = str(uuid.uuid4())
+    async with store.transaction() as session:
+        rows = await store.add_to_outbox(session, [_row(saga, 1)])
 
-        async def database_away(*args: object, **kwargs: object) -> None:
-            raise ConnectionError("database away")
+    async def database_away(*args: object, **kwargs: object) -> None:
+        raise ConnectionError("database away")
 
-        with monkeypatch.context() as patched:
-            patched.setattr(store, "mark_sent", database_away)
-            await relay.publish(rows)  # confirmed: the handler would ack now
-            await relay.settle()
-        async with store.read() as session:
-            assert [r.event_id for r in await store.pending_outbox(session)] == [rows[0].event_id]
+    with monkeypatch.context() as patched:
+        patched.setattr(store, "mark_sent", database_away)
+        await wire.relay.publish(rows)  # confirmed: the handler would ack now
+        await wire.relay.settle()
+    async with store.read() as session:
+        assert [r.event_id for r in await store.pending_outbox(session)] == [rows[0].event_id]
 
-        assert await relay.flush() == 1  # the relay loop's pass, once the row is old enough
-        async with store.read() as session:
-            assert await store.count_pending_outbox(session) == 0
-        received: list[str] = []
-        async with asyncio.timeout(10):
-            async with queue.iterator() as messages:
-                async for message in messages:
-                    await message.ack()
-                    received.append(message.message_id or "")
-                    if len(received) == 2:
-                        break
-        # the same event twice: consumers drop the copy by its id
-        assert received == [rows[0].event_id] * 2
-    finally:
-        await broker.stop()
-        await connection.close()
-        await relay.stop()
+    assert await wire.relay.flush() == 1  # the relay loop's pass, once the row is old enough
+    async with store.read() as session:
+        assert await store.count_pending_outbox(session) == 0
+    # the same event twice: consumers drop the copy by its id
+    assert [m.message_id for m in await wire.received(2)] == [rows[0].event_id] * 2

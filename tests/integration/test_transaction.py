@@ -9,6 +9,7 @@ from decimal import Decimal
 from typing import Any
 
 import pytest
+from payment_service.tables import Amount  # money: NUMERIC on PostgreSQL, a string on SQLite
 from sagakit import Store
 from sagakit._sql import Transaction
 from sqlalchemy import (
@@ -18,10 +19,8 @@ from sqlalchemy import (
     Integer,
     Interval,
     MetaData,
-    Numeric,
     String,
     Table,
-    TypeDecorator,
     bindparam,
     event,
     exc,
@@ -30,31 +29,9 @@ from sqlalchemy import (
     select,
     update,
 )
-from sqlalchemy.engine import Dialect
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
-from sqlalchemy.types import TypeEngine
 
 pytestmark = pytest.mark.integration
-
-
-class Amount(TypeDecorator[Decimal]):
-    """NUMERIC on PostgreSQL, a decimal string on SQLite (as payment's tables store money)."""
-
-    impl = String(32)
-    cache_ok = True
-
-    def load_dialect_impl(self, dialect: Dialect) -> TypeEngine[Any]:
-        if dialect.name == "postgresql":
-            return dialect.type_descriptor(Numeric(12, 2))
-        return dialect.type_descriptor(String(32))
-
-    def process_bind_param(self, value: Decimal | None, dialect: Dialect) -> Any:
-        if value is None or dialect.name == "postgresql":
-            return value
-        return f"{value:.2f}"
-
-    def process_result_value(self, value: Any, dialect: Dialect) -> Decimal | None:
-        return None if value is None else Decimal(value)
 
 
 metadata = MetaData()
