@@ -58,7 +58,9 @@ class StepContext:
         """Run a Core statement with ``params`` in the handler's transaction.
 
         Build the statement once (a module constant, values as ``bindparam``s) and pass
-        the values here: it is compiled once and then runs on the driver directly.
+        the values here: it is compiled once and then runs on the driver directly. (A
+        statement built anew for every call still runs, through SQLAlchemy once the store's
+        cache of compiled statements is full.)
         """
         return await self.transaction.execute(statement, params)
 

@@ -28,6 +28,9 @@ from sqlalchemy.sql.compiler import SQLCompiler
 
 _Processor = Callable[[Any], Any] | None
 _MISSING = object()
+# Statements compiled for the driver, per store: far more than a service's handlers and
+# sagakit's own records use, bounded for code that builds a statement per call.
+COMPILED_CACHE_SIZE = 512
 
 
 class Rows:
@@ -271,9 +274,14 @@ class Transaction:
         try:
             return self._cache[key]
         except KeyError:
-            compiled = compile_for_driver(statement, self._dialect, tuple(values))
-            self._cache[key] = compiled
-            return compiled
+            pass
+        if len(self._cache) >= COMPILED_CACHE_SIZE:
+            # Statements built anew for every call would fill the cache for ever: once it
+            # is full, what is not in it goes through SQLAlchemy, which has its own cache.
+            return None
+        compiled = compile_for_driver(statement, self._dialect, tuple(values))
+        self._cache[key] = compiled
+        return compiled
 
     async def _through_sqlalchemy(self, statement: Executable, values: Mapping[str, Any]) -> Rows:
         result = await self.connection.execute(statement, dict(values) if values else None)

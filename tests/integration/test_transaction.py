@@ -11,6 +11,7 @@ from typing import Any
 import pytest
 from payment_service.tables import Amount  # money: NUMERIC on PostgreSQL, a string on SQLite
 from sagakit import Store
+from sagakit import _sql as sql_module
 from sagakit._sql import Transaction
 from sqlalchemy import (
     JSON,
@@ -336,3 +337,24 @@ async def test_an_interval_round_trips_through_the_driver_path(
         assert (await tx.execute(select(durations.c.length))).scalars() == [length]
     async with store.read() as session:
         assert (await session.execute(select(durations.c.length))).scalars().all() == [length]
+
+
+async def test_statements_built_per_call_stop_filling_the_cache_and_still_run(
+    store: Store, through_sqlalchemy: list[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    async with store.write() as tx:
+        await tx.execute(OPEN)
+        await _insert_things(tx)
+    room = 3  # for three more statements
+    monkeypatch.setattr(sql_module, "COMPILED_CACHE_SIZE", len(store._compiled) + room)
+    through_sqlalchemy.clear()
+    async with store.write() as tx:
+        await tx.execute(OPEN)
+        names = [
+            (await tx.execute(select(things.c.name).where(things.c.id == id_))).scalar_one_or_none()
+            for id_ in (1, 2, 3, 1)
+        ]
+    assert names == ["first", "second", "third", "first"]
+    assert len(store._compiled) == sql_module.COMPILED_CACHE_SIZE  # the fourth was not kept
+    # the statement that found the cache full went through SQLAlchemy, the others did not
+    assert len(through_sqlalchemy) == (1 if store.is_sqlite else 2)
