@@ -347,10 +347,8 @@ class SagaRuntime:
         async with self.store.write() as transaction:
             if not await self._first_delivery(transaction, sub, envelope):
                 return [], "duplicate"
-            if (
-                await self.store.claim_step(transaction, step=step.name, saga_id=saga_id)
-                is not None
-            ):
+            claimed = await self.store.claim_step(transaction, step=step.name, saga_id=saga_id)
+            if claimed is not None:
                 return [], "ignored"
             logger.info("step failed: %s", failure.reason)
             record_step_failure(failure.reason)

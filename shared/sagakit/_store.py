@@ -344,7 +344,7 @@ class Store:
         return queued
 
     async def pending_outbox(
-        self, session: Executor, *, older_than: timedelta | None = None, limit: int = 500
+        self, session: AsyncSession, *, older_than: timedelta | None = None, limit: int = 500
     ) -> list[OutboxRow]:
         """Unsent events, oldest first (only those older than ``older_than`` if given)."""
         query = select(outbox).where(outbox.c.sent_at.is_(None))
