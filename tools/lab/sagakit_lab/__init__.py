@@ -1,0 +1,8 @@
+"""Private infrastructure for fault tests and chaos runs.
+
+Everything here starts its own servers on free ports under a temporary directory (a RabbitMQ
+node or cluster, a PostgreSQL cluster, a small volume) and stops them after, so that a test can
+take a dependency away without touching the broker or database a developer runs.
+"""
+
+__all__: list[str] = []
