@@ -1,8 +1,11 @@
 """The end of a chaos run: what each service's own store says, against the ledger and the DLQs.
 
-Every check names what it proves and, when it fails, whether something was lost (an effect
-or event that should exist does not), applied twice (an effect or event exists more often
-than once, or a balance is off), or wrong (an outcome the reference rules do not give).
+Every check names what it proves and, when it fails, whether a saga was stranded (it never
+ended: stopped somewhere, or parked where nothing expected it), wrongly cancelled (for a
+fault, or at another step or for another reason than the reference rules give), something
+was lost (an effect, event or parked message that should exist does not), applied twice
+(an effect or event exists more often than once, or a balance is off), or wrong (an outcome
+or effect nothing should have produced).
 """
 
 from __future__ import annotations
@@ -17,18 +20,26 @@ from typing import Any
 
 from _chaos_faults import MALFORMED_PREFIX, Malformed
 from _chaos_ledger import Ledger, Seen
-from _chaos_orders import INITIAL_STOCK, PlannedOrder
+from _chaos_orders import ANY_STEP, INITIAL_STOCK, PlannedOrder
 from _chaos_stores import StoreState
 from sagakit import SagaSpec
 from sagakit._dlq import ParkedMessage
 
-# Failures that are not the order's fault: the step gave up, as the design says it must.
+# Reasons that name a fault rather than the order: a saga cancelled with one of these was
+# cancelled because something was down, which no outage may cause.
 TRANSIENT_REASONS = frozenset({"retries_exhausted", "deadline_exceeded"})
+
+
+# How a message the broker dead-lettered (a quorum queue's delivery limit) shows in a DLQ:
+# it kept failing, it was never parked by the service for a reason.
+BROKER_DEAD_LETTERED = "broker:"
 
 
 class Verdict(StrEnum):
     """What a failed check means."""
 
+    STRANDED = "stranded"
+    WRONGLY_CANCELLED = "wrongly cancelled"
     LOST = "lost"
     TWICE = "applied twice"
     WRONG = "wrong outcome"
@@ -80,6 +91,14 @@ class Audit:
         return sum(len(c.failures) for c in self.checks if c.verdict is verdict)
 
     @property
+    def stranded(self) -> int:
+        return self.count(Verdict.STRANDED)
+
+    @property
+    def wrongly_cancelled(self) -> int:
+        return self.count(Verdict.WRONGLY_CANCELLED)
+
+    @property
     def lost(self) -> int:
         return self.count(Verdict.LOST)
 
@@ -115,7 +134,8 @@ class _Auditor:
         self.parked = list(parked)
         self.parked_sagas: dict[str, list[ParkedMessage]] = {}
         for entry in self.parked:
-            if not entry.id.startswith(MALFORMED_PREFIX) and entry.saga_id:
+            expected = entry.id in malformed or entry.id.startswith(MALFORMED_PREFIX)
+            if not expected and entry.saga_id:
                 self.parked_sagas.setdefault(entry.saga_id, []).append(entry)
         self.checks: dict[str, Check] = {}
 
@@ -136,7 +156,9 @@ class _Auditor:
             types = {e.event_type for e in events}
             done = self.spec.completed_event in types
             cancelled = self.spec.cancelled_event in types
-            ended = self.check("every saga ended or is parked with a reason", Verdict.LOST)
+            ended = self.check(
+                "every saga ended (or is parked where the run expects it)", Verdict.STRANDED
+            )
             ended.checked += 1
             if done and cancelled:
                 outcomes["fulfilled and cancelled"] += 1
@@ -146,10 +168,12 @@ class _Auditor:
                 if saga in self.parked_sagas:
                     outcomes["parked"] += 1
                     open_parked.append(saga)
-                    for entry in self.parked_sagas[saga]:
+                    entries = self.parked_sagas[saga]
+                    for entry in entries:
                         parked_reasons[entry.reason.split(":")[0]] += 1
-                        if not entry.reason:
-                            ended.fail(f"{saga} parked without a reason")
+                    if not _may_park(plan, entries):
+                        where = ", ".join(f"{e.service}: {e.reason[:80]!r}" for e in entries)
+                        ended.fail(f"{saga} ({plan.scenario.value}) parked at {where}")
                 else:
                     outcomes["pending"] += 1
                     last = events[-1].event_type if events else "nothing"
@@ -173,9 +197,14 @@ class _Auditor:
         self._stock(fulfilled, open_parked)
         self._money(fulfilled, open_parked)
         self._malformed()
+        self._parked_as_expected()
+        self._strangers()
         self._outbox()
         self._consumers()
         notes = self._duplicates()
+        notes["cancelled for a fault (retries exhausted, deadline)"] = sum(
+            cancel_reasons[reason] for reason in TRANSIENT_REASONS
+        )
         notes["parked messages"] = len(self.parked)
         notes["ledger deliveries"] = self.ledger.deliveries
         notes["ledger messages"] = len(self.ledger.first)
@@ -216,13 +245,26 @@ class _Auditor:
     def _outcome(
         self, saga: str, plan: PlannedOrder, failed_step: str | None, reason: str | None
     ) -> None:
-        check = self.check("outcome as the reference rules say", Verdict.WRONG)
-        check.checked += 1
-        if failed_step == plan.failed_step:
+        wrong = self.check("refused orders cancelled, never fulfilled", Verdict.WRONG)
+        cancelled = self.check(
+            "cancelled only by the rules: at their step, for their reason (never for a fault)",
+            Verdict.WRONGLY_CANCELLED,
+        )
+        if plan.failed_step is None or failed_step is None:
+            cancelled.checked += 1
+            if plan.failed_step is None and failed_step is not None:
+                cancelled.fail(f"{saga}: a valid order cancelled at {failed_step} ({reason})")
+            wrong.checked += 1
+            if plan.failed_step is not None and failed_step is None:
+                wrong.fail(f"{saga}: {plan.scenario.value} was fulfilled")
             return
-        if reason in TRANSIENT_REASONS:
-            return  # a step that gave up under faults: cancelled, correctly compensated
-        check.fail(f"{saga}: {plan.scenario.value} ended at {failed_step or 'fulfilled'}")
+        cancelled.checked += 1
+        if plan.failed_step in (ANY_STEP, failed_step) and reason == plan.reason:
+            return
+        cancelled.fail(
+            f"{saga}: {plan.scenario.value} cancelled at {failed_step} ({reason}),"
+            f" expected {plan.failed_step} ({plan.reason})"
+        )
 
     def _fulfilled_effects(self, saga: str, plan: PlannedOrder) -> None:
         s = self.stores
@@ -355,17 +397,69 @@ class _Auditor:
         for entry in self.parked:
             if entry.id in self.malformed:
                 parked.setdefault(entry.id, []).append(entry)
-        check = self.check(
-            "every malformed message parked by each consumer, with a reason", Verdict.LOST
-        )
+        check = self.check("every bad message parked by each consumer, with a reason", Verdict.LOST)
+        right = self.check("every bad message parked for the right reason", Verdict.WRONG)
         for message_id, sent in self.malformed.items():
             entries = parked.get(message_id, [])
             for participant in sorted(sent.parked_by):
                 check.checked += 1
                 mine = [e for e in entries if e.service == participant and e.reason]
+                what = f"{sent.shape} as {sent.routing_key}"
                 if not mine:
-                    what = f"{sent.shape} as {sent.routing_key}"
                     check.fail(f"{message_id} ({what}) at {participant}")
+                    continue
+                right.checked += 1
+                if all(e.reason.startswith(BROKER_DEAD_LETTERED) for e in mine):
+                    right.fail(
+                        f"{message_id} ({what}) at {participant}: only the broker's"
+                        f" delivery limit stopped it ({mine[0].reason[:80]!r})"
+                    )
+                elif sent.reasons and not any(_reason_is(e.reason, sent.reasons) for e in mine):
+                    reasons = sorted({e.reason[:80] for e in mine})
+                    right.fail(
+                        f"{message_id} ({what}) at {participant}: {reasons},"
+                        f" expected {' or '.join(sent.reasons)}"
+                    )
+
+    def _parked_as_expected(self) -> None:
+        check = self.check("nothing parked that the run does not expect", Verdict.WRONG)
+        ended = self.ledger.ended
+        for entry in self.parked:
+            check.checked += 1
+            what = f"{entry.id} ({entry.event_type}) at {entry.service}: {entry.reason[:80]!r}"
+            sent = self.malformed.get(entry.id)
+            if sent is not None:
+                if entry.service not in sent.parked_by:
+                    check.fail(f"{what}, expected at {sorted(sent.parked_by)}")
+                continue
+            if entry.id.startswith(MALFORMED_PREFIX):
+                continue  # garbage a consumer it was not routed to parked: see the checks above
+            plan = self.planned.get(entry.saga_id)
+            if plan is not None and entry.saga_id not in ended:
+                continue  # a saga that stopped there: stranded (or allowed to park)
+            check.fail(what)
+
+    def _strangers(self) -> None:
+        check = self.check("sagas nobody started changed nothing", Verdict.WRONG)
+        injected = set(self.malformed) | {seen.message_id for seen in self.duplicated}
+        for saga, events in self.ledger.by_saga.items():
+            if saga in self.planned:
+                continue
+            check.checked += 1
+            answered = [e.event_type for e in events if e.message_id not in injected]
+            if answered:
+                check.fail(f"{saga}: {answered} on the wire")
+        s = self.stores
+        effects: dict[str, Iterable[str]] = {
+            "reservation": s.reservations,
+            "payment": s.payments,
+            "shipment": s.shipments,
+            "notice": s.notices,
+        }
+        for effect, sagas in effects.items():
+            for saga in sagas:
+                if saga not in self.planned:
+                    check.fail(f"{saga}: a {effect} for a saga nobody started")
 
     def _outbox(self) -> None:
         check = self.check("every committed event published (outbox drained)", Verdict.LOST)
@@ -395,6 +489,17 @@ class _Auditor:
             "extra copies on the exchange (all causes)": copies,
             "malformed parked more than once": sum(1 for n in parked_copies.values() if n > 1),
         }
+
+
+def _reason_is(reason: str, expected: Iterable[str]) -> bool:
+    return any(what in reason for what in expected)
+
+
+def _may_park(plan: PlannedOrder, entries: Iterable[ParkedMessage]) -> bool:
+    if plan.may_park is None:
+        return False
+    participant, reason = plan.may_park
+    return any(e.service == participant and _reason_is(e.reason, [reason]) for e in entries)
 
 
 def _cancellation(event: Seen) -> tuple[str, str]:

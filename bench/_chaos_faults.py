@@ -17,7 +17,7 @@ import logging
 import random
 import time
 from collections import Counter
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Collection, Mapping, Sequence
 from dataclasses import dataclass
 from enum import StrEnum
 from typing import Any
@@ -43,6 +43,21 @@ class FaultKind(StrEnum):
     DUPLICATE = "duplicate"  # events seen on the exchange published again
     MALFORMED = "malformed"  # garbage bodies under real routing keys
     BUSINESS_FAILURE = "business_failure"  # orders the reference rules refuse
+    STORE_OUTAGE = "store_outage"  # a participant's PostgreSQL stopped (immediate) a while
+    DISK_FULL = "disk_full"  # a participant's SQLite volume full for a while
+    READ_ONLY = "read_only_store"  # a participant's SQLite volume read-only for a while
+    POISON_HEADERS = "poison_headers"  # a start event with a full header table, bad saga id
+    AMPLIFICATION = "amplification"  # a start event whose next event would be too large
+    CONFLICTING_DUPLICATE = "conflicting_duplicate"  # an event id again, another body
+    STRANGER = "stranger"  # a failure or compensation for a saga nobody started
+
+
+# The faults that reach a participant's store: each needs its store placed for it.
+STORE_FAULTS: dict[FaultKind, str] = {
+    FaultKind.STORE_OUTAGE: "store_outage",
+    FaultKind.DISK_FULL: "disk_full",
+    FaultKind.READ_ONLY: "read_only",
+}
 
 
 @dataclass(frozen=True, slots=True)
@@ -59,12 +74,13 @@ class Fault:
 
 @dataclass(frozen=True, slots=True)
 class Malformed:
-    """A garbage message sent to the exchange, and who must park it."""
+    """A bad message sent to the exchange, who must park it and why (any reason if empty)."""
 
     message_id: str
     routing_key: str
     shape: str
     parked_by: frozenset[str]
+    reasons: tuple[str, ...] = ()
 
 
 # Faults per 100 sagas (at least one of each kind in any run).
@@ -75,6 +91,18 @@ _PER_HUNDRED: dict[FaultKind, float] = {
     FaultKind.LATENCY: 1.0,
     FaultKind.DUPLICATE: 4.0,
     FaultKind.MALFORMED: 3.0,
+}
+# Drawn from a random generator of their own, so that adding them left the faults and crash
+# points of a seed as they were. A kind the run cannot carry out (a store fault its stores
+# are not placed for) is drawn all the same and dropped: both stores get the same schedule.
+_MORE_PER_HUNDRED: dict[FaultKind, float] = {
+    FaultKind.STORE_OUTAGE: 0.3,
+    FaultKind.DISK_FULL: 0.3,
+    FaultKind.READ_ONLY: 0.3,
+    FaultKind.POISON_HEADERS: 0.3,
+    FaultKind.AMPLIFICATION: 0.3,
+    FaultKind.CONFLICTING_DUPLICATE: 1.0,
+    FaultKind.STRANGER: 1.0,
 }
 
 
@@ -102,14 +130,32 @@ async def until_confirmed(
             await asyncio.sleep(0.5)
 
 
-def plan_faults(rng: random.Random, *, sagas: int, services: Sequence[str]) -> list[Fault]:
-    """The faults of a run of ``sagas`` sagas, in firing order."""
+def plan_faults(
+    rng: random.Random,
+    *,
+    sagas: int,
+    services: Sequence[str],
+    kinds: Collection[FaultKind] | None = None,
+    targets: Mapping[FaultKind, Sequence[str]] | None = None,
+    more_rng: random.Random | None = None,
+) -> list[Fault]:
+    """The faults of a run of ``sagas`` sagas, in firing order.
+
+    Only ``kinds`` are kept (default: all); ``targets`` narrows the services a kind may
+    hit (a store fault: the services whose store it reaches). The store and hostile-input
+    kinds are drawn from ``more_rng`` (default: ``rng``, after the others).
+    """
     faults: list[Fault] = []
-    for kind, per_hundred in _PER_HUNDRED.items():
+    rates = [(rng, kind, rate) for kind, rate in _PER_HUNDRED.items()]
+    rates += [(more_rng or rng, kind, rate) for kind, rate in _MORE_PER_HUNDRED.items()]
+    for draw, kind, per_hundred in rates:
         for _ in range(max(1, round(per_hundred * sagas / 100))):
             # Not in the first or last tenth: faults should meet sagas in flight.
-            after = rng.randint(max(1, sagas // 10), max(1, sagas - sagas // 10))
-            faults.append(_fault(rng, kind, after, services))
+            after = draw.randint(max(1, sagas // 10), max(1, sagas - sagas // 10))
+            choices = (targets or {}).get(kind) or services
+            fault = _fault(draw, kind, after, choices)
+            if kinds is None or kind in kinds:
+                faults.append(fault)
     faults.sort(key=lambda fault: fault.after_saga)
     return faults
 
@@ -123,6 +169,12 @@ def _fault(rng: random.Random, kind: FaultKind, after: int, services: Sequence[s
         return Fault(after, kind, seconds=rng.uniform(2.0, 5.0), latency=rng.uniform(0.05, 0.3))
     if kind in (FaultKind.DUPLICATE, FaultKind.MALFORMED):
         return Fault(after, kind, count=rng.randint(1, 5))
+    if kind is FaultKind.STORE_OUTAGE:
+        return Fault(after, kind, target=rng.choice(services), seconds=rng.uniform(5.0, 45.0))
+    if kind in (FaultKind.DISK_FULL, FaultKind.READ_ONLY):
+        return Fault(after, kind, target=rng.choice(services), seconds=rng.uniform(3.0, 20.0))
+    if kind in (FaultKind.CONFLICTING_DUPLICATE, FaultKind.STRANGER):
+        return Fault(after, kind, count=rng.randint(1, 3))
     return Fault(after, kind)
 
 
@@ -177,6 +229,8 @@ class Injector:
         self.duplicated: list[Seen] = []
         self.unexpected_exits: list[str] = []
         self.started = 0  # sagas started so far, kept up to date by whoever starts them
+        # Hands for the kinds carried out elsewhere (_chaos_hostile, _chaos_store_faults).
+        self.handlers: dict[FaultKind, Callable[[Fault], Awaitable[None]]] = {}
         self._bound = bound_participants(spec)
         self._lock = asyncio.Lock()
         self._started_at = time.monotonic()
@@ -204,6 +258,8 @@ class Injector:
             await self._duplicate(fault.count)
         elif fault.kind is FaultKind.MALFORMED:
             await self._malformed(fault.count)
+        elif fault.kind in self.handlers:
+            await self.handlers[fault.kind](fault)
         else:
             raise ValueError(f"not an injectable fault: {fault.kind}")
 
@@ -381,6 +437,15 @@ class Injector:
             for name in self.procs.names:
                 if not self.procs.alive(name):
                     await self._revive(name)
+
+    @property
+    def lock(self) -> asyncio.Lock:
+        """Held while a fault must not meet a restart (the supervisor waits for it)."""
+        return self._lock
+
+    def note(self, kind: FaultKind, detail: str) -> None:
+        """Count a fault carried out, and put it on the timeline."""
+        self._note(kind, detail)
 
     def _now(self) -> float:
         return round(time.monotonic() - self._started_at, 2)

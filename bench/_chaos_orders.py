@@ -20,6 +20,17 @@ UNAVAILABLE_SKU = "SKU-RARE"
 INITIAL_STOCK = {**dict.fromkeys(SKUS, 1_000_000), UNAVAILABLE_SKU: 0}
 PRICES = ("1.50", "2.25", "9.99", "12.00")
 
+# The reason each refused order is cancelled with, by the reference rules.
+REASONS: dict[Scenario, str] = {
+    Scenario.OUT_OF_STOCK: "insufficient_stock",
+    Scenario.CARD_DECLINED: "card_declined",
+    Scenario.LIMIT_EXCEEDED: "limit_exceeded",
+    Scenario.NOT_SERVED: "destination_not_served",
+    Scenario.UNREACHABLE: "contact_unreachable",
+}
+# In an override: whichever step fails, so long as it fails for the reason given.
+ANY_STEP = "*"
+
 # About half the orders are fulfilled; the rest fail at every step, by real rules.
 MIX: dict[Scenario, int] = {
     Scenario.FULFILLED: 50,
@@ -33,15 +44,32 @@ MIX: dict[Scenario, int] = {
 
 @dataclass(frozen=True, slots=True)
 class PlannedOrder:
-    """An order the run starts, and what the reference rules make of it."""
+    """An order the run starts, and what the reference rules make of it.
+
+    ``override`` is for an order that something other than the rules must refuse (one too
+    large to travel the whole saga): ``(step, reason)``, where the step may be ``ANY_STEP``.
+    ``may_park`` names a participant that may park its start event instead, and the reason
+    it must give, ``(participant, reason)``.
+    """
 
     scenario: Scenario
     order: OrderCreated
+    override: tuple[str, str] | None = None
+    may_park: tuple[str, str] | None = None
 
     @property
     def failed_step(self) -> str | None:
-        """The step the rules fail, or None for an order that is fulfilled."""
+        """The step that must fail, or None for an order that is fulfilled."""
+        if self.override is not None:
+            return self.override[0]
         return EXPECTED_FAILED_STEP[self.scenario]
+
+    @property
+    def reason(self) -> str | None:
+        """The reason it must be cancelled with, or None for an order that is fulfilled."""
+        if self.override is not None:
+            return self.override[1]
+        return REASONS.get(self.scenario)
 
     @property
     def total(self) -> Decimal:

@@ -44,6 +44,8 @@ def report_dict(
         "outcomes": dict(sorted(audit.outcomes.items())),
         "cancel_reasons": dict(sorted(audit.cancel_reasons.items())),
         "parked_reasons": dict(sorted(audit.parked_reasons.items())),
+        "stranded": audit.stranded,
+        "wrongly_cancelled": audit.wrongly_cancelled,
         "lost": audit.lost,
         "applied_twice": audit.applied_twice,
         "wrong_outcomes": audit.wrong,
@@ -79,6 +81,8 @@ def print_report(report: dict[str, Any], *, console: Console | None = None) -> N
     if report["unexpected_exits"]:
         summary.add_row("services that died unasked", ", ".join(report["unexpected_exits"]))
     summary.add_section()
+    summary.add_row("stranded (must be 0)", _flag(report["stranded"]))
+    summary.add_row("wrongly cancelled (must be 0)", _flag(report["wrongly_cancelled"]))
     summary.add_row("lost (must be 0)", _flag(report["lost"]))
     summary.add_row("applied twice (must be 0)", _flag(report["applied_twice"]))
     summary.add_row("wrong outcomes (must be 0)", _flag(report["wrong_outcomes"]))

@@ -8,11 +8,19 @@ exchange, then starts sagas at a steady rate over a seeded order mix (every busi
 failure of the reference rules) while a seeded plan kills services with SIGKILL, arms crash
 points, restarts the broker (``rabbitmqctl stop_app``/``start_app``: the whole local node),
 cuts and slows the services' connections, publishes copies of events seen on the exchange
-and publishes garbage under real routing keys. Then it waits for every saga to end, and
-checks each service's own store, the dead-letter queues and the ledger against each other.
+and publishes garbage under real routing keys. It also takes the stores away: each
+participant's database lives where a fault can reach it (SQLite on a small volume of its own
+that fills up or turns read-only for a while; PostgreSQL in a private cluster of its own,
+stopped with ``-m immediate`` for a while), and sends hostile input: a start event with a
+full header table and an invalid saga id (and a valid one with as many headers), a start
+event just under the size limit padded in its context, conflicting duplicates (an event id
+again with another body) and failures or compensations for sagas nobody started. Then it
+waits for every saga to end, and checks each service's own store, the dead-letter queues
+and the ledger against each other.
 
-Exits 1 when anything was lost, applied twice or ended against the rules; 2 on a run that
-could not be carried out. The seed and the table go to stdout, progress to stderr.
+Exits 1 when a saga was stranded or wrongly cancelled, or anything was lost, applied twice
+or ended against the rules; 2 on a run that could not be carried out. The seed and the
+table go to stdout, progress to stderr.
 
 ``rabbitmqctl`` must control the broker's node (it honours ``RABBITMQ_NODENAME``, or pass
 ``--rabbitmqctl "rabbitmqctl -n node@host"``).
@@ -33,25 +41,27 @@ import shlex
 import sys
 import tempfile
 import time
-import uuid
 from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 from urllib.parse import quote, urlsplit, urlunsplit
 
-import aio_pika
 from _chaos_audit import audit
 from _chaos_crashes import CrashPoints
-from _chaos_faults import Fault, FaultKind, Injector, plan_faults, until_confirmed
+from _chaos_faults import STORE_FAULTS, Fault, FaultKind, Injector, plan_faults, until_confirmed
+from _chaos_hostile import InputFaults
 from _chaos_ledger import Ledger
 from _chaos_orders import INITIAL_STOCK, PlannedOrder, plan_order
 from _chaos_report import print_report, report_dict
+from _chaos_settle import consumers as settled_consumers
+from _chaos_settle import quiesce, wait_for_end
+from _chaos_store_faults import StoreFaults, placements, store_fault_handlers
 from _chaos_stores import read_stores
 from order_contracts import ORDER_SAGA
-from sagakit import QueueProbe, SagaClient, ServiceProcesses, consumed_queues
+from sagakit import SagaClient, ServiceProcesses
 from sagakit._dlq import DeadLetters
-from sagakit._topology import retry_queue_name
+from sagakit_lab import ClusterError, VolumeError
 from tcp_proxy import TcpProxy
 
 __all__ = ["ChaosOptions", "main", "run_chaos"]
@@ -60,7 +70,6 @@ logger = logging.getLogger("chaos")
 
 PARTICIPANTS = ("inventory", "payment", "shipping", "notification")
 DEFAULT_URL = "amqp://guest:guest@127.0.0.1:5672/"
-DEFAULT_POSTGRES = "postgresql://postgres@127.0.0.1:5432/postgres"
 
 
 @dataclass(frozen=True, slots=True)
@@ -72,7 +81,7 @@ class ChaosOptions:
     rate: float = 8.0
     store: str = "sqlite"
     url: str = DEFAULT_URL
-    postgres_url: str = DEFAULT_POSTGRES
+    postgres_url: str | None = None  # None: a private cluster per participant
     workdir: Path | None = None
     settle_timeout: float = 300.0
     rabbitmqctl: tuple[str, ...] = ("rabbitmqctl",)
@@ -110,101 +119,33 @@ async def fresh_vhost(options: ChaosOptions) -> AsyncIterator[str]:
 
 
 @contextlib.asynccontextmanager
-async def databases(options: ChaosOptions, workdir: Path) -> AsyncIterator[dict[str, str]]:
-    """One database per participant: SQLite files in ``workdir``, or fresh PostgreSQL ones."""
-    if options.store == "sqlite":
-        yield {name: f"sqlite+aiosqlite:///{workdir}/{name}.db" for name in PARTICIPANTS}
-        return
-    import asyncpg  # type: ignore[import-untyped]
-
-    names = {name: f"sagakit_chaos_{name}_{uuid.uuid4().hex[:8]}" for name in PARTICIPANTS}
-    admin = await asyncpg.connect(options.postgres_url, timeout=10)
+async def placed_stores(
+    options: ChaosOptions, workdir: Path
+) -> AsyncIterator[tuple[StoreFaults, dict[str, str]]]:
+    """Each participant's database where store faults reach it; and, for each store fault
+    kind that cannot be carried out in this run, why."""
+    unavailable: dict[str, str] = {}
+    layout = placements(options.store, PARTICIPANTS)
+    if options.store == "postgresql" and options.postgres_url is not None:
+        layout = dict.fromkeys(PARTICIPANTS, "shared")
+    stores = StoreFaults(layout, workdir=workdir, postgres_url=options.postgres_url, volume_mb=64)
     try:
-        for name in names.values():
-            await admin.execute(f'CREATE DATABASE "{name}"')
-        base = options.postgres_url.rsplit("/", 1)[0].replace(
-            "postgresql://", "postgresql+asyncpg://"
-        )
-        yield {service: f"{base}/{name}" for service, name in names.items()}
-    finally:
-        for name in names.values():
-            with contextlib.suppress(Exception):
-                await admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-        await admin.close()
-
-
-def _work_and_retry_queues() -> list[str]:
-    queues = []
-    for participant in PARTICIPANTS:
-        for queue in consumed_queues(ORDER_SAGA, participant):
-            queues += [queue, retry_queue_name(queue)]
-    return queues
-
-
-async def _queued_messages(url: str, queues: Sequence[str]) -> int:
-    connection = await aio_pika.connect(url, timeout=10)
+        await stores.__aenter__()
+    except (VolumeError, ClusterError) as exc:
+        # Not root, or no loop device or PostgreSQL binaries: run without store faults.
+        if options.store != "sqlite":
+            raise
+        logger.warning("store faults cannot be carried out here: %s", exc)
+        unavailable["disk_full"] = unavailable["read_only_store"] = str(exc)
+        stores = StoreFaults(dict.fromkeys(PARTICIPANTS, "sqlite"), workdir=workdir)
+        await stores.__aenter__()
+    for kind, name in STORE_FAULTS.items():
+        if not stores.targets(name):
+            unavailable.setdefault(kind.value, f"the {options.store} stores are not placed for it")
     try:
-        total = 0
-        channel = await connection.channel()
-        for queue in queues:
-            declared = await channel.declare_queue(queue, passive=True)
-            total += declared.declaration_result.message_count or 0
-        return total
+        yield stores, unavailable
     finally:
-        await connection.close()
-
-
-# -- phases ------------------------------------------------------------------------------
-
-
-async def _consumers(url: str) -> dict[str, int]:
-    """Consumers per work queue: one each, or a service is missing or a zombie holds one."""
-    queues = tuple(q for p in PARTICIPANTS for q in consumed_queues(ORDER_SAGA, p))
-    probe = QueueProbe(url)
-    try:
-        return await probe.counts(queues)
-    finally:
-        await probe.close()
-
-
-async def _parked_saga_ids(url: str) -> set[str]:
-    async with DeadLetters(url, services=PARTICIPANTS) as dead_letters:
-        return {entry.saga_id for entry in await dead_letters.parked() if entry.saga_id}
-
-
-async def _wait_for_end(
-    ledger: Ledger, planned: dict[str, PlannedOrder], url: str, *, within: float
-) -> None:
-    """Until every saga has ended or is parked (or ``within`` s: the audit names the rest)."""
-    loop = asyncio.get_running_loop()
-    give_up_at = loop.time() + within
-    parked: set[str] = set()
-    while True:
-        pending = set(planned) - ledger.ended - parked
-        remaining = give_up_at - loop.time()
-        logger.info("%d of %d sagas ended, %d parked", len(ledger.ended), len(planned), len(parked))
-        if not pending or remaining <= 0:
-            return
-        if not await ledger.wait_progress(min(5.0, remaining)):
-            # Nothing ended for a while: are the rest parked?
-            parked = await _parked_saga_ids(url) & set(planned)
-
-
-async def _quiesce(url: str, databases: dict[str, str], *, within: float) -> None:
-    """Until no message waits in any queue, every outbox is sent and nothing changes."""
-    loop = asyncio.get_running_loop()
-    give_up_at = loop.time() + within
-    queues = _work_and_retry_queues()
-    previous: tuple[int, int] | None = None
-    while loop.time() < give_up_at:
-        queued = await _queued_messages(url, queues)
-        state = await read_stores(databases)
-        current = (queued + sum(state.pending_outbox.values()), state.inbox_rows)
-        if current[0] == 0 and current == previous:
-            return
-        previous = current
-        await asyncio.sleep(1.5)
-    logger.warning("the system did not come to rest within %gs", within)
+        await stores.close()
 
 
 # -- the run -----------------------------------------------------------------------------
@@ -220,7 +161,6 @@ async def run_chaos(options: ChaosOptions) -> dict[str, Any]:
     workdir.mkdir(parents=True, exist_ok=True)
     logger.info("seed %d, %d sagas, work directory %s", options.seed, options.sagas, workdir)
 
-    plan = plan_faults(faults_rng, sagas=options.sagas, services=PARTICIPANTS)
     crashes = CrashPoints(
         ORDER_SAGA,
         rng=faults_rng,
@@ -228,7 +168,19 @@ async def run_chaos(options: ChaosOptions) -> dict[str, Any]:
         budget=max(len(PARTICIPANTS), round(3 * options.sagas / 100)),
     )
 
-    async with fresh_vhost(options) as url, databases(options, workdir) as dbs:
+    async with fresh_vhost(options) as url, placed_stores(options, workdir) as placed:
+        store_faults, unavailable = placed
+        dbs = store_faults.databases
+        kinds = [kind for kind in FaultKind if kind.value not in unavailable]
+        targets = {kind: store_faults.targets(n) for kind, n in STORE_FAULTS.items()}
+        plan = plan_faults(
+            faults_rng,
+            sagas=options.sagas,
+            services=PARTICIPANTS,
+            kinds=kinds,
+            targets=targets,
+            more_rng=random.Random(f"{options.seed}:more-faults"),
+        )
         broker = urlsplit(url)
         proxy = TcpProxy(broker.hostname or "127.0.0.1", broker.port or 5672)
         await proxy.start()
@@ -265,16 +217,34 @@ async def run_chaos(options: ChaosOptions) -> dict[str, Any]:
                     crashes=crashes,
                     rabbitmqctl=options.rabbitmqctl,
                 )
+                inputs = InputFaults(
+                    injector,
+                    client=client,
+                    ledger=ledger,
+                    spec=ORDER_SAGA,
+                    rng=random.Random(f"{options.seed}:inputs"),
+                )
+                injector.handlers.update(inputs.handlers())
+                injector.handlers.update(store_fault_handlers(store_faults, injector))
                 try:
                     planned, republished = await _inject(
                         options, client, injector, plan, orders_rng
                     )
+                    planned.update(inputs.planned)
                     await injector.restore()
-                    await _wait_for_end(ledger, planned, url, within=options.settle_timeout)
-                    await _quiesce(url, dbs, within=120)
-                    consumers = await _consumers(url)
+                    await store_faults.restore()
+                    await wait_for_end(
+                        ledger,
+                        planned,
+                        url,
+                        participants=PARTICIPANTS,
+                        within=options.settle_timeout,
+                    )
+                    await quiesce(url, dbs, spec=ORDER_SAGA, participants=PARTICIPANTS, within=120)
+                    consumers = await settled_consumers(url, ORDER_SAGA, PARTICIPANTS)
                 finally:
                     await injector.stop()
+                    await store_faults.restore()
                 await procs.stop()
             await ledger.drain()
             async with DeadLetters(url, services=PARTICIPANTS) as dead_letters:
@@ -301,7 +271,7 @@ async def run_chaos(options: ChaosOptions) -> dict[str, Any]:
     met = sum(1 for entry in faulted if entry["in_flight"] > 0)
     result.notes["faults that met sagas in flight"] = f"{met} of {len(faulted)}"
     result.notes["crash points armed"] = len(crashes.history)
-    return report_dict(
+    report = report_dict(
         seed=options.seed,
         sagas=options.sagas,
         store=options.store,
@@ -312,6 +282,8 @@ async def run_chaos(options: ChaosOptions) -> dict[str, Any]:
         timeline=injector.timeline,
         unexpected_exits=injector.unexpected_exits,
     )
+    report["unavailable_kinds"] = unavailable
+    return report
 
 
 async def _inject(
@@ -383,8 +355,9 @@ def _options(argv: Sequence[str] | None) -> tuple[ChaosOptions, str | None, bool
     )
     parser.add_argument(
         "--postgres-url",
-        default=os.environ.get("SAGAKIT_TEST_POSTGRES_URL", DEFAULT_POSTGRES),
-        help="an admin URL; the run creates and drops four databases there",
+        default=None,
+        help="with --store postgresql: an admin URL where the run creates and drops four"
+        " databases, instead of a private cluster per participant (no store outages then)",
     )
     parser.add_argument("--workdir", type=Path, default=None, help="logs and SQLite files")
     parser.add_argument("--settle-timeout", type=float, default=300.0)
@@ -432,7 +405,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         print_report(report)
         if json_path:
             Path(json_path).write_text(json.dumps(report, indent=2, default=str) + "\n")
-    failed = report["lost"] or report["applied_twice"] or report["wrong_outcomes"]
+    failed = any(
+        report[verdict]
+        for verdict in ("stranded", "wrongly_cancelled", "lost", "applied_twice", "wrong_outcomes")
+    )
     return 1 if failed else 0
 
 
