@@ -127,7 +127,8 @@ class StoreFaults:
             path = await asyncio.to_thread(volume.mount)
             return f"sqlite+aiosqlite:///{path}/{name}.db"
         if placement == "cluster":
-            cluster = PostgresCluster(parent_dir=self.workdir)
+            # In the system's temporary directory: the server's user may not enter ours.
+            cluster = PostgresCluster()
             self.clusters[name] = cluster
             await cluster.start_async()
             return await cluster.create_database_async(name)

@@ -5,6 +5,7 @@ node or cluster, a PostgreSQL cluster, a small volume) and stops them after, so 
 take a dependency away without touching the broker or database a developer runs.
 """
 
+from .ports import free_port
 from .postgres import ClusterError, PostgresCluster, StopMode, postgres_bin_dir
 from .volumes import ReadOnlyMethod, SmallVolume, VolumeError, VolumeUnavailable
 
@@ -16,5 +17,6 @@ __all__ = [
     "StopMode",
     "VolumeError",
     "VolumeUnavailable",
+    "free_port",
     "postgres_bin_dir",
 ]

@@ -34,6 +34,8 @@ from typing import Literal
 
 from sagakit import SagaError
 
+from .ports import free_port
+
 __all__ = ["ClusterError", "PostgresCluster", "StopMode", "postgres_bin_dir"]
 
 StopMode = Literal["smart", "fast", "immediate"]
@@ -80,13 +82,6 @@ def postgres_bin_dir() -> Path:
     )
 
 
-def free_port(host: str = "127.0.0.1") -> int:
-    """A TCP port nothing listens on right now."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
-        probe.bind((host, 0))
-        return int(probe.getsockname()[1])
-
-
 class PostgresCluster:
     """A private PostgreSQL cluster; ``start()`` it, take it away with ``stop()``.
 
@@ -96,7 +91,8 @@ class PostgresCluster:
             (PostgreSQL refuses to run as root); otherwise the server runs as us.
         bin_dir: Where ``initdb`` and ``postgres`` are (default: ``postgres_bin_dir()``).
         settings: Server settings (``-c name=value``) on top of small test defaults.
-        parent_dir: Where the temporary data directory goes (default: the system's).
+        parent_dir: Where the temporary data directory goes (default: the system's); the
+            server's user must be able to enter it (pytest's ``tmp_path`` is root's only).
 
     Example:
         ```python
@@ -286,7 +282,13 @@ class PostgresCluster:
         return {"user": entry.pw_uid, "group": entry.pw_gid, "extra_groups": []}
 
     def _initdb(self) -> None:
-        directory = Path(tempfile.mkdtemp(prefix="sagakit-pg-", dir=self._parent_dir))
+        parent = Path(self._parent_dir or tempfile.gettempdir()).resolve()
+        if self._user is not None and not _enterable(parent, pwd.getpwnam(self._user)):
+            raise ClusterError(
+                f"user {self._user} may not enter {parent} (or a directory above it): give a"
+                " parent_dir it can reach, such as the system's temporary directory"
+            )
+        directory = Path(tempfile.mkdtemp(prefix="sagakit-pg-", dir=parent))
         try:
             if self._user is not None:
                 entry = pwd.getpwnam(self._user)
@@ -386,6 +388,21 @@ class PostgresCluster:
         except OSError:
             return ""
         return "\n--- " + str(self.log_path) + " ---\n" + "\n".join(text)
+
+
+def _enterable(directory: Path, user: pwd.struct_passwd) -> bool:
+    """True when ``user`` may pass through ``directory`` and every directory above it."""
+    for path in (directory, *directory.parents):
+        mode = path.stat()
+        if mode.st_uid == user.pw_uid:
+            allowed = bool(mode.st_mode & 0o100)
+        elif mode.st_gid == user.pw_gid:
+            allowed = bool(mode.st_mode & 0o010)
+        else:
+            allowed = bool(mode.st_mode & 0o001)
+        if not allowed:
+            return False
+    return True
 
 
 # Loaded here, not in the child: between fork and exec only the prctl call itself runs.
