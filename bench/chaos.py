@@ -271,6 +271,7 @@ async def run_chaos(options: ChaosOptions) -> dict[str, Any]:
     met = sum(1 for entry in faulted if entry["in_flight"] > 0)
     result.notes["faults that met sagas in flight"] = f"{met} of {len(faulted)}"
     result.notes["crash points armed"] = len(crashes.history)
+    result.notes["valid sagas started beside hostile input"] = len(inputs.planned)
     report = report_dict(
         seed=options.seed,
         sagas=options.sagas,
