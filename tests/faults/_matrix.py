@@ -208,6 +208,7 @@ class FaultSystem:
         self.planned: dict[str, PlannedOrder] = {}
         self.expected_parked: dict[str, Malformed] = {}
         self.duplicated: list[Seen] = []
+        self.parked: list[str] = []
         self.url = ""
         self._orders = 0
         self._sync = contextlib.ExitStack()
@@ -387,6 +388,7 @@ class FaultSystem:
         await self.ledger.drain()
         async with DeadLetters(self.url, services=PARTICIPANTS) as dead_letters:
             parked = await dead_letters.parked()
+        self.parked = [f"{entry.service}: {entry.reason[:100]}" for entry in parked]
         stores = await read_stores(self.stores.databases)
         return audit(
             spec=SPEC,

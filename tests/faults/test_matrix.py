@@ -62,6 +62,7 @@ from ._matrix import (
     Readiness,
     broker_connections,
 )
+from .conftest import MATRIX_SUMMARY
 
 pytestmark = [
     pytest.mark.faults,
@@ -327,8 +328,11 @@ def _unavailable(placement: Placement) -> str | None:
 class Matrix:
     """Runs the selected cases at once, at most ``concurrency`` systems at a time."""
 
-    def __init__(self, base: Path, selected: list[str], *, concurrency: int) -> None:
+    def __init__(
+        self, base: Path, selected: list[str], *, concurrency: int, config: pytest.Config
+    ) -> None:
         self.base = base
+        self.config = config
         self.selected = [case for case in CASES if case in selected]
         self._slots = asyncio.Semaphore(concurrency)
         self._tasks: dict[str, asyncio.Task[CaseResult]] = {}
@@ -345,6 +349,7 @@ class Matrix:
             task.cancel()
         results = await asyncio.gather(*self._tasks.values(), return_exceptions=True)
         summary = [r.summary() for r in results if isinstance(r, CaseResult)]
+        self.config.stash[MATRIX_SUMMARY] = summary
         text = json.dumps(summary, indent=2, default=str)
         paths = [self.base / "summary.json"]
         if os.environ.get("SAGAKIT_FAULTS_SUMMARY"):
@@ -379,6 +384,7 @@ class Matrix:
             ) as system:
                 await store_fault(system, store_case, result)
                 result.add_audit(await system.audit())
+                result.evidence["parked"] = system.parked
             return
         carry_out, env = INPUT_CASES[case]
         if "<P>MAX_MESSAGE_BYTES" in env:
@@ -386,6 +392,7 @@ class Matrix:
         async with FaultSystem(case, workdir, service_env=env) as system:
             await carry_out(system, result)
             result.add_audit(await system.audit())
+            result.evidence["parked"] = system.parked
 
 
 @pytest_asyncio.fixture(scope="module", loop_scope="module")
@@ -398,7 +405,12 @@ async def matrix(
         if item.module is request.module and hasattr(item, "callspec")
     ]
     concurrency = int(os.environ.get("SAGAKIT_FAULTS_CONCURRENCY", "4"))
-    runner = Matrix(tmp_path_factory.mktemp("fault-matrix"), selected, concurrency=concurrency)
+    runner = Matrix(
+        tmp_path_factory.mktemp("fault-matrix"),
+        selected,
+        concurrency=concurrency,
+        config=request.config,
+    )
     runner.start()
     try:
         yield runner
