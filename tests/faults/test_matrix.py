@@ -48,8 +48,10 @@ from _chaos_hostile import (
     poison_start,
     stranger_backward,
 )
+from _chaos_ledger import Seen
 from _chaos_orders import ANY_STEP, PlannedOrder
 from _chaos_store_faults import Placement, StoreFault
+from order_contracts import OrderCreated
 from order_contracts.samples import Scenario, sample_order
 from sagakit import SagaClient
 from sagakit_lab import ClusterError, SmallVolume, VolumeUnavailable, postgres_bin_dir
@@ -214,9 +216,9 @@ async def amplification(system: FaultSystem, result: CaseResult) -> None:
         result.problems.append(f"events over the size limit on the wire: {oversized}")
 
 
-def _order_size(order: object) -> int:
+def _order_size(order: OrderCreated) -> int:
     client = SagaClient("amqp://unused", SPEC, producer="fault-matrix")
-    return len(client.new_saga(order).encode())  # type: ignore[arg-type]
+    return len(client.new_saga(order).encode())
 
 
 @cache
@@ -256,33 +258,33 @@ async def conflicting_duplicate(system: FaultSystem, result: CaseResult) -> None
     sagas += await system.start_many(10)
     if not await system.settle(within=120):
         result.problems.append("the first sagas did not end")
-    by_type: dict[str, list[object]] = {}
+    by_type: dict[str, list[Seen]] = {}
     for saga in sagas:
         for seen in system.ledger.by_saga.get(saga, []):
             by_type.setdefault(seen.event_type or "", []).append(seen)
     conflicts = [
-        by_type["order.created"][0],  # at inventory's step
-        by_type["inventory.reserved"][1],  # at payment's step
-        by_type["payment.failed"][0],  # at inventory's compensation
+        conflicting_copy(by_type["order.created"][0], spec=SPEC),  # at inventory's step
+        conflicting_copy(by_type["inventory.reserved"][1], spec=SPEC),  # at payment's step
+        conflicting_copy(by_type["payment.failed"][0], spec=SPEC),  # at inventory's undo
     ]
-    for seen in conflicts:
-        await system.send(conflicting_copy(seen, spec=SPEC))  # type: ignore[arg-type]
+    for conflict in conflicts:
+        await system.send(conflict)
     for seen in (by_type["order.created"][2], by_type["payment.processed"][0]):
-        copy = Hostile(
-            message_id=seen.message_id,  # type: ignore[attr-defined]
-            routing_key=seen.routing_key,  # type: ignore[attr-defined]
-            body=seen.body,  # type: ignore[attr-defined]
+        system.duplicated.append(seen)
+        exact = Hostile(
+            message_id=seen.message_id,
+            routing_key=seen.routing_key,
+            body=seen.body,
             shape="an exact duplicate",
-            parked_by=frozenset(),  # changes nothing, parked nowhere
-            saga_id=seen.saga_id,  # type: ignore[attr-defined]
-            headers=dict(seen.headers),  # type: ignore[attr-defined]
+            parked_by=frozenset(),  # it changes nothing, and is parked nowhere
+            saga_id=seen.saga_id,
+            headers=dict(seen.headers),
         )
-        system.duplicated.append(seen)  # type: ignore[arg-type]
-        await system.send(copy)
+        await system.send(exact)
     await system.start_many(20, over=2.0)
     if not await system.settle(within=SETTLE_SECONDS):
         result.problems.append("not every saga ended")
-    result.evidence["conflicting"] = [f"{c.routing_key}" for c in conflicts]  # type: ignore[attr-defined]
+    result.evidence["conflicting"] = [conflict.routing_key for conflict in conflicts]
 
 
 async def stranger(system: FaultSystem, result: CaseResult) -> None:
