@@ -7,6 +7,7 @@ from __future__ import annotations
 import os
 import sqlite3
 import subprocess
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -19,6 +20,7 @@ from sagakit_lab import (
     VolumeUnavailable,
     free_port,
     postgres_bin_dir,
+    sweep_orphans,
 )
 
 pytestmark = pytest.mark.faults
@@ -169,3 +171,26 @@ def test_free_ports_are_outside_the_ephemeral_range_and_never_repeat() -> None:
     ports = [free_port() for _ in range(50)]
     assert len(set(ports)) == len(ports)
     assert all(port < low for port in ports)
+
+
+def test_a_volume_whose_owner_died_is_swept_away(tmp_path: Path) -> None:
+    script = (
+        "import os, sys\n"
+        "from sagakit_lab import SmallVolume\n"
+        "volume = SmallVolume(size_mb=4)\n"
+        "print(volume.mount(), flush=True)\n"
+        "os._exit(0)  # as if killed: nothing closes it\n"
+    )
+    try:
+        with SmallVolume(size_mb=4):
+            pass  # volumes can be mounted here
+        done = subprocess.run(
+            [sys.executable, "-c", script], capture_output=True, text=True, check=True
+        )
+    except (VolumeUnavailable, subprocess.CalledProcessError) as exc:
+        _unavailable(str(exc))
+    orphan = Path(done.stdout.strip())
+    assert _mounted(orphan)
+    assert orphan in sweep_orphans()
+    assert not _mounted(orphan)
+    assert not orphan.parent.exists()

@@ -7,7 +7,7 @@ take a dependency away without touching the broker or database a developer runs.
 
 from .ports import free_port
 from .postgres import ClusterError, PostgresCluster, StopMode, postgres_bin_dir
-from .volumes import ReadOnlyMethod, SmallVolume, VolumeError, VolumeUnavailable
+from .volumes import ReadOnlyMethod, SmallVolume, VolumeError, VolumeUnavailable, sweep_orphans
 
 __all__ = [
     "ClusterError",
@@ -19,4 +19,5 @@ __all__ = [
     "VolumeUnavailable",
     "free_port",
     "postgres_bin_dir",
+    "sweep_orphans",
 ]

@@ -10,7 +10,8 @@ brings it back on the same port, with everything committed before the outage.
 The server runs as a child of this process rather than daemonised by ``pg_ctl``: the kernel
 stops it (``SIGQUIT``, an immediate shutdown) when the thread that started it dies, so not
 even a test run killed with ``SIGKILL`` leaves a server behind. ``close()`` (or leaving the
-``with`` block, also on an exception or Ctrl-C) stops it and deletes the directory.
+``with`` block, also on an exception or Ctrl-C) stops it and deletes the directory; the
+directory of an owner killed before it could is deleted by the next cluster made there.
 """
 
 from __future__ import annotations
@@ -46,6 +47,8 @@ _STOP_SIGNALS: dict[str, signal.Signals] = {
     "fast": signal.SIGINT,
     "immediate": signal.SIGQUIT,
 }
+_PREFIX = "sagakit-pg-"
+_OWNER = "owner.pid"
 _DEFAULT_BIN_DIRS = ("/usr/lib/postgresql/15/bin", "/usr/lib/postgresql/16/bin")
 # Small and quick: a test cluster holds a few databases of a few MB. fsync off is safe for
 # an outage made by stopping the server (what it wrote is in the page cache), not for a
@@ -288,7 +291,9 @@ class PostgresCluster:
                 f"user {self._user} may not enter {parent} (or a directory above it): give a"
                 " parent_dir it can reach, such as the system's temporary directory"
             )
-        directory = Path(tempfile.mkdtemp(prefix="sagakit-pg-", dir=parent))
+        _sweep_orphans(parent)
+        directory = Path(tempfile.mkdtemp(prefix=_PREFIX, dir=parent))
+        (directory / _OWNER).write_text(str(os.getpid()))
         try:
             if self._user is not None:
                 entry = pwd.getpwnam(self._user)
@@ -388,6 +393,23 @@ class PostgresCluster:
         except OSError:
             return ""
         return "\n--- " + str(self.log_path) + " ---\n" + "\n".join(text)
+
+
+def _sweep_orphans(parent: Path) -> None:
+    # Directories of owners that died without closing them; their servers died with them.
+    for directory in parent.glob(f"{_PREFIX}*"):
+        try:
+            owner = int((directory / _OWNER).read_text())
+        except (OSError, ValueError):
+            continue
+        if owner == os.getpid():
+            continue
+        try:
+            os.kill(owner, 0)
+        except ProcessLookupError:
+            shutil.rmtree(directory, ignore_errors=True)
+        except PermissionError:
+            continue
 
 
 def _enterable(directory: Path, user: pwd.struct_passwd) -> bool:

@@ -17,7 +17,8 @@ goes there, and then:
   to an immutable file through descriptors opened before; tmpfs does not, hence ext4.)
 
 ``close()`` (or leaving the ``with`` block, also on an exception) frees the volume and
-unmounts it; a volume still in use by a live process is detached lazily.
+unmounts it; a volume still in use by a live process is detached lazily. A volume whose
+owner was killed before it could close it is unmounted by the next ``mount()`` anywhere.
 """
 
 from __future__ import annotations
@@ -36,11 +37,13 @@ from typing import Literal
 
 from sagakit import SagaError
 
-__all__ = ["ReadOnlyMethod", "SmallVolume", "VolumeError", "VolumeUnavailable"]
+__all__ = ["ReadOnlyMethod", "SmallVolume", "VolumeError", "VolumeUnavailable", "sweep_orphans"]
 
 ReadOnlyMethod = Literal["remount", "immutable"]
 
 _BALLAST = ".ballast"
+_OWNER = "owner.pid"
+_PREFIX = "sagakit-vol-"
 # linux/fs.h: the flags ioctls take and return an int, whatever their encoded size says.
 _FS_IOC_GETFLAGS = 0x80086601
 _FS_IOC_SETFLAGS = 0x40086602
@@ -127,7 +130,9 @@ class SmallVolume:
         mount, mkfs = shutil.which("mount"), shutil.which("mkfs.ext4")
         if mount is None or mkfs is None:
             raise VolumeUnavailable("mount and mkfs.ext4 are needed on PATH")
-        directory = Path(tempfile.mkdtemp(prefix="sagakit-vol-", dir=self._parent_dir))
+        sweep_orphans()
+        directory = Path(tempfile.mkdtemp(prefix=_PREFIX, dir=self._parent_dir))
+        (directory / _OWNER).write_text(str(os.getpid()))
         image, path = directory / "volume.img", directory / "mnt"
         path.mkdir()
         with image.open("wb") as file:
@@ -272,6 +277,43 @@ class SmallVolume:
             [mount, "-o", f"remount,{mode}", str(self.path)], capture_output=True, timeout=30
         )
         return done.returncode == 0
+
+
+def sweep_orphans() -> list[Path]:
+    """Unmount and delete the volumes of processes that died without closing them; the
+    mount points swept."""
+    try:
+        mounts = Path("/proc/mounts").read_text().splitlines()
+    except OSError:
+        return []
+    swept = []
+    for line in mounts:
+        mount_point = Path(line.split()[1].replace("\\040", " "))
+        directory = mount_point.parent
+        if mount_point.name != "mnt" or not directory.name.startswith(_PREFIX):
+            continue
+        try:
+            owner = int((directory / _OWNER).read_text())
+        except (OSError, ValueError):
+            continue
+        if owner == os.getpid() or _alive(owner):
+            continue
+        # What is inside (a ballast, immutable flags) goes with the image file.
+        umount = shutil.which("umount") or "umount"
+        subprocess.run([umount, "-l", str(mount_point)], capture_output=True, timeout=30)
+        shutil.rmtree(directory, ignore_errors=True)
+        swept.append(mount_point)
+    return swept
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
 
 
 def _set_immutable(path: Path, immutable: bool) -> None:
