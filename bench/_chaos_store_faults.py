@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
 import sqlite3
 import uuid
@@ -213,31 +214,55 @@ def _truncate_wal(database: Path) -> None:
         connection.close()
 
 
-def store_fault_handlers(
-    stores: StoreFaults, injector: Injector
-) -> dict[FaultKind, Callable[[Fault], Awaitable[None]]]:
-    """Hands for the store faults ``stores`` can carry out, for ``injector``.
+class StoreFaultHands:
+    """Carries out the store faults ``stores`` can reach, for ``injector``.
 
-    A store fault holds the injector's lock while it lasts: a service that dies meanwhile
-    (a crash point) is started again once its store is back, not into the fault.
+    A store fault lasts in the background: sagas keep starting, and faults that need no
+    restart (duplicates, garbage, cuts) keep coming, while it lasts. It holds the
+    injector's lock meanwhile, so that no service is started into it: a kill or a crashed
+    service waits for the store to come back.
     """
 
-    def hand(kind: FaultKind) -> Callable[[Fault], Awaitable[None]]:
-        fault_name = cast(StoreFault, STORE_FAULTS[kind])  # one of StoreFault's names
+    def __init__(self, stores: StoreFaults, injector: Injector) -> None:
+        self.stores = stores
+        self.injector = injector
+        self._running: set[asyncio.Task[None]] = set()
 
-        async def carry_out(fault: Fault) -> None:
-            async with injector.lock:
-                done = await stores.begin(fault_name, fault.target)
-                injector.note(kind, f"{done} for {fault.seconds:.1f}s")
-                try:
-                    await asyncio.sleep(fault.seconds)
-                finally:
-                    await stores.end(fault_name, fault.target)
+    def handlers(self) -> dict[FaultKind, Callable[[Fault], Awaitable[None]]]:
+        """What to hand the injector."""
+        reachable = [kind for kind, name in STORE_FAULTS.items() if self.stores.targets(name)]
+        return {kind: functools.partial(self._begin, kind) for kind in reachable}
 
-        return carry_out
+    async def wait(self) -> None:
+        """Until every store fault has run its course (raising what one raised)."""
+        while self._running:
+            await asyncio.gather(*self._running)
 
-    return {
-        kind: hand(kind)
-        for kind, name in STORE_FAULTS.items()
-        if stores.targets(cast(StoreFault, name))
-    }
+    async def stop(self) -> None:
+        """Cut every store fault short (each gives its store back as it ends)."""
+        for task in list(self._running):
+            task.cancel()
+        await asyncio.gather(*self._running, return_exceptions=True)
+
+    async def _begin(self, kind: FaultKind, fault: Fault) -> None:
+        began = asyncio.Event()
+        task = asyncio.create_task(self._hold(kind, fault, began), name=f"chaos-{kind.value}")
+        self._running.add(task)
+        task.add_done_callback(self._running.discard)
+        # Once the store is down: the next fault is not carried out before this one.
+        waiting = asyncio.create_task(began.wait())
+        await asyncio.wait({task, waiting}, return_when=asyncio.FIRST_COMPLETED)
+        waiting.cancel()
+        if task.done():
+            task.result()
+
+    async def _hold(self, kind: FaultKind, fault: Fault, began: asyncio.Event) -> None:
+        name = cast(StoreFault, STORE_FAULTS[kind])  # one of StoreFault's names
+        async with self.injector.lock:
+            done = await self.stores.begin(name, fault.target)
+            self.injector.note(kind, f"{done} for {fault.seconds:.1f}s")
+            began.set()
+            try:
+                await asyncio.sleep(fault.seconds)
+            finally:
+                await self.stores.end(name, fault.target)

@@ -56,7 +56,7 @@ from _chaos_orders import INITIAL_STOCK, PlannedOrder, plan_order
 from _chaos_report import print_report, report_dict
 from _chaos_settle import consumers as settled_consumers
 from _chaos_settle import quiesce, wait_for_end
-from _chaos_store_faults import StoreFaults, placements, store_fault_handlers
+from _chaos_store_faults import StoreFaultHands, StoreFaults, placements
 from _chaos_stores import read_stores
 from order_contracts import ORDER_SAGA
 from sagakit import SagaClient, ServiceProcesses
@@ -225,12 +225,14 @@ async def run_chaos(options: ChaosOptions) -> dict[str, Any]:
                     rng=random.Random(f"{options.seed}:inputs"),
                 )
                 injector.handlers.update(inputs.handlers())
-                injector.handlers.update(store_fault_handlers(store_faults, injector))
+                store_hands = StoreFaultHands(store_faults, injector)
+                injector.handlers.update(store_hands.handlers())
                 try:
                     planned, republished = await _inject(
                         options, client, injector, plan, orders_rng
                     )
                     planned.update(inputs.planned)
+                    await store_hands.wait()
                     await injector.restore()
                     await store_faults.restore()
                     await wait_for_end(
@@ -243,6 +245,7 @@ async def run_chaos(options: ChaosOptions) -> dict[str, Any]:
                     await quiesce(url, dbs, spec=ORDER_SAGA, participants=PARTICIPANTS, within=120)
                     consumers = await settled_consumers(url, ORDER_SAGA, PARTICIPANTS)
                 finally:
+                    await store_hands.stop()
                     await injector.stop()
                     await store_faults.restore()
                 await procs.stop()
