@@ -138,7 +138,7 @@ TABLES = {
 
 def sqlite_ddl() -> list[str]:
     """``CREATE TABLE`` statements for SQLite, from the same table definitions."""
-    dialect = sa.dialects.sqlite.dialect()  # type: ignore[no-untyped-call]
+    dialect = sa.dialects.sqlite.dialect()
     return [str(sa.schema.CreateTable(table).compile(dialect=dialect)) for table in TABLES.values()]
 
 
@@ -182,7 +182,9 @@ def check_rows(
         if got != expected:
             problems.append(f"{order_id} ({scenario}): ended {got!r}, expected {expected!r}")
             continue
-        problems += [f"{order_id} ({scenario}): {p}" for p in _row_problems(expected, by_order[order_id])]
+        problems += [
+            f"{order_id} ({scenario}): {p}" for p in _row_problems(expected, by_order[order_id])
+        ]
     if problems:
         shown = "\n  ".join(problems[:20])
         raise SagaCheckFailed(f"{len(problems)} problem(s) in the peer's sagas:\n  {shown}")

@@ -194,6 +194,11 @@ def spawned(
             process.stdout.close()
 
 
+def log_tail(log: Path) -> str:
+    """The end of a process's log, for an error message."""
+    return log.read_text(errors="replace")[-3000:] if log.exists() else ""
+
+
 async def read_line(process: subprocess.Popen[str], *, timeout: float, log: Path) -> str:  # noqa: ASYNC109
     """The next line ``process`` writes on its stdout; fails with its log's tail if none comes."""
     stream: IO[str] | None = process.stdout
@@ -203,8 +208,7 @@ async def read_line(process: subprocess.Popen[str], *, timeout: float, log: Path
     except TimeoutError:
         line = ""
     if not line:
-        tail = log.read_text(errors="replace")[-3000:] if log.exists() else ""
-        raise RuntimeError(f"{' '.join(map(str, process.args))} said nothing (log {log}):\n{tail}")
+        raise RuntimeError(f"{process.args!r} said nothing (log {log}):\n{log_tail(log)}")
     return line
 
 

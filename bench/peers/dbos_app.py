@@ -28,6 +28,7 @@ import signal
 import sys
 import threading
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict
 from typing import Any, TextIO
 
@@ -36,15 +37,15 @@ from dbos import DBOS, DBOSConfig, SQLAlchemyDatasource
 
 from peers import _drive
 from peers._saga import (
+    DBOS_APP_NAME,
+    DBOS_QUEUE,
+    DBOS_WORKFLOW,
     FULFILLED,
     METADATA,
     STEPS,
     TABLES,
     BusinessFailure,
     Order,
-    DBOS_APP_NAME,
-    DBOS_QUEUE,
-    DBOS_WORKFLOW,
     cancelled,
     detail,
     now_ns,
@@ -63,6 +64,10 @@ def _config() -> DBOSConfig:
         "log_level": "WARNING",
     }
 
+
+# Threads of the in-process driver: one waits on each saga in flight (at most 256), a few
+# start them.
+WAITING_THREADS = 300
 
 if not (SYSTEM_DB and APP_DB):
     raise SystemExit("SAGA_PEER_SYSTEM_DB and SAGA_PEER_APP_DB name the databases")
@@ -174,14 +179,15 @@ def worker(polling_interval: float) -> None:
 
 
 async def _start(order: Order) -> _drive.Ended:
-    # start_workflow writes the workflow's status row, then runs it on DBOS's executor;
-    # its handle's future completes when the workflow returns.
+    # start_workflow writes the workflow's status row and hands the workflow to DBOS's
+    # executor; get_result waits for it (a thread each: the loop's executor is sized for it).
     handle = await asyncio.to_thread(DBOS.start_workflow, order_saga, order)
-    return _drive.Ended(await asyncio.wrap_future(handle.future))
+    return _drive.Ended(await asyncio.to_thread(handle.get_result))
 
 
 async def _serve_commands(out: TextIO) -> None:
     loop = asyncio.get_running_loop()
+    loop.set_default_executor(ThreadPoolExecutor(max_workers=WAITING_THREADS))
     out.write("ready\n")
     out.flush()
     while line := await loop.run_in_executor(None, sys.stdin.readline):

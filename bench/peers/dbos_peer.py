@@ -74,7 +74,7 @@ async def _read_rows(app_url: str) -> list[Row]:
         rows = []
         for step in STEPS:
             for order_id, action, at_ns in await connection.fetch(
-                f"SELECT order_id, action, at_ns FROM {step.table}"  # noqa: S608 (a known name)
+                f"SELECT order_id, action, at_ns FROM {step.table}"
             ):
                 rows.append(Row(step.table, order_id, action, at_ns))
         return rows
@@ -119,15 +119,15 @@ class _Finished:
                     status=["SUCCESS", "ERROR", "CANCELLED", "MAX_RECOVERY_ATTEMPTS_EXCEEDED"],
                     load_input=False,
                 )
-            except Exception as error:  # noqa: BLE001 (handed to every waiter)
+            except Exception as error:
                 for future in self.waiting.values():
                     future.set_exception(error)
                 self.waiting.clear()
                 return
             for status in finished:
-                future = self.waiting.pop(status.workflow_id, None)
-                if future is None:
+                if status.workflow_id not in self.waiting:
                     continue
+                future = self.waiting.pop(status.workflow_id)
                 outcome = status.output if status.status == "SUCCESS" else status.status
                 at = (status.completed_at or status.updated_at) / 1000
                 future.set_result(_drive.Ended(str(outcome), at))
@@ -265,7 +265,9 @@ class DbosStartWorkflow:
                 yield _InProcessRunning(app, process, facts)
 
 
-def systems(*, admin_url: str, log_dir: Path, polling: float) -> list[DbosQueue | DbosStartWorkflow]:
+def systems(
+    *, admin_url: str, log_dir: Path, polling: float
+) -> list[DbosQueue | DbosStartWorkflow]:
     """Both ways of running DBOS."""
     return [
         DbosQueue(admin_url=admin_url, log_dir=log_dir, polling=polling),

@@ -17,8 +17,9 @@ import argparse
 import asyncio
 import signal
 import sqlite3
-from datetime import timedelta
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 from temporalio import activity
 from temporalio.client import Client
@@ -45,7 +46,7 @@ class Store:
     def write(self, step: str, action: str, order: Order) -> None:
         # One statement in autocommit mode: one transaction, committed before returning.
         self.connections[step].execute(
-            f"INSERT OR IGNORE INTO {STEP_BY_NAME[step].table} "  # noqa: S608 (a known name)
+            f"INSERT OR IGNORE INTO {STEP_BY_NAME[step].table} "
             "(order_id, action, detail, at_ns) VALUES (?, ?, ?, ?)",
             (order["order_id"], action, detail(step, order), now_ns()),
         )
@@ -55,10 +56,10 @@ class Store:
             connection.close()
 
 
-def activities(store: Store) -> list[object]:
+def activities(store: Store) -> list[Callable[..., Any]]:
     """The saga's activities, writing to ``store``."""
 
-    def forward(step: str) -> object:
+    def forward(step: str) -> Callable[..., Any]:
         action = STEP_BY_NAME[step].action
 
         @activity.defn(name=step)
@@ -70,7 +71,7 @@ def activities(store: Store) -> list[object]:
 
         return run
 
-    def backward(step: str) -> object:
+    def backward(step: str) -> Callable[..., Any]:
         undo = STEP_BY_NAME[step].undo
         assert undo is not None
 

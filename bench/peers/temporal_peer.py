@@ -43,6 +43,7 @@ from peers._systems import (
     PeerRunning,
     Running,
     fulfilled_orders,
+    log_tail,
     python_command,
     python_env,
     read_line,
@@ -93,8 +94,9 @@ async def _connect(address: str, server: Any, log: Path) -> Any:
             return await Client.connect(address)
         except RuntimeError:
             if server.poll() is not None or time.monotonic() > give_up:
-                tail = log.read_text(errors="replace")[-3000:] if log.exists() else ""
-                raise RuntimeError(f"the Temporal dev server did not start:\n{tail}") from None
+                raise RuntimeError(
+                    f"the Temporal dev server did not start:\n{log_tail(log)}"
+                ) from None
             await asyncio.sleep(0.5)
 
 
@@ -106,7 +108,7 @@ def _read_rows(store: Path) -> list[Row]:
             rows += [
                 Row(step.table, order_id, action, at_ns)
                 for order_id, action, at_ns in connection.execute(
-                    f"SELECT order_id, action, at_ns FROM {step.table}"  # noqa: S608
+                    f"SELECT order_id, action, at_ns FROM {step.table}"
                 )
             ]
         finally:
@@ -145,7 +147,9 @@ class _Running(PeerRunning):
         # What the server stored for one fulfilled saga: its history's events.
         order = fulfilled_orders(1)[0][0]
         await self.start(order)
-        history = await self.client.get_workflow_handle(f"order-{order['order_id']}").fetch_history()
+        history = await self.client.get_workflow_handle(
+            f"order-{order['order_id']}"
+        ).fetch_history()
         self.facts.notes.append(
             f"a fulfilled saga's workflow history holds {len(history.events)} events"
         )
@@ -213,4 +217,7 @@ class TemporalDevServer:
 
 def systems(*, log_dir: Path) -> list[TemporalDevServer]:
     """The dev server tuned, then as shipped."""
-    return [TemporalDevServer(log_dir=log_dir, tuned=True), TemporalDevServer(log_dir=log_dir, tuned=False)]
+    return [
+        TemporalDevServer(log_dir=log_dir, tuned=True),
+        TemporalDevServer(log_dir=log_dir, tuned=False),
+    ]

@@ -21,8 +21,11 @@ TASK_QUEUE = "order-sagas"
 BUSINESS_FAILURE = "BusinessFailure"
 ACTIVITY_TIMEOUT = timedelta(seconds=60)
 # The compensation of each step that has one, by step.
-UNDO_ACTIVITY = {"reserve_stock": "release_stock", "charge_payment": "refund_payment",
-                 "ship_order": "cancel_shipment"}
+UNDO_ACTIVITY = {
+    "reserve_stock": "release_stock",
+    "charge_payment": "refund_payment",
+    "ship_order": "cancel_shipment",
+}
 
 
 @workflow.defn(name="OrderSaga")
