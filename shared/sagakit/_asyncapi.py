@@ -14,7 +14,7 @@ from faststream.specification import AsyncAPI
 from . import _asyncapi_wire as wire
 from ._checker import emitted_events
 from ._envelope import Envelope, EventPayload
-from ._topology import DELIVERY_LIMIT, flow_exchange
+from ._topology import flow_exchange
 from ._tracker_app import TRACKER_QUEUE, tracker_queue
 
 if TYPE_CHECKING:
@@ -207,6 +207,11 @@ def _document_participant(data: dict[str, Any], runtime: SagaRuntime) -> None:
 
     parked = topology.dead_letter_queue()
     dlx = topology.dead_letter_exchange()
+    limits = {
+        topology.work_queue(sub.event_type).arguments.get("x-delivery-limit")
+        for sub in runtime.subscriptions
+    }
+    delivery_limit = " or ".join(str(limit) for limit in sorted(limits, key=str))
     _add_operation(
         data,
         name=parked.name,
@@ -240,7 +245,7 @@ def _document_participant(data: dict[str, Any], runtime: SagaRuntime) -> None:
                 f"whose retries ran out are published to {dlx.name} with the reason, then "
                 "acknowledged: never requeued, never dropped. RabbitMQ dead-letters here "
                 f"too, through {dlx.name}, a message delivered "
-                f"{DELIVERY_LIMIT} times without an acknowledgement."
+                f"{delivery_limit} times without an acknowledgement."
             ),
             "bindings": {"amqp": _publish_binding(None)},
         },
@@ -308,15 +313,17 @@ def _document_tracker(data: dict[str, Any], spec: SagaSpec) -> None:
         _event_message(message, event_type)
         components["messages"][title] = message
         channel["messages"][model.__name__] = wire.component_ref("messages", title)
+    queue = tracker_queue()
     channel["description"] = (
         f"{channel.get('description', '')} Bound with `#` to {spec.exchange!r}: every event "
         "type of the flow arrives here. The tracker has no dead-letter queue: a message it "
         "cannot decode is logged and acknowledged, one it cannot store goes back to the "
-        f"queue, and after {DELIVERY_LIMIT} deliveries RabbitMQ drops it "
+        f"queue, and after {queue.arguments.get('x-delivery-limit')} deliveries RabbitMQ "
+        "drops it "
         "(`saga tracker rebuild` recovers it from the participants' outboxes)."
     ).strip()
     channel["bindings"]["amqp"] = wire.queue_binding(
-        tracker_queue(),
+        queue,
         vhost=vhost,
         bound_to=[(flow_exchange(spec.exchange), "#")],
     )

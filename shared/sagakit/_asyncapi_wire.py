@@ -105,13 +105,28 @@ _PARKING_HEADER_SCHEMAS: dict[str, dict[str, Any]] = {
         "description": "When the message was parked (RFC 3339, UTC).",
     },
 }
+# Headers a message may carry from an earlier trip through the dead-letter queue or from a
+# republish whose header table had to be cut down to fit one frame.
+_HISTORY_HEADER_SCHEMAS: dict[str, dict[str, Any]] = {
+    "x-saga-replays": {
+        "type": "integer",
+        "minimum": 1,
+        "description": "How often `saga dlq replay` sent this message back to its work queue.",
+    },
+    "x-saga-headers-dropped": {
+        "type": "string",
+        "description": (
+            "What a retry or parking left out of a header table too large to send again."
+        ),
+    },
+}
 _BROKER_DEAD_LETTER_HEADERS: dict[str, Any] = {
     "x-death": {
         "type": "array",
         "description": (
             "Set by RabbitMQ when it dead-lettered the message itself: a work queue's "
-            f"delivery limit ({topology.DELIVERY_LIMIT}) was reached because every delivery "
-            "ended without an acknowledgement (a consumer that kept crashing)."
+            "delivery limit (`x-delivery-limit`) was reached because every delivery ended "
+            "without an acknowledgement (a consumer that kept crashing)."
         ),
     },
     "x-first-death-reason": {
@@ -129,7 +144,14 @@ _BROKER_DEAD_LETTER_HEADERS: dict[str, Any] = {
 }
 
 DOCUMENTED_HEADERS = frozenset(
-    {SAGA_ID_HEADER, *_TRACE_HEADERS, *_RETRY_HEADER_SCHEMAS, *_PARKING_HEADER_SCHEMAS}
+    {
+        SAGA_ID_HEADER,
+        *_TRACE_HEADERS,
+        *_RETRY_HEADER_SCHEMAS,
+        *_PARKING_HEADER_SCHEMAS,
+        *_HISTORY_HEADER_SCHEMAS,
+        *_BROKER_DEAD_LETTER_HEADERS,
+    }
 )
 """Every application header the documents describe; a test checks the runtime's are here."""
 
@@ -155,7 +177,11 @@ def header_schemas() -> dict[str, dict[str, Any]]:
                 "(exponential, with jitter) and goes back to its work queue."
             ),
             "required": [SAGA_ID_HEADER, *_RETRY_HEADER_SCHEMAS],
-            "properties": {**event_headers, **_RETRY_HEADER_SCHEMAS},
+            "properties": {
+                **event_headers,
+                **_RETRY_HEADER_SCHEMAS,
+                **_HISTORY_HEADER_SCHEMAS,
+            },
         },
         DEAD_LETTER_HEADERS: {
             "type": "object",
@@ -168,6 +194,7 @@ def header_schemas() -> dict[str, dict[str, Any]]:
                 **event_headers,
                 **_PARKING_HEADER_SCHEMAS,
                 **_RETRY_HEADER_SCHEMAS,
+                **_HISTORY_HEADER_SCHEMAS,
                 **_BROKER_DEAD_LETTER_HEADERS,
             },
         },
