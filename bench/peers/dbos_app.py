@@ -42,6 +42,7 @@ from peers._saga import (
     DBOS_WORKFLOW,
     FULFILLED,
     METADATA,
+    STEP_BY_NAME,
     STEPS,
     TABLES,
     BusinessFailure,
@@ -87,7 +88,7 @@ def _do(step: str, order: Order) -> None:
     reason = refusal(step, order)
     if reason is not None:
         raise BusinessFailure(reason)
-    _write(step, next(s.action for s in STEPS if s.name == step), order)
+    _write(step, STEP_BY_NAME[step].action, order)
 
 
 # One transaction per step and per compensation: the decorator needs a function of its own.
