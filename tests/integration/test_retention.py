@@ -223,7 +223,8 @@ async def test_the_prune_task_reports_rows_and_passes_as_metrics(store: Store) -
     assert sample("sagakit_store_rows", table=saga_steps.name) == 4
     assert sample("sagakit_store_pruned_rows_total", table=inbox.name) == 0
     last = sample("sagakit_store_last_prune_timestamp_seconds")
-    assert last is not None and last > 0
+    assert last is not None
+    assert last > 0
 
 
 @pytest.mark.timeout(180)
@@ -310,7 +311,8 @@ async def test_the_tracker_forgets_sagas_that_ended_long_ago_and_keeps_the_rest(
         assert await tracker.view(old_done) is None
         assert await tracker.view(old_failed) is None
         stuck = await tracker.view(old_stuck)
-        assert stuck is not None and stuck.event_count == 2
+        assert stuck is not None
+        assert stuck.event_count == 2
         assert await tracker.view(recent_done) is not None
         assert await tracker.count_rows() == {"saga_tracker_events": 7, "saga_tracker_sagas": 2}
     finally:
