@@ -31,6 +31,7 @@ from ._logging import _handling
 from ._metrics import DEAD_LETTERED, EVENTS_CONSUMED, RETRIES, STEP_DURATION, STEP_OUTCOMES
 from ._participant import HandlerKind, Participant, StepContext, Subscription
 from ._relay import OutboxRelay
+from ._retention import participant_pruner
 from ._settings import ParticipantSettings
 from ._spec import StepSpec
 from ._sql import Transaction
@@ -101,6 +102,7 @@ class SagaRuntime:
             participant=participant.name,
             interval=settings.relay_interval_seconds,
         )
+        self.pruner = participant_pruner(store, settings, service=participant.name)
         # A router of its own, so that the parking middleware guards sagakit's subscribers
         # and nothing else that shares the broker.
         self._router = RabbitRouter(middlewares=[_parking_middleware(self)])
@@ -129,7 +131,7 @@ class SagaRuntime:
             await work.bind(retries, routing_key=work.name)
 
     async def start(self, *, declare: bool = True) -> None:
-        """Declare what FastStream does not, then start the outbox relay.
+        """Declare what FastStream does not, then start the outbox relay and pruning.
 
         A connection lost while declaring (a broker restart, a network blip) is waited out
         instead of ending the process: the robust connection comes back, and declaring
@@ -138,6 +140,7 @@ class SagaRuntime:
         if declare:
             await self._declare_topology_patiently()
         self.relay.start()
+        self.pruner.start()
 
     async def _declare_topology_patiently(self) -> None:
         for attempt in range(1, _DECLARE_ATTEMPTS + 1):
@@ -152,7 +155,8 @@ class SagaRuntime:
                 await asyncio.sleep(_DECLARE_PAUSE_SECONDS)
 
     async def stop(self) -> None:
-        """Stop the outbox relay."""
+        """Stop pruning and the outbox relay."""
+        await self.pruner.stop()
         await self.relay.stop()
 
     # -- subscribing -------------------------------------------------------------------
