@@ -177,15 +177,6 @@ class StoreFaults:
         else:
             await asyncio.to_thread(self.volumes[participant].writable)
 
-    async def hold(self, fault: StoreFault, participant: str, *, seconds: float) -> str:
-        """``begin``, wait ``seconds``, ``end`` (also when cancelled); what was done."""
-        done = await self.begin(fault, participant)
-        try:
-            await asyncio.sleep(seconds)
-        finally:
-            await self.end(fault, participant)
-        return f"{done} for {seconds:.1f}s"
-
     async def restore(self) -> None:
         """End every fault still in force."""
         for participant, fault in list(self._down):
