@@ -229,6 +229,7 @@ class Injector:
         self.duplicated: list[Seen] = []
         self.unexpected_exits: list[str] = []
         self.started = 0  # sagas started so far, kept up to date by whoever starts them
+        self.started_by_faults = 0  # sagas the faults started themselves (beside their input)
         # Hands for the kinds carried out elsewhere (_chaos_hostile, _chaos_store_faults).
         self.handlers: dict[FaultKind, Callable[[Fault], Awaitable[None]]] = {}
         self._bound = bound_participants(spec)
@@ -453,7 +454,7 @@ class Injector:
     def _note(self, kind: FaultKind, detail: str) -> None:
         self.done[kind.value] += 1
         at = self._now()
-        in_flight = self.started - len(self.ledger.ended)
+        in_flight = self.started + self.started_by_faults - len(self.ledger.ended)
         self.timeline.append(
             {"at": at, "kind": kind.value, "detail": detail, "in_flight": in_flight}
         )

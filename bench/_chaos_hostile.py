@@ -388,7 +388,7 @@ class InputFaults:
         crowded = self._order()
         envelope = self.client.new_saga(crowded.order)
         self.planned[str(envelope.context.saga_id)] = crowded
-        self.injector.started += 1
+        self.injector.started_by_faults += 1
         headers = {**envelope.amqp_headers(), **crowded_headers(self.frame_max)}
         await until_confirmed(
             functools.partial(
