@@ -448,6 +448,11 @@ class Injector:
         """Count a fault carried out, and put it on the timeline."""
         self._note(kind, detail)
 
+    def remark(self, what: str, detail: str) -> None:
+        """Put something on the timeline that is not a fault (not counted as one)."""
+        self.timeline.append({"at": self._now(), "kind": what, "detail": detail})
+        logger.info("%s: %s", what, detail)
+
     def _now(self) -> float:
         return round(time.monotonic() - self._started_at, 2)
 

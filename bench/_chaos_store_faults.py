@@ -252,8 +252,11 @@ class StoreFaultHands:
         async with self.injector.lock:
             done = await self.stores.begin(name, fault.target)
             self.injector.note(kind, f"{done} for {fault.seconds:.1f}s")
+            started = self.injector.started
             began.set()
             try:
                 await asyncio.sleep(fault.seconds)
             finally:
                 await self.stores.end(name, fault.target)
+                meanwhile = self.injector.started - started
+                self.injector.remark(f"{kind.value} over", f"{meanwhile} sagas started meanwhile")
