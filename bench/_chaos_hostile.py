@@ -15,6 +15,7 @@ is what arrives from outside, not what sagakit would send.
 
 from __future__ import annotations
 
+import asyncio
 import functools
 import json
 import random
@@ -408,22 +409,31 @@ class InputFaults:
         await self._send(FaultKind.AMPLIFICATION, hostile)
 
     async def _conflict(self, fault: Fault) -> None:
-        # Events whose consumer is known to have taken the original: those of sagas that
-        # moved on past them (ended), that some participant consumes.
+        candidates = await self._settled_events()
+        for seen in self.rng.sample(candidates, k=min(fault.count, len(candidates))):
+            copy = conflicting_copy(seen, spec=self.spec)
+            await self._send(FaultKind.CONFLICTING_DUPLICATE, copy)
+
+    async def _settled_events(self, *, within: float = 60.0) -> list[Seen]:
+        """Events whose consumer is known to have taken the original: those of sagas that
+        moved on past them (ended), that some participant consumes. Early in a run there
+        may be none yet: wait for some."""
         bound = bound_participants(self.spec)
         terminal = self.spec.terminal_events()
-        candidates = [
-            seen
-            for seen in self.ledger.seen_events()
-            if seen.saga_id in self.ledger.ended
-            and seen.event_type in bound
-            and seen.event_type not in terminal
-            and seen.message_id not in self.injector.malformed
-        ]
-        for seen in self.rng.sample(candidates, k=min(fault.count, len(candidates))):
-            await self._send(
-                FaultKind.CONFLICTING_DUPLICATE, conflicting_copy(seen, spec=self.spec)
-            )
+        loop = asyncio.get_running_loop()
+        give_up_at = loop.time() + within
+        while True:
+            candidates = [
+                seen
+                for seen in self.ledger.seen_events()
+                if seen.saga_id in self.ledger.ended
+                and seen.event_type in bound
+                and seen.event_type not in terminal
+                and seen.message_id not in self.injector.malformed
+            ]
+            if candidates or loop.time() > give_up_at:
+                return candidates
+            await asyncio.sleep(0.5)
 
     async def _stranger(self, fault: Fault) -> None:
         events = backward_events(self.spec)
