@@ -253,6 +253,20 @@ class Watch:
         await asyncio.sleep(0.3)  # anything that should NOT follow has its chance to show
         return self.types()
 
+    def saga_types(self, saga: SagaContext) -> list[str]:
+        """The types of one saga's events, in arrival order."""
+        wanted = str(saga.saga_id)
+        return [e["event_type"] for e in self.events if e["context"]["saga_id"] == wanted]
+
+    async def saga_until(
+        self, saga: SagaContext, event_type: str, timeout: float = 30.0
+    ) -> list[str]:
+        """The types of one saga's events once ``event_type`` is among them."""
+        async with asyncio.timeout(timeout):
+            while event_type not in self.saga_types(saga):
+                await asyncio.sleep(0.05)
+        return self.saga_types(saga)
+
     async def start(self, subject: str = "s1", context: SagaContext | None = None) -> Envelope[Any]:
         envelope = Envelope.new(
             Started(subject=subject), context=context or SagaContext.start("probe"), producer="test"

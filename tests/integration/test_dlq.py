@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import io
 import json
+import logging
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -12,6 +14,7 @@ import aio_pika
 import pytest
 from sagakit import SagaContext, ServiceProcesses, consumed_queues
 from sagakit._dlq import DeadLetters, ParkedMessage
+from sagakit._logging import saga_log_handler, unwatch_deliveries, watch_deliveries
 from sagakit._processes import QueueProbe, ServiceStartError
 from sagakit.cli import app, load_plugins
 from typer.testing import CliRunner, Result
@@ -23,11 +26,11 @@ from .probe_flow import PROBE, Behaviour, Watch, probe_services, running
 pytestmark = pytest.mark.integration
 
 
-async def _wait_parked(dead_letters: DeadLetters, count: int) -> list[object]:
+async def _wait_parked(dead_letters: DeadLetters, count: int) -> list[ParkedMessage]:
     async with asyncio.timeout(15):
         while len(entries := await dead_letters.parked()) < count:
             await asyncio.sleep(0.1)
-    return entries  # type: ignore[return-value]
+    return entries
 
 
 async def test_parked_messages_are_listed_replayed_and_purged(
@@ -46,7 +49,7 @@ async def test_parked_messages_are_listed_replayed_and_purged(
             aio_pika.Message(b"\x00 not json"), routing_key="probe.started"
         )
         entries = await _wait_parked(dead_letters, 2)
-        by_reason = {e.reason.split(":")[0]: e for e in entries}  # type: ignore[attr-defined]
+        by_reason = {e.reason.split(":")[0]: e for e in entries}
         assert set(by_reason) == {"undecodable", "compensation_failed"}
         compensation = by_reason["compensation_failed"]
         assert compensation.saga_id == str(started.context.saga_id)
@@ -126,18 +129,6 @@ async def _start_again(procs: ServiceProcesses, probe: QueueProbe, name: str) ->
         await asyncio.sleep(0.1)
     with contextlib.suppress(ServiceStartError):  # it may die again on the same message
         await procs.start(name, timeout=60)
-
-
-async def _saga_ends(watch: Watch, saga: SagaContext, terminal: str) -> list[str]:
-    def types() -> list[str]:
-        return [
-            e["event_type"] for e in watch.events if e["context"]["saga_id"] == str(saga.saga_id)
-        ]
-
-    async with asyncio.timeout(30):
-        while terminal not in types():
-            await asyncio.sleep(0.05)
-    return types()
 
 
 async def _saga_cli(*arguments: str) -> Result:
@@ -231,6 +222,22 @@ async def test_each_way_into_the_dead_letter_queue_is_told_apart_and_replayed_to
         )
         assert [e["id"] for e in json.loads(by_saga.stdout)] == [crashed.id]
 
+        shown = await _saga_cli("show", retried.id, *connection)
+        assert shown.exit_code == 0, shown.output
+        for line in (
+            f"reason         {retried.reason}",
+            "parked by      broker delivery_limit",
+            "origin queue   alpha.beta.failed",
+            "  alpha.beta.failed: delivery_limit x1",
+            "  alpha.beta.failed.retry: expired x1",
+            f'  x-saga-id: "{retried_saga.saga_id}"',
+            '"event_type": "beta.failed"',
+        ):
+            assert line in shown.stdout, (line, shown.stdout)
+        [as_json] = json.loads((await _saga_cli("show", retried.id, "--json", *connection)).stdout)
+        assert json.loads(as_json["body"])["event_type"] == "beta.failed"
+        assert as_json["deaths"][0]["reason"] == "delivery_limit"
+
         # Replayed while its cause is still there, a message comes back parked again: the
         # same first failure, one replay more.
         again = await _saga_cli("replay", parked.id, *connection)
@@ -247,15 +254,15 @@ async def test_each_way_into_the_dead_letter_queue_is_told_apart_and_replayed_to
         assert "replayed 3 message(s)" in replayed.stdout
         for entry in (reparked, retried, crashed):
             assert f"-> {entry.origin_queue}" in replayed.stdout
-        assert (await _saga_ends(watch, parked_saga, "probe.cancelled"))[-2:] == [
+        assert (await watch.saga_until(parked_saga, "probe.cancelled"))[-2:] == [
             "alpha.undone",
             "probe.cancelled",
         ]
-        assert (await _saga_ends(watch, retried_saga, "probe.cancelled"))[-2:] == [
+        assert (await watch.saga_until(retried_saga, "probe.cancelled"))[-2:] == [
             "alpha.undone",
             "probe.cancelled",
         ]
-        assert (await _saga_ends(watch, crashing_saga, "probe.finished"))[-1] == "probe.finished"
+        assert (await watch.saga_until(crashing_saga, "probe.finished"))[-1] == "probe.finished"
         assert await dead_letters.parked() == []
         assert all(procs.alive(name) for name in procs.names)
 
@@ -276,3 +283,51 @@ async def test_unknown_services_and_ids_are_errors_with_exit_codes(
         nothing = await _saga_cli("list", "--service", "alpha", *connection)
         assert nothing.exit_code == 0
         assert "0 parked message(s)" in nothing.stdout
+
+
+async def test_a_message_without_the_saga_id_in_its_properties_is_named_by_its_envelope(
+    rabbitmq_url: str, tmp_path: Path
+) -> None:
+    # A plain AMQP client that uses correlation ids its own way and sets no x-saga-id: the
+    # log line about parking it, the parked copy and the DLQ listing name the envelope's.
+    saga = SagaContext.start("probe")
+    stream = io.StringIO()
+    handler = saga_log_handler(service="alpha", log_format="json", stream=stream)
+    runtime_logger = logging.getLogger("sagakit.runtime")
+    runtime_logger.addHandler(handler)
+    services = probe_services(rabbitmq_url, str(tmp_path), Behaviour())
+    try:
+        async with (
+            running(services),
+            Watch(rabbitmq_url) as watch,
+            DeadLetters(rabbitmq_url, services=["alpha"]) as dead_letters,
+        ):
+            # observe() registers the delivery source when the app starts; running() does not
+            source = watch_deliveries(
+                services[0].broker.context, {"alpha.probe.started": ("probe.started", "first")}
+            )
+            await dead_letters.purge()
+            body = {"event_type": "probe.started", "context": {"saga_id": str(saga.saga_id)}}
+            await watch.exchange.publish(
+                aio_pika.Message(
+                    json.dumps(body).encode(),  # schema-invalid: no payload
+                    correlation_id="client-correlation-17",
+                    message_id="client-message-17",
+                ),
+                routing_key="probe.started",
+            )
+            [entry] = await _wait_parked(dead_letters, 1)
+            unwatch_deliveries(source)
+    finally:
+        runtime_logger.removeHandler(handler)
+    assert entry.saga_id == str(saga.saga_id)
+    assert entry.event_type == "probe.started"
+    assert entry.id == "client-message-17"
+    parking = [
+        line
+        for line in map(json.loads, stream.getvalue().splitlines())
+        if line["message"].startswith("parking message")
+    ]
+    assert [(line["saga_id"], line["event_type"], line["step"]) for line in parking] == [
+        (str(saga.saga_id), "probe.started", "first")
+    ]
