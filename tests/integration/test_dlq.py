@@ -280,9 +280,42 @@ async def test_unknown_services_and_ids_are_errors_with_exit_codes(
             unknown_id = await _saga_cli(command, "no-such-id", *extra, *connection)
             assert unknown_id.exit_code == 1, (command, unknown_id.output)
             assert "no parked message with id no-such-id" in unknown_id.output
-        nothing = await _saga_cli("list", "--service", "alpha", *connection)
-        assert nothing.exit_code == 0
-        assert "0 parked message(s)" in nothing.stdout
+        async with DeadLetters(rabbitmq_url, services=["alpha"]) as dead_letters:
+            await dead_letters.purge()
+            nothing = await _saga_cli("list", "--service", "alpha", *connection)
+            assert nothing.exit_code == 0
+            assert "0 parked message(s)" in nothing.stdout
+
+            # Parked from a queue the service does not have: a replay cannot send it back,
+            # says so and leaves it parked; a selective purge removes only what it selects.
+            async with Watch(rabbitmq_url) as watch:
+                dlx = await watch.exchange.channel.get_exchange("alpha.dlx", ensure=False)
+                origins = ("alpha.gone", "alpha.gone", "alpha.probe.started")
+                for number, origin in enumerate(origins):
+                    await dlx.publish(
+                        aio_pika.Message(
+                            b"{}",
+                            message_id=f"m{number}",
+                            headers={
+                                "x-saga-dead-letter-reason": f"undecodable: case {number}",
+                                "x-saga-origin-queue": origin,
+                                "x-saga-parked-at": "2026-11-24T10:00:00+00:00",
+                            },
+                        ),
+                        routing_key=origin,
+                    )
+            await _wait_parked(dead_letters, 3)
+            stuck = await _saga_cli("replay", "m0", *connection)
+            assert stuck.exit_code == 1
+            assert "not replayed alpha m0: alpha.gone did not take it" in stuck.output
+            assert "replayed 0 message(s)" in stuck.stdout
+            purged = await _saga_cli(
+                "purge", "--reason", "undecodable: case 1", "--yes", *connection
+            )
+            assert purged.exit_code == 0, purged.output
+            assert "purged 1 message(s)" in purged.stdout
+            assert sorted(e.id for e in await dead_letters.parked()) == ["m0", "m2"]
+            assert await dead_letters.purge() == 2
 
 
 async def test_a_message_without_the_saga_id_in_its_properties_is_named_by_its_envelope(
