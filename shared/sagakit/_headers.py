@@ -128,7 +128,8 @@ def bounded_headers(
         value = republishable(value)
         result.headers[key] = value
         used += _encoded_size(key, value) or 0
-    skip = set(added) | set(leave_out) | {HEADERS_DROPPED_HEADER}
+    # An earlier note is kept, unless this republish drops headers and writes its own.
+    skip = set(added) | set(leave_out)
     first = [key for key in dict.fromkeys(keep_first) if key in original and key not in skip]
     rest = [key for key in original if key not in skip and key not in first]
     for key in (*first, *rest):

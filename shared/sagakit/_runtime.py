@@ -12,7 +12,7 @@ import random
 import time
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from contextvars import ContextVar
-from datetime import timedelta
+from datetime import datetime, timedelta
 from typing import Any
 
 import aio_pika
@@ -636,7 +636,9 @@ class SagaRuntime:
             logger.warning("message %.80r: %s", getattr(raw, "message_id", None), bounded.note)
             HEADERS_DROPPED.labels(self.name).inc(len(bounded.dropped))
             if reason is not None:
-                bounded.headers[REASON_HEADER] = f"{reason}; {bounded.reason}"
+                suffix = f"; {bounded.reason}"
+                kept = reason[: _MAX_REASON_CHARS - len(suffix)]
+                bounded.headers[REASON_HEADER] = f"{kept}{suffix}"
         republished.headers = bounded.headers
         await self.broker.publish(
             republished, exchange=exchange, routing_key=routing_key, mandatory=True
@@ -662,7 +664,12 @@ def _first_failure(headers: Mapping[str, Any]) -> str:
     if isinstance(value, bytes | bytearray):
         value = bytes(value).decode("utf-8", errors="replace")
     if isinstance(value, str) and 0 < len(value) <= _MAX_TIME_CHARS:
-        return value
+        try:
+            datetime.fromisoformat(value)
+        except ValueError:
+            pass  # not a time sagakit wrote: a first failure is now
+        else:
+            return value
     return utc_now().isoformat()
 
 

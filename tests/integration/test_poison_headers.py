@@ -194,6 +194,7 @@ async def test_header_tables_up_to_the_clients_limit_never_close_the_services_co
             assert entry.reason.startswith("schema_invalid"), entry.reason
             assert "headers_too_large" in entry.reason_codes, entry.reason
             assert "x-saga-headers-dropped" in entry.headers
+            assert len(entry.reason) <= 1000
         assert _dropped_headers() > dropped_before  # the retries dropped headers too
 
         # The tool's replay bounds the table too: the message reaches its work queue.
