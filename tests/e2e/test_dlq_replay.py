@@ -34,7 +34,9 @@ CRASH = {"SAGAKIT_CRASH_AT": "mid_compensation:payment.failed"}
 
 async def _saga(*arguments: str) -> Result:
     load_plugins()
-    return await asyncio.to_thread(CliRunner().invoke, app, ["dlq", *arguments], terminal_width=200)
+    return await asyncio.to_thread(
+        CliRunner().invoke, app, ["dlq", *arguments], env={"COLUMNS": "200"}
+    )
 
 
 async def _until_parked(
@@ -107,6 +109,7 @@ async def test_sagas_dead_lettered_by_the_broker_end_when_replayed(
 
         ended = await watch.wait_all([e.context.saga_id for e in started], timeout=60)
         for saga_id, events in ended.items():
+            print(f"saga {saga_id}: {' -> '.join(event_types(events))}")
             assert event_types(events)[-2:] == ["inventory.released", "order.cancelled"], saga_id
             assert events[-1].payload.reason == "card_declined"
         assert await dead_letters.parked() == []

@@ -134,7 +134,9 @@ async def _start_again(procs: ServiceProcesses, probe: QueueProbe, name: str) ->
 async def _saga_cli(*arguments: str) -> Result:
     load_plugins()
     # The command runs its own event loop: on a thread of its own, beside this test's.
-    return await asyncio.to_thread(CliRunner().invoke, app, ["dlq", *arguments], terminal_width=250)
+    return await asyncio.to_thread(
+        CliRunner().invoke, app, ["dlq", *arguments], env={"COLUMNS": "250"}
+    )
 
 
 @pytest.mark.timeout(300)
@@ -203,6 +205,9 @@ async def test_each_way_into_the_dead_letter_queue_is_told_apart_and_replayed_to
         ]
         assert crashed.first_failure_at == crashed.deaths[0].time
 
+        table = await _saga_cli("list", *connection)
+        assert table.exit_code == 0, table.output
+        print(table.stdout)
         listed = await _saga_cli("list", "--group-by", "reason", "--json", *connection)
         assert listed.exit_code == 0, listed.output
         assert {row["reason"]: row["count"] for row in json.loads(listed.stdout)} == {
