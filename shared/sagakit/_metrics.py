@@ -36,6 +36,21 @@ HEADERS_DROPPED = Counter(
 )
 OUTBOX_BACKLOG = Gauge("sagakit_outbox_backlog", "Events waiting in the outbox", ["participant"])
 
+# Retention (_retention.py): set by the prune task, never on the hot path.
+STORE_ROWS = Gauge(
+    "sagakit_store_rows",
+    "Rows in sagakit's tables of a service's store, counted after each prune pass",
+    ["service", "table"],
+)
+STORE_PRUNED = Counter(
+    "sagakit_store_pruned_rows_total", "Rows deleted by retention", ["service", "table"]
+)
+STORE_LAST_PRUNE = Gauge(
+    "sagakit_store_last_prune_timestamp_seconds",
+    "When the last prune pass that succeeded ended (unix seconds)",
+    ["service"],
+)
+
 # The saga tracker's own metrics.
 TRACKER_EVENTS = Counter(
     "sagakit_tracker_events_total",

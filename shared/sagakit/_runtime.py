@@ -39,6 +39,7 @@ from ._metrics import (
 )
 from ._participant import HandlerKind, Participant, StepContext, Subscription
 from ._relay import OutboxRelay
+from ._retention import participant_pruner
 from ._settings import ParticipantSettings
 from ._spec import StepSpec
 from ._sql import Transaction
@@ -132,6 +133,7 @@ class SagaRuntime:
             participant=participant.name,
             interval=settings.relay_interval_seconds,
         )
+        self.pruner = participant_pruner(store, settings, service=participant.name)
         # A router of its own, so that the parking middleware guards sagakit's subscribers
         # and nothing else that shares the broker.
         self._router = RabbitRouter(middlewares=[_parking_middleware(self)])
@@ -160,7 +162,7 @@ class SagaRuntime:
             await work.bind(retries, routing_key=work.name)
 
     async def start(self, *, declare: bool = True) -> None:
-        """Declare what FastStream does not, then start the outbox relay.
+        """Declare what FastStream does not, then start the outbox relay and pruning.
 
         A connection lost while declaring (a broker restart, a network blip) is waited out
         instead of ending the process: the robust connection comes back, and declaring
@@ -169,6 +171,7 @@ class SagaRuntime:
         if declare:
             await self._declare_topology_patiently()
         self.relay.start()
+        self.pruner.start()
 
     async def _declare_topology_patiently(self) -> None:
         for attempt in range(1, _DECLARE_ATTEMPTS + 1):
@@ -183,7 +186,8 @@ class SagaRuntime:
                 await asyncio.sleep(_DECLARE_PAUSE_SECONDS)
 
     async def stop(self) -> None:
-        """Stop the outbox relay."""
+        """Stop pruning and the outbox relay."""
+        await self.pruner.stop()
         await self.relay.stop()
 
     # -- subscribing -------------------------------------------------------------------
