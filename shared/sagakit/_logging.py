@@ -8,6 +8,7 @@ one JSON object per line.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import sys
@@ -19,7 +20,7 @@ from typing import Any, NamedTuple
 from opentelemetry import trace
 
 from ._context import current_saga
-from ._envelope import SAGA_ID_HEADER
+from ._identity import MessageIdentity, identify
 
 _handling: ContextVar[tuple[str, str] | None] = ContextVar("sagakit_handling", default=None)
 
@@ -44,6 +45,7 @@ class Delivery(NamedTuple):
 # Where a log line finds the delivery being handled when sagakit's handler has not set the
 # saga yet: one callable per running broker (see ``watch_deliveries``).
 _delivery_sources: list[Callable[[], Delivery | None]] = []
+_IDENTITY_ATTRIBUTE = "_sagakit_identity"
 
 
 def watch_deliveries(
@@ -63,17 +65,33 @@ def watch_deliveries(
         message = context.get_local("message")
         if message is None or not hasattr(message, "headers"):
             return None
-        headers = message.headers or {}
-        saga_id = str(headers.get(SAGA_ID_HEADER) or message.correlation_id or NO_VALUE)
+        identity = _identity_of(message)
         log_context = context.get_local("log_context") or {}
-        event_type, step = queues.get(str(log_context.get("queue", "")), ("", NO_VALUE))
-        if not event_type:
-            raw = getattr(message, "raw_message", None)
-            event_type = str(getattr(raw, "type", None) or NO_VALUE)
-        return Delivery(saga_id, event_type, step)
+        queue_event_type, step = queues.get(str(log_context.get("queue", "")), ("", NO_VALUE))
+        event_type = identity.event_type or queue_event_type or NO_VALUE
+        return Delivery(identity.saga_id or NO_VALUE, event_type, step)
 
     _delivery_sources.append(current_delivery)
     return current_delivery
+
+
+def _identity_of(message: Any) -> MessageIdentity:
+    # The body is read once per delivery, and only when a line is written before sagakit
+    # has validated it (FastStream's own lines, a message being parked).
+    cached = getattr(message, _IDENTITY_ATTRIBUTE, None)
+    if isinstance(cached, MessageIdentity):
+        return cached
+    raw = getattr(message, "raw_message", None)
+    identity = identify(
+        body=getattr(message, "body", None),
+        headers=message.headers,
+        # As it came on the wire: FastStream makes one up for a message without any.
+        correlation_id=getattr(raw, "correlation_id", None),
+        message_type=getattr(raw, "type", None),
+    )
+    with contextlib.suppress(AttributeError):
+        setattr(message, _IDENTITY_ATTRIBUTE, identity)
+    return identity
 
 
 def unwatch_deliveries(source: Callable[[], Delivery | None]) -> None:

@@ -29,6 +29,11 @@ DEAD_LETTERED = Counter(
     "Messages parked in the dead-letter queue",
     ["participant", "kind"],
 )
+HEADERS_DROPPED = Counter(
+    "sagakit_republish_headers_dropped_total",
+    "Headers left out of a retried or parked message so that it fits the broker's frame limit",
+    ["participant"],
+)
 OUTBOX_BACKLOG = Gauge("sagakit_outbox_backlog", "Events waiting in the outbox", ["participant"])
 
 # Retention (_retention.py): set by the prune task, never on the hot path.

@@ -11,6 +11,8 @@ from urllib.parse import unquote, urlsplit
 from pydantic import Field, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from ._topology import DELIVERY_LIMIT
+
 DEFAULT_RABBITMQ_URL = "amqp://guest:guest@127.0.0.1:5672/"
 
 ENVIRONMENT_VARIABLE = "SAGAKIT_ENV"
@@ -82,6 +84,10 @@ class ParticipantSettings(BaseSettings):
     retry_max_delay_seconds: float = Field(default=10.0, gt=0)
     relay_interval_seconds: float = Field(default=0.5, gt=0)
     max_message_bytes: int = Field(default=256 * 1024, ge=1024)
+    # Deliveries of one message before the broker dead-letters it (a message that keeps
+    # killing its consumer). Fixed at queue declaration: changing it for existing queues
+    # needs them deleted and declared again (or a broker policy).
+    delivery_limit: int = Field(default=DELIVERY_LIMIT, ge=1)
     log_format: Literal["text", "json"] = "text"
     log_level: str = "INFO"
     # FastStream's "Received"/"Processed" line per message: about 4% of a service's CPU
