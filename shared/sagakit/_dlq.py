@@ -15,6 +15,7 @@ from typing import Any
 import aio_pika
 from aio_pika.abc import AbstractChannel, AbstractIncomingMessage, AbstractRobustConnection
 
+from ._client import connect
 from ._errors import BrokerUnavailable
 from ._topology import (
     ATTEMPT_HEADER,
@@ -109,7 +110,8 @@ class DeadLetters:
 
     async def __aenter__(self) -> DeadLetters:
         try:
-            self._connection = await aio_pika.connect_robust(self._url, timeout=5)
+            # Every node of a cluster URL, the first that answers (sagakit._client.connect).
+            self._connection = await connect(self._url, connect_timeout=5)
         except Exception as exc:
             raise BrokerUnavailable(f"no RabbitMQ answered: {exc}") from exc
         return self

@@ -49,3 +49,7 @@ class SpecError(SagaError):
 
 class BrokerUnavailable(SagaError):
     """No RabbitMQ broker answered at the configured URL."""
+
+
+class BrokerUrlError(SagaError, ValueError):
+    """A broker URL (or list of them) that cannot be used; the message has no password."""
