@@ -19,16 +19,114 @@ aio-pika's ``RobustConnection`` reconnects to the one URL it was made with, and 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import functools
+import logging
 from collections.abc import Sequence
 from typing import Any, cast
 
-from aio_pika import RobustConnection
+from aio_pika import RobustChannel, RobustConnection, RobustExchange
+from aio_pika.abc import AbstractMessage
 from aiormq.connection import parse_bool
+from aiormq.exceptions import DeliveryError
 from faststream.rabbit import RabbitBroker
 from yarl import URL
 
 from ._broker_urls import BrokerHost, broker_hosts, broker_urls
+
+logger = logging.getLogger("sagakit.broker")
+
+NACKS_BEFORE_RENEWAL = 3
+"""Publishes refused in a row on one channel before it is opened anew."""
+_FIRST_RENEWAL_PAUSE_SECONDS = 1.0
+_LONGEST_RENEWAL_PAUSE_SECONDS = 30.0
+
+
+class ChannelRenewed(Exception):
+    """Why a channel was closed by sagakit: it only got refusals (it reopens at once)."""
+
+
+class _CountingExchange(RobustExchange):
+    """An exchange that tells its channel whether the broker confirmed each publish."""
+
+    async def publish(
+        self,
+        message: AbstractMessage,
+        routing_key: str,
+        *,
+        mandatory: bool = True,
+        immediate: bool = False,
+        timeout: Any = None,  # noqa: ASYNC109 (aio-pika's signature)
+    ) -> Any:
+        channel = self.channel
+        try:
+            confirmation = await super().publish(
+                message, routing_key, mandatory=mandatory, immediate=immediate, timeout=timeout
+            )
+        except DeliveryError:
+            if isinstance(channel, FailoverChannel):
+                channel.refused()
+            raise
+        if isinstance(channel, FailoverChannel):
+            channel.confirmed()
+        return confirmation
+
+
+class FailoverChannel(RobustChannel):
+    """A robust channel that opens itself anew when the broker refuses all it publishes.
+
+    RabbitMQ 3.10 has a channel that first publishes to a quorum queue while the queue's
+    leader is on a node that just died (before the election ends) get every later publish
+    to that queue refused (``basic.nack``) for as long as the channel lives, although the
+    queue has a new leader and a fresh channel publishes to it at once. After
+    ``NACKS_BEFORE_RENEWAL`` refusals in a row, this channel closes its underlying AMQP
+    channel; the robust channel then reopens it as after any channel loss (declarations
+    and consumers restored), and publishing works again. Renewals that change nothing
+    come ever less often (1 s, 2 s, 4 s … 30 s apart, until a publish is confirmed), so
+    that a queue refusing on purpose (full, ``reject-publish``) costs little.
+    """
+
+    EXCHANGE_CLASS = _CountingExchange
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._refused_in_a_row = 0
+        self._renewed_at = float("-inf")
+        self._pause = _FIRST_RENEWAL_PAUSE_SECONDS
+        self._renewal: asyncio.Task[None] | None = None
+
+    def confirmed(self) -> None:
+        """The broker confirmed a publish."""
+        self._refused_in_a_row = 0
+        self._pause = _FIRST_RENEWAL_PAUSE_SECONDS
+
+    def refused(self) -> None:
+        """The broker refused a publish (``basic.nack``)."""
+        self._refused_in_a_row += 1
+        if self._refused_in_a_row < NACKS_BEFORE_RENEWAL:
+            return
+        loop = asyncio.get_running_loop()
+        if self._renewal is not None and not self._renewal.done():
+            return
+        if loop.time() - self._renewed_at < self._pause:
+            return
+        if self._renewed_at > float("-inf"):
+            self._pause = min(2 * self._pause, _LONGEST_RENEWAL_PAUSE_SECONDS)
+        self._renewed_at = loop.time()
+        self._renewal = loop.create_task(self._renew())
+
+    async def _renew(self) -> None:
+        logger.warning(
+            "the broker refused %d publishes in a row on channel %s: opening it anew",
+            self._refused_in_a_row,
+            self,
+        )
+        self._refused_in_a_row = 0
+        with contextlib.suppress(Exception):
+            underlay = await self.get_underlay_channel()
+            # Closed from below, the robust channel restores itself (a close of ours
+            # from above would end it for good).
+            await underlay.close(ChannelRenewed("only refusals"))
 
 
 class FailoverConnection(RobustConnection):
@@ -36,8 +134,10 @@ class FailoverConnection(RobustConnection):
 
     Made by ``aio_pika.connect_robust(url, connection_class=failover_class(hosts))``; the
     URL names the first node and carries everything else (credentials, virtual host, TLS,
-    options), which every node shares.
+    options), which every node shares. Its channels are ``FailoverChannel``s.
     """
+
+    CHANNEL_CLASS = FailoverChannel
 
     def __init__(
         self,
@@ -58,6 +158,7 @@ class FailoverConnection(RobustConnection):
         self._interval = self.reconnect_interval
         self._connected_once = False
         self._gave_up: asyncio.Future[BaseException | None] | None = None
+        self._last_failure: BaseException | None = None
         self.close_callbacks.add(self._next_host)
         self.reconnect_callbacks.add(self._reconnected)
 
@@ -110,6 +211,11 @@ class FailoverConnection(RobustConnection):
     def _next_host(self, _connection: object, exc: BaseException | None = None) -> None:
         if self._close_called or self.is_closed:
             return  # closed on purpose: nowhere to go
+        if exc is not None and exc is self._last_failure:
+            # A node that accepts the connection but fails its restore reports that one
+            # failure twice (as the restore's and as the connection's): one miss.
+            return
+        self._last_failure = exc
         self._misses += 1
         self._current = (self._current + 1) % len(self._hosts)
         host = self._hosts[self._current]

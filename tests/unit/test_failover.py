@@ -74,6 +74,10 @@ async def test_each_loss_moves_the_connection_to_the_next_node_then_round_again(
             ("node2", 5673),
             7,
         ]
+        failure = ConnectionError("restore failed")
+        await connection.close_callbacks(failure)
+        await connection.close_callbacks(failure)  # the same failure, reported twice
+        assert connection.url.host == "node3"
         assert connection.url.user == "user"
         assert connection.url.path == "/vh"
         await connection.reconnect_callbacks()  # what aio-pika calls after reconnecting

@@ -5,4 +5,11 @@ node or cluster, a PostgreSQL cluster, a small volume) and stops them after, so 
 take a dependency away without touching the broker or database a developer runs.
 """
 
-__all__: list[str] = []
+from .rabbit import RabbitCluster, RabbitLabError, RabbitNode, rabbitmq_missing
+
+__all__: list[str] = [
+    "RabbitCluster",
+    "RabbitLabError",
+    "RabbitNode",
+    "rabbitmq_missing",
+]

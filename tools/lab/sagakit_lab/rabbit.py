@@ -30,6 +30,7 @@ import time
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 from types import TracebackType
+from typing import Any
 
 __all__ = [
     "RabbitCluster",
@@ -264,11 +265,22 @@ class RabbitNode:
         self.ctl("set_permissions", "-p", vhost, user, ".*", ".*", ".*")
         return self.url_for(vhost)
 
-    def queues(self, vhost: str = "/", *columns: str) -> list[dict[str, str]]:
-        """``rabbitmqctl list_queues`` of ``vhost`` as rows (default columns: name, type)."""
+    def queues(self, vhost: str = "/", *columns: str) -> list[dict[str, Any]]:
+        """``rabbitmqctl list_queues`` of ``vhost``, one dict per queue (default: name, type).
+
+        Columns are ``list_queues``'s: ``members``, ``online`` and ``leader`` give a quorum
+        queue's replicas.
+        """
         wanted = list(columns or ("name", "type"))
-        output = self.ctl("list_queues", "-p", vhost, "--no-table-headers", *wanted)
-        return [dict(zip(wanted, line.split("\t"), strict=False)) for line in output.splitlines()]
+        output = self.ctl("list_queues", "-p", vhost, *wanted, "--formatter", "json")
+        return list(json.loads(output))
+
+    def connections(self) -> list[dict[str, Any]]:
+        """The client connections this node holds (user, vhost, peer port)."""
+        output = self.ctl(
+            "list_connections", "user", "vhost", "peer_port", "name", "--formatter", "json"
+        )
+        return list(json.loads(output))
 
     def cluster_nodes(self) -> list[str]:
         """The running nodes of this node's cluster, as this node sees them."""
