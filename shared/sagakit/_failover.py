@@ -6,8 +6,8 @@ aio-pika's ``RobustConnection`` reconnects to the one URL it was made with, and 
 - ``FailoverConnection`` is a ``RobustConnection`` that moves its ``url`` to the next node
   whenever a connection attempt fails or an established connection is lost. aio-pika calls
   the connection's (public) ``close_callbacks`` in both cases, before its reconnect loop
-  tries again with ``url``. Nodes not tried since the last good connection are tried at
-  once; after a whole round, the configured reconnect interval applies. With ``fail_fast``
+  tries again with ``url``. Nodes not tried since the last connection that lasted are
+  tried at once; after a whole round, the configured reconnect interval applies. With ``fail_fast``
   (the default), the first connect gives up after one round instead of after one node.
 - ``rabbit_broker`` builds a ``RabbitBroker`` whose connection is a ``FailoverConnection``.
   FastStream has no parameter for a connection factory; it connects with
@@ -19,7 +19,6 @@ aio-pika's ``RobustConnection`` reconnects to the one URL it was made with, and 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import functools
 import logging
 from collections.abc import Sequence
@@ -42,8 +41,8 @@ _FIRST_RENEWAL_PAUSE_SECONDS = 1.0
 _LONGEST_RENEWAL_PAUSE_SECONDS = 30.0
 
 
-class ChannelRenewed(Exception):
-    """Why a channel was closed by sagakit: it only got refusals (it reopens at once)."""
+class ConnectionRenewed(Exception):
+    """Why sagakit dropped a connection (``FailoverConnection.renew``)."""
 
 
 class _CountingExchange(RobustExchange):
@@ -73,17 +72,19 @@ class _CountingExchange(RobustExchange):
 
 
 class FailoverChannel(RobustChannel):
-    """A robust channel that opens itself anew when the broker refuses all it publishes.
+    """A robust channel that has its connection renewed when the broker refuses all it sends.
 
-    RabbitMQ 3.10 has a channel that first publishes to a quorum queue while the queue's
-    leader is on a node that just died (before the election ends) get every later publish
-    to that queue refused (``basic.nack``) for as long as the channel lives, although the
-    queue has a new leader and a fresh channel publishes to it at once. After
-    ``NACKS_BEFORE_RENEWAL`` refusals in a row, this channel closes its underlying AMQP
-    channel; the robust channel then reopens it as after any channel loss (declarations
-    and consumers restored), and publishing works again. Renewals that change nothing
-    come ever less often (1 s, 2 s, 4 s … 30 s apart, until a publish is confirmed), so
-    that a queue refusing on purpose (full, ``reject-publish``) costs little.
+    On RabbitMQ 3.10, a channel that first publishes to a quorum queue while the queue's
+    leader is on a node that has just died (before the election is over) gets every later
+    publish to that queue refused (``basic.nack``) for as long as the channel lives,
+    although the queue has a new leader and a fresh channel publishes to it at once
+    (tests/e2e/test_broker_failover.py shows it). After ``NACKS_BEFORE_RENEWAL`` refusals
+    in a row, this channel drops its connection, as a network failure would: the robust
+    connection reconnects (to the next node) and restores every channel, declarations and
+    consumers, and publishing works again. A channel of its own cannot be reopened in
+    place: publishes racing with the reopening make the broker close the whole connection.
+    Renewals that change nothing come ever less often (1 s, 2 s, 4 s … 30 s apart, until a
+    publish is confirmed), so that a queue refusing on purpose costs little.
     """
 
     EXCHANGE_CLASS = _CountingExchange
@@ -93,7 +94,6 @@ class FailoverChannel(RobustChannel):
         self._refused_in_a_row = 0
         self._renewed_at = float("-inf")
         self._pause = _FIRST_RENEWAL_PAUSE_SECONDS
-        self._renewal: asyncio.Task[None] | None = None
 
     def confirmed(self) -> None:
         """The broker confirmed a publish."""
@@ -106,27 +106,19 @@ class FailoverChannel(RobustChannel):
         if self._refused_in_a_row < NACKS_BEFORE_RENEWAL:
             return
         loop = asyncio.get_running_loop()
-        if self._renewal is not None and not self._renewal.done():
-            return
         if loop.time() - self._renewed_at < self._pause:
             return
         if self._renewed_at > float("-inf"):
             self._pause = min(2 * self._pause, _LONGEST_RENEWAL_PAUSE_SECONDS)
         self._renewed_at = loop.time()
-        self._renewal = loop.create_task(self._renew())
-
-    async def _renew(self) -> None:
         logger.warning(
-            "the broker refused %d publishes in a row on channel %s: opening it anew",
+            "the broker refused %d publishes in a row on channel %s: renewing the connection",
             self._refused_in_a_row,
             self,
         )
         self._refused_in_a_row = 0
-        with contextlib.suppress(Exception):
-            underlay = await self.get_underlay_channel()
-            # Closed from below, the robust channel restores itself (a close of ours
-            # from above would end it for good).
-            await underlay.close(ChannelRenewed("only refusals"))
+        if isinstance(self._connection, FailoverConnection):
+            self._connection.renew()
 
 
 class FailoverConnection(RobustConnection):
@@ -154,11 +146,17 @@ class FailoverConnection(RobustConnection):
         self._fail_fast = parse_bool(fail_fast)
         self._hosts = list(hosts) or [BrokerHost(url.host or "localhost", url.explicit_port)]
         self._current = 0
-        self._misses = 0  # failed attempts and losses since the last good connection
+        self._misses = 0  # failed attempts and losses since the last stable connection
         self._interval = self.reconnect_interval
+        # Read by the reconnect loop right after the first connection, before connect()
+        # returns; set per failure from then on (see _on_good_connection, _next_host).
+        self.reconnect_interval = 0
         self._connected_once = False
+        self._connected_at: float | None = None
         self._gave_up: asyncio.Future[BaseException | None] | None = None
         self._last_failure: BaseException | None = None
+        self._renewing = False
+        self._renewal: asyncio.Task[Any] | None = None
         self.close_callbacks.add(self._next_host)
         self.reconnect_callbacks.add(self._reconnected)
 
@@ -171,6 +169,18 @@ class FailoverConnection(RobustConnection):
     def current_host(self) -> BrokerHost:
         """The node connected to, or tried next."""
         return self._hosts[self._current]
+
+    def renew(self) -> None:
+        """Drop the current connection; the reconnect loop opens a new one, to the same node,
+        at once, and restores every channel on it (as after a network failure)."""
+        transport = self.transport
+        if transport is None or self._renewing:
+            return
+        self._renewing = True
+        # What RobustConnection.reconnect() does first; the reconnect loop does the rest.
+        self._renewal = self.loop.create_task(
+            transport.connection.close(ConnectionRenewed("renewed by sagakit"))
+        )
 
     async def connect(self, timeout: Any = None) -> None:  # noqa: ASYNC109 (aio-pika's)
         """Connect to the first node that answers, trying each once before giving up."""
@@ -201,9 +211,12 @@ class FailoverConnection(RobustConnection):
 
     def _on_good_connection(self) -> None:
         self._connected_once = True
-        self._misses = 0
-        self.reconnect_interval = self._interval
+        self._connected_at = self.loop.time()
         self._gave_up = None
+        # aio-pika's reconnect loop sleeps this long after each good connection before it
+        # heeds a loss: none, so that a node lost soon after a failover is left at once.
+        # A node that keeps dropping fresh connections is still paced (see _next_host).
+        self.reconnect_interval = 0
 
     def _reconnected(self, _connection: object) -> None:
         self._on_good_connection()
@@ -216,12 +229,31 @@ class FailoverConnection(RobustConnection):
             # failure twice (as the restore's and as the connection's): one miss.
             return
         self._last_failure = exc
+        if self._renewing:
+            # Our own doing (the close reports no error, or its own): the node is fine.
+            self._renewing = False
+            self.reconnect_interval = 0
+            return
+        left = self.current_host
+        connected_at, self._connected_at = self._connected_at, None
+        if connected_at is not None and self.loop.time() - connected_at >= self._interval:
+            self._misses = 0  # a connection that lasted: every node may be tried afresh
         self._misses += 1
         self._current = (self._current + 1) % len(self._hosts)
         host = self._hosts[self._current]
         self.url = self.url.with_host(host.host).with_port(host.port)
         round_done = self._misses >= len(self._hosts)
         self.reconnect_interval = self._interval if round_done else 0
+        logger.info(
+            "broker node %s:%s unavailable (%s: %s); trying %s:%s in %gs",
+            left.host,
+            left.port or "default",
+            type(exc).__name__,
+            exc,
+            host.host,
+            host.port or "default",
+            self.reconnect_interval,
+        )
         if round_done and self._gave_up is not None and not self._gave_up.done():
             self._gave_up.set_result(exc)
 

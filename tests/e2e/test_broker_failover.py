@@ -23,11 +23,14 @@ from collections import Counter
 from collections.abc import AsyncIterator, Iterator
 from typing import Any
 
+import aio_pika
 import pytest
 import pytest_asyncio
+from aiormq.exceptions import DeliveryError
 from order_contracts import ORDER_SAGA
 from order_contracts.samples import EXPECTED_FAILED_STEP, Scenario, sample_order
 from sagakit import SagaClient, consumed_queues
+from sagakit._client import connect
 from sagakit_lab import RabbitCluster, rabbitmq_missing
 
 from .conftest import PARTICIPANTS, OrderSystem, service_processes, sqlite_databases
@@ -61,10 +64,72 @@ def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RabbitCluster]
         yield cluster
 
 
+def _every_node_running(cluster: RabbitCluster) -> RabbitCluster:
+    # A test before may have killed one: it comes back with its data and rejoins.
+    stopped = [node for node in cluster if not node.running]
+    for node in stopped:
+        node.start()
+    if stopped:
+        cluster.wait_clustered()
+    return cluster
+
+
+@pytest.fixture
+def whole_cluster(cluster: RabbitCluster) -> RabbitCluster:
+    """The cluster with every node running."""
+    return _every_node_running(cluster)
+
+
+@pytest.mark.timeout(180)
+async def test_a_publisher_refused_after_its_queues_lost_their_leader_gets_through(
+    whole_cluster: RabbitCluster, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # RabbitMQ 3.10 refuses, for the channel's whole life, every publish to a quorum queue
+    # whose first publish on that channel came while its leader's node had just died.
+    # sagakit's connections renew themselves when a channel gets only refusals.
+    cluster = whole_cluster
+    _, second, third = cluster.nodes
+    queues = [f"renewal-{n}" for n in range(8)]
+    declaring = await aio_pika.connect(second.url)  # their leaders: on node 2
+    channel = await declaring.channel()
+    for name in queues:
+        await channel.declare_queue(name, durable=True, arguments={"x-queue-type": "quorum"})
+    await declaring.close()
+    publisher = await connect(cluster.url_for(nodes=[third]), connect_timeout=10)
+    try:
+        out = await publisher.channel()
+        second.kill()
+        killed_at = time.monotonic()
+
+        async def publish_until_confirmed(queue: str) -> int:
+            refused = 0
+            while True:
+                assert time.monotonic() - killed_at < RESUME_WITHIN, (queue, refused)
+                try:
+                    await out.default_exchange.publish(
+                        aio_pika.Message(b"x", delivery_mode=2), routing_key=queue, timeout=5
+                    )
+                    return refused
+                except (DeliveryError, ConnectionError, RuntimeError, TimeoutError):
+                    refused += 1
+                    await asyncio.sleep(0.05)
+
+        refusals = await asyncio.gather(*(publish_until_confirmed(q) for q in queues))
+    finally:
+        await publisher.close()
+    with capsys.disabled():
+        print(
+            f"\nrefused publishes after the leaders' node died: {sum(refusals)} in all; every "
+            f"queue took a publish {time.monotonic() - killed_at:.1f}s after the kill"
+        )
+
+
 @pytest_asyncio.fixture(scope="module", loop_scope="module")
 async def system(
     cluster: RabbitCluster, tmp_path_factory: pytest.TempPathFactory
 ) -> AsyncIterator[OrderSystem]:
+    # Declared while every node runs, each quorum queue gets a member on each node.
+    _every_node_running(cluster)
     directory = tmp_path_factory.mktemp("failover")
     databases = sqlite_databases(directory)
     survivor = cluster.nodes[2].url
@@ -82,8 +147,9 @@ async def system(
 
 @pytest.mark.timeout(300)
 async def test_the_services_go_on_on_another_node_when_theirs_dies(
-    cluster: RabbitCluster, system: OrderSystem, capsys: pytest.CaptureFixture[str]
+    whole_cluster: RabbitCluster, system: OrderSystem, capsys: pytest.CaptureFixture[str]
 ) -> None:
+    cluster = whole_cluster
     first, _, third = cluster.nodes
     # The cluster is the test's own: not the machine's node, not its port.
     assert not {node.nodename for node in cluster} & {"rabbit@localhost"}
