@@ -53,3 +53,7 @@ class BrokerUnavailable(SagaError):
 
 class BrokerUrlError(SagaError, ValueError):
     """A broker URL (or list of them) that cannot be used; the message has no password."""
+
+
+class DeadLetterError(SagaError):
+    """A dead-letter command cannot do what was asked (unknown service or message)."""
