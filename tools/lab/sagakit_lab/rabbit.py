@@ -107,6 +107,8 @@ class RabbitNode:
         home: The ``HOME`` with the ``.erlang.cookie`` (shared by a cluster); its own if unset.
         seed: Another node's node name: on its first start, this node joins that one's cluster.
         port: The AMQP port (free one when unset); the distribution port is always chosen.
+        management: Enable the management plugin, its HTTP API on a free port
+            (``management_url``); it costs a few seconds of start-up.
     """
 
     def __init__(
@@ -117,6 +119,7 @@ class RabbitNode:
         home: Path | None = None,
         seed: str | None = None,
         port: int | None = None,
+        management: bool = False,
     ) -> None:
         scripts = _scripts()
         if scripts is None:
@@ -131,6 +134,7 @@ class RabbitNode:
         self.seed = seed
         self.port = port or _free_port()
         self.dist_port = _free_port()
+        self.management_port = _free_port() if management else None
         self.log_path = self.directory / "log" / f"{self.nodename}.log"
         self._console = self.directory / "console.log"
         self._process: subprocess.Popen[bytes] | None = None
@@ -154,6 +158,13 @@ class RabbitNode:
     def url(self) -> str:
         """The default virtual host, as ``guest`` (allowed: the node listens on loopback)."""
         return self.url_for()
+
+    @property
+    def management_url(self) -> str | None:
+        """``http://127.0.0.1:<port>`` of the management HTTP API, when enabled."""
+        if self.management_port is None:
+            return None
+        return f"http://127.0.0.1:{self.management_port}"
 
     @property
     def pid(self) -> int | None:
@@ -194,9 +205,9 @@ class RabbitNode:
             )
 
     def wait_started(self, *, timeout: float = 90.0) -> None:
-        """Wait until the spawned node greets AMQP clients."""
+        """Wait until the spawned node greets AMQP clients (and serves its HTTP API)."""
         give_up_at = time.monotonic() + timeout
-        while not _answers_amqp(self.port):
+        while not self._answers():
             if self._process is None or self._process.poll() is not None:
                 raise RabbitLabError(f"{self.nodename} exited while starting\n{self.log_tail()}")
             if time.monotonic() >= give_up_at:
@@ -228,6 +239,16 @@ class RabbitNode:
         self.stop()
         time.sleep(down)
         self.start(timeout=timeout)
+
+    def _answers(self) -> bool:
+        if not _answers_amqp(self.port):
+            return False
+        if self.management_port is None:
+            return True
+        with contextlib.suppress(OSError):
+            socket.create_connection(("127.0.0.1", self.management_port), timeout=1.0).close()
+            return True
+        return False
 
     def _kill_group(self, process: subprocess.Popen[bytes]) -> None:
         with contextlib.suppress(ProcessLookupError, PermissionError):
@@ -323,8 +344,15 @@ class RabbitNode:
                 "cluster_formation.peer_discovery_backend = classic_config",
                 f"cluster_formation.classic_config.nodes.1 = {self.seed}",
             ]
+        plugins = "[]."
+        if self.management_port is not None:
+            lines += [
+                "management.tcp.ip = 127.0.0.1",
+                f"management.tcp.port = {self.management_port}",
+            ]
+            plugins = "[rabbitmq_management]."
         (self.directory / "rabbitmq.conf").write_text("\n".join(lines) + "\n")
-        (self.directory / "enabled_plugins").write_text("[].\n")
+        (self.directory / "enabled_plugins").write_text(plugins + "\n")
         # Read instead of /etc/rabbitmq/rabbitmq-env.conf, which names the machine's node.
         (self.directory / "rabbitmq-env.conf").write_text("")
 
