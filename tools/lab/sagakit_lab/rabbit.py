@@ -21,6 +21,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import random
 import secrets
 import shutil
 import signal
@@ -79,13 +80,33 @@ def rabbitmq_missing() -> str | None:
     return None
 
 
+def _ephemeral_start() -> int:
+    try:
+        return int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
+    except (OSError, ValueError, IndexError):
+        return 32_768
+
+
+_handed_out: set[int] = set()
+
+
 def _free_port() -> int:
-    while True:
+    # Below the ephemeral range: a node keeps its ports across restarts, and while it is
+    # down, an outgoing connection (a client reconnecting to it) could take a port the
+    # kernel hands out from that range as its own local port.
+    highest = _ephemeral_start() - 1
+    for _ in range(500):
+        port = random.randint(20_000, highest)
+        if port in _handed_out or port in _RESERVED_PORTS:
+            continue
         with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-            sock.bind(("127.0.0.1", 0))
-            port = int(sock.getsockname()[1])
-        if port not in _RESERVED_PORTS:
-            return port
+            try:
+                sock.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+        _handed_out.add(port)
+        return port
+    raise RabbitLabError("no free port below the ephemeral range")
 
 
 def _answers_amqp(port: int) -> bool:
