@@ -23,11 +23,12 @@ import functools
 import logging
 from collections.abc import Sequence
 from typing import Any, cast
+from weakref import WeakSet
 
 from aio_pika import RobustChannel, RobustConnection, RobustExchange
 from aio_pika.abc import AbstractMessage
 from aiormq.connection import parse_bool
-from aiormq.exceptions import DeliveryError
+from aiormq.exceptions import AMQPConnectionError, DeliveryError
 from faststream.rabbit import RabbitBroker
 from yarl import URL
 
@@ -41,8 +42,29 @@ _FIRST_RENEWAL_PAUSE_SECONDS = 1.0
 _LONGEST_RENEWAL_PAUSE_SECONDS = 30.0
 
 
-class ConnectionRenewed(Exception):
-    """Why sagakit dropped a connection (``FailoverConnection.renew``)."""
+class _FirstRoundQuiet(logging.Filter):
+    """Keeps aio-pika's "attempt failed, reconnecting" warnings of a first connection quiet:
+    with fail-fast it gives up after one round instead, and says so once itself."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.connections: WeakSet[FailoverConnection] = WeakSet()
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        args = record.args
+        return not (isinstance(args, tuple) and args and args[0] in self.connections)
+
+
+_FIRST_ROUND = _FirstRoundQuiet()
+logging.getLogger("aio_pika.robust_connection").addFilter(_FIRST_ROUND)
+
+
+class ConnectionRenewed(AMQPConnectionError):
+    """Why sagakit dropped a connection (``FailoverConnection.renew``).
+
+    A connection error, as a network failure's would be: publishes in flight fail the same
+    way, and whoever publishes already handles that.
+    """
 
 
 class _CountingExchange(RobustExchange):
@@ -189,6 +211,7 @@ class FailoverConnection(RobustConnection):
             self._on_good_connection()
             return
         gave_up = self._gave_up = asyncio.get_running_loop().create_future()
+        _FIRST_ROUND.connections.add(self)
         connecting = asyncio.ensure_future(super().connect(timeout))
         try:
             await asyncio.wait({connecting, gave_up}, return_when=asyncio.FIRST_COMPLETED)
@@ -200,6 +223,8 @@ class FailoverConnection(RobustConnection):
         except BaseException:
             await self._abandon(connecting)
             raise
+        finally:
+            _FIRST_ROUND.connections.discard(self)
         await self._abandon(connecting)
         raise error or ConnectionError(f"no broker node answered: {self._describe_hosts()}")
 
