@@ -34,6 +34,12 @@ def _default_rabbitmq_url() -> str:
     return os.environ.get("RABBITMQ_URL", DEFAULT_RABBITMQ_URL)
 
 
+def shared_broker_url() -> str:
+    """The broker every service falls back on: ``RABBITMQ_URL``, ``RABBITMQ_URL_FILE`` or
+    ``RABBITMQ_URLS``, else the local default (for command-line tools)."""
+    return _shared_rabbitmq_url(_default_rabbitmq_url())
+
+
 def _shared_rabbitmq_url(default: str) -> str:
     """The broker from the shared variables: RABBITMQ_URL, RABBITMQ_URL_FILE or RABBITMQ_URLS."""
     given = [name for name in SHARED_BROKER_VARIABLES if os.environ.get(name)]
