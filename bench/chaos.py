@@ -2,11 +2,13 @@
 
     uv run python bench/chaos.py --sagas 1000 --seed 42 [--store postgresql] [--json out.json]
 
-Starts the four participants as processes on a fresh virtual host (their broker URL points
-at a local TCP proxy), declares an independent ledger queue bound ``#`` to the flow's
-exchange, then starts sagas at a steady rate over a seeded order mix (every business
-failure of the reference rules) while a seeded plan kills services with SIGKILL, arms crash
-points, restarts the broker (``rabbitmqctl stop_app``/``start_app``: the whole local node),
+Starts a RabbitMQ node of its own (sagakit_lab: free ports, data in the work directory; it
+needs ``rabbitmq-server`` installed, and never touches a broker it did not start), the four
+participants as processes on it (their broker URL points at a local TCP proxy), declares an
+independent ledger queue bound ``#`` to the flow's exchange, then starts sagas at a steady
+rate over a seeded order mix (every business failure of the reference rules) while a
+seeded plan kills services with SIGKILL, arms crash points, restarts the broker (the run's
+own node, stopped and started again),
 cuts and slows the services' connections, publishes copies of events seen on the exchange
 and publishes garbage under real routing keys. It also takes the stores away: each
 participant's database lives where a fault can reach it (SQLite on a small volume of its own
@@ -21,9 +23,6 @@ and the ledger against each other.
 Exits 1 when a saga was stranded or wrongly cancelled, or anything was lost, applied twice
 or ended against the rules; 2 on a run that could not be carried out. The seed and the
 table go to stdout, progress to stderr.
-
-``rabbitmqctl`` must control the broker's node (it honours ``RABBITMQ_NODENAME``, or pass
-``--rabbitmqctl "rabbitmqctl -n node@host"``).
 """
 
 from __future__ import annotations
@@ -34,10 +33,8 @@ import contextlib
 import functools
 import json
 import logging
-import os
 import random
 import secrets
-import shlex
 import sys
 import tempfile
 import time
@@ -45,7 +42,6 @@ from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
-from urllib.parse import quote, urlsplit, urlunsplit
 
 from _chaos_audit import audit
 from _chaos_crashes import CrashPoints
@@ -61,7 +57,7 @@ from _chaos_stores import read_stores
 from order_contracts import ORDER_SAGA
 from sagakit import SagaClient, ServiceProcesses
 from sagakit._dlq import DeadLetters
-from sagakit_lab import ClusterError, VolumeError
+from sagakit_lab import ClusterError, RabbitNode, VolumeError
 from tcp_proxy import TcpProxy
 
 __all__ = ["ChaosOptions", "main", "run_chaos"]
@@ -69,7 +65,6 @@ __all__ = ["ChaosOptions", "main", "run_chaos"]
 logger = logging.getLogger("chaos")
 
 PARTICIPANTS = ("inventory", "payment", "shipping", "notification")
-DEFAULT_URL = "amqp://guest:guest@127.0.0.1:5672/"
 
 
 @dataclass(frozen=True, slots=True)
@@ -80,42 +75,25 @@ class ChaosOptions:
     seed: int = 0
     rate: float = 8.0
     store: str = "sqlite"
-    url: str = DEFAULT_URL
     postgres_url: str | None = None  # None: a private cluster per participant
     workdir: Path | None = None
     settle_timeout: float = 300.0
-    rabbitmqctl: tuple[str, ...] = ("rabbitmqctl",)
     service_log_level: str = "INFO"
-    keep_vhost: bool = False
 
 
 # -- the broker and the databases ------------------------------------------------------
 
 
-async def _run(*command: str) -> None:
-    process = await asyncio.create_subprocess_exec(
-        *command, stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.PIPE
-    )
-    _, stderr = await asyncio.wait_for(process.communicate(), timeout=120)
-    if process.returncode != 0:
-        raise RuntimeError(f"{' '.join(command)} failed: {stderr.decode().strip()}")
-
-
 @contextlib.asynccontextmanager
-async def fresh_vhost(options: ChaosOptions) -> AsyncIterator[str]:
-    """The broker URL on a virtual host of this run's own, deleted afterwards."""
-    parts = urlsplit(options.url)
-    vhost = f"sagakit-chaos-{options.seed}-{secrets.token_hex(3)}"
-    ctl = options.rabbitmqctl
-    await _run(*ctl, "-q", "add_vhost", vhost)
-    user = parts.username or "guest"
-    await _run(*ctl, "-q", "set_permissions", "-p", vhost, user, ".*", ".*", ".*")
+async def private_broker(workdir: Path) -> AsyncIterator[RabbitNode]:
+    """A RabbitMQ node of the run's own, stopped afterwards: the run restarts its broker,
+    which it may do only to one it started."""
+    node = RabbitNode(workdir / "rabbitmq")
+    await asyncio.to_thread(node.start)
     try:
-        yield urlunsplit(parts._replace(path="/" + quote(vhost, safe="")))
+        yield node
     finally:
-        if not options.keep_vhost:
-            with contextlib.suppress(Exception):
-                await _run(*ctl, "-q", "delete_vhost", vhost)
+        await asyncio.to_thread(node.stop)
 
 
 @contextlib.asynccontextmanager
@@ -168,7 +146,8 @@ async def run_chaos(options: ChaosOptions) -> dict[str, Any]:
         budget=max(len(PARTICIPANTS), round(3 * options.sagas / 100)),
     )
 
-    async with fresh_vhost(options) as url, placed_stores(options, workdir) as placed:
+    async with private_broker(workdir) as node, placed_stores(options, workdir) as placed:
+        url = node.url
         store_faults, unavailable = placed
         dbs = store_faults.databases
         kinds = [kind for kind in FaultKind if kind.value not in unavailable]
@@ -181,8 +160,7 @@ async def run_chaos(options: ChaosOptions) -> dict[str, Any]:
             targets=targets,
             more_rng=random.Random(f"{options.seed}:more-faults"),
         )
-        broker = urlsplit(url)
-        proxy = TcpProxy(broker.hostname or "127.0.0.1", broker.port or 5672)
+        proxy = TcpProxy("127.0.0.1", node.port)
         await proxy.start()
         ledger = Ledger(url, spec=ORDER_SAGA)
         await ledger.open()  # before any saga starts
@@ -215,7 +193,7 @@ async def run_chaos(options: ChaosOptions) -> dict[str, Any]:
                     spec=ORDER_SAGA,
                     rng=runtime_rng,
                     crashes=crashes,
-                    rabbitmqctl=options.rabbitmqctl,
+                    broker=node,
                 )
                 inputs = InputFaults(
                     injector,
@@ -353,11 +331,6 @@ def _options(argv: Sequence[str] | None) -> tuple[ChaosOptions, str | None, bool
     parser.add_argument("--rate", type=float, default=8.0, help="sagas started per second (8)")
     parser.add_argument("--store", choices=("sqlite", "postgresql"), default="sqlite")
     parser.add_argument(
-        "--url",
-        default=os.environ.get("RABBITMQ_URL", DEFAULT_URL),
-        help="the broker; the run makes a virtual host of its own there ($RABBITMQ_URL)",
-    )
-    parser.add_argument(
         "--postgres-url",
         default=None,
         help="with --store postgresql: an admin URL where the run creates and drops four"
@@ -365,9 +338,7 @@ def _options(argv: Sequence[str] | None) -> tuple[ChaosOptions, str | None, bool
     )
     parser.add_argument("--workdir", type=Path, default=None, help="logs and SQLite files")
     parser.add_argument("--settle-timeout", type=float, default=300.0)
-    parser.add_argument("--rabbitmqctl", default="rabbitmqctl", help="command controlling the node")
     parser.add_argument("--service-log-level", default="INFO")
-    parser.add_argument("--keep-vhost", action="store_true")
     parser.add_argument("--json", default=None, help="also write the report there ('-': stdout)")
     parser.add_argument("--quiet", action="store_true", help="no progress on stderr")
     args = parser.parse_args(argv)
@@ -376,13 +347,10 @@ def _options(argv: Sequence[str] | None) -> tuple[ChaosOptions, str | None, bool
         seed=args.seed if args.seed is not None else secrets.randbelow(1_000_000),
         rate=args.rate,
         store=args.store,
-        url=args.url,
         postgres_url=args.postgres_url,
         workdir=args.workdir,
         settle_timeout=args.settle_timeout,
-        rabbitmqctl=tuple(shlex.split(args.rabbitmqctl)),
         service_log_level=args.service_log_level,
-        keep_vhost=args.keep_vhost,
     )
     return options, args.json, args.quiet
 

@@ -43,7 +43,7 @@ from sagakit import Envelope, SagaClient, ServiceProcesses
 from sagakit._dlq import DeadLetters
 from sagakit_lab import free_port
 
-from tests.conftest import fresh_broker_url
+from tests.brokers import fresh_broker_url
 
 __all__ = [
     "PARTICIPANTS",
@@ -150,7 +150,7 @@ class Readiness:
 
 def broker_connections(url: str) -> set[str] | None:
     """The broker's connections on ``url``'s virtual host (their pids), or None when
-    ``rabbitmqctl`` cannot tell."""
+    ``rabbitmqctl`` cannot tell (not installed, or it serves another broker)."""
     rabbitmqctl = shutil.which("rabbitmqctl")
     if rabbitmqctl is None:
         return None
@@ -169,7 +169,8 @@ def broker_connections(url: str) -> set[str] | None:
         parts = line.split("\t")
         if len(parts) == 2 and parts[0] == vhost:
             found.add(parts[1])
-    return found
+    # None: rabbitmqctl serves another broker than the URL's (its services have connections).
+    return found or None
 
 
 # -- one case's system ---------------------------------------------------------------------

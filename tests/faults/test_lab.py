@@ -23,13 +23,9 @@ from sagakit_lab import (
     sweep_orphans,
 )
 
+from tests.brokers import unavailable
+
 pytestmark = pytest.mark.faults
-
-
-def _unavailable(reason: str) -> None:
-    if os.environ.get("CI"):
-        pytest.fail(reason)
-    pytest.skip(reason)
 
 
 @pytest.fixture
@@ -38,7 +34,7 @@ def volume() -> Iterator[SmallVolume]:
         with SmallVolume(size_mb=8) as mounted:
             yield mounted
     except VolumeUnavailable as exc:
-        _unavailable(str(exc))
+        unavailable(str(exc))
 
 
 @pytest.fixture
@@ -46,7 +42,7 @@ def cluster() -> Iterator[PostgresCluster]:
     try:
         postgres_bin_dir()
     except ClusterError as exc:
-        _unavailable(str(exc))
+        unavailable(str(exc))
     with PostgresCluster() as started:
         yield started
 
@@ -87,7 +83,7 @@ def test_a_closed_cluster_leaves_no_server_and_no_directory() -> None:
     try:
         postgres_bin_dir()
     except ClusterError as exc:
-        _unavailable(str(exc))
+        unavailable(str(exc))
     cluster = PostgresCluster()
     cluster.start()
     directory, port = cluster.directory, cluster.port
@@ -159,7 +155,7 @@ def test_a_closed_volume_is_unmounted_and_gone() -> None:
         volume = SmallVolume(size_mb=4)
         path = volume.mount()
     except VolumeUnavailable as exc:
-        _unavailable(str(exc))
+        unavailable(str(exc))
     volume.read_only()
     volume.close()
     assert not _mounted(path)
@@ -188,7 +184,7 @@ def test_a_volume_whose_owner_died_is_swept_away(tmp_path: Path) -> None:
             [sys.executable, "-c", script], capture_output=True, text=True, check=True
         )
     except (VolumeUnavailable, subprocess.CalledProcessError) as exc:
-        _unavailable(str(exc))
+        unavailable(str(exc))
     orphan = Path(done.stdout.strip())
     assert _mounted(orphan)
     assert orphan in sweep_orphans()

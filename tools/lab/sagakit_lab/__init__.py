@@ -7,11 +7,15 @@ take a dependency away without touching the broker or database a developer runs.
 
 from .ports import free_port
 from .postgres import ClusterError, PostgresCluster, StopMode, postgres_bin_dir
+from .rabbit import RabbitCluster, RabbitLabError, RabbitNode, rabbitmq_missing
 from .volumes import ReadOnlyMethod, SmallVolume, VolumeError, VolumeUnavailable, sweep_orphans
 
 __all__ = [
     "ClusterError",
     "PostgresCluster",
+    "RabbitCluster",
+    "RabbitLabError",
+    "RabbitNode",
     "ReadOnlyMethod",
     "SmallVolume",
     "StopMode",
@@ -19,5 +23,6 @@ __all__ = [
     "VolumeUnavailable",
     "free_port",
     "postgres_bin_dir",
+    "rabbitmq_missing",
     "sweep_orphans",
 ]
