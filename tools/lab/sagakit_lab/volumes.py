@@ -139,8 +139,12 @@ class SmallVolume:
             file.truncate(self.size_mb * 1024 * 1024)
         # No reserved blocks (root would write into them anyway), no journal (a few MB less
         # to fill, and nothing here needs one: the faults are refusals, not lost writes).
+        # Blocks of 4 KiB, as on a real disk, not the 1 KiB mkfs picks for a small one:
+        # SQLite grows its memory-mapped -shm file by writing the last byte of each 4 KiB
+        # page, and with smaller blocks the rest stays a hole that a write through the
+        # mapping must allocate later; on a full disk that is a SIGBUS, not an error.
         made = subprocess.run(
-            [mkfs, "-q", "-F", "-m", "0", "-O", "^has_journal", str(image)],
+            [mkfs, "-q", "-F", "-m", "0", "-b", "4096", "-O", "^has_journal", str(image)],
             capture_output=True,
             text=True,
             timeout=60,
