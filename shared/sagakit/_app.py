@@ -12,7 +12,13 @@ from dataclasses import dataclass, field
 from faststream import FastStream
 from faststream.rabbit import Channel, RabbitBroker
 
-from ._health import HttpEndpoint, broker_check, store_check
+from ._health import (
+    HttpEndpoint,
+    broker_check,
+    consuming_check,
+    publishing_check,
+    store_check,
+)
 from ._logging import BROKER_LOGGER
 from ._observability import observe
 from ._participant import Participant
@@ -48,8 +54,8 @@ def build_service(
         configure_logs: Set up the root logger from the settings when the app starts.
 
     When the app starts it also sets up tracing from ``OTEL_*`` and, when their ports are
-    set, serves ``/livez`` and ``/readyz`` (broker connected and store answering) and
-    ``/metrics``.
+    set, serves ``/livez`` and ``/readyz`` (broker connected, store taking writes, no
+    deliveries held by the circuit breaker, publishes confirmed) and ``/metrics``.
     """
     broker = RabbitBroker(
         settings.rabbitmq_url,
@@ -76,7 +82,12 @@ def build_service(
         app,
         service=participant.name,
         broker=broker,
-        checks={"broker": broker_check(broker), "store": store_check(store)},
+        checks={
+            "broker": broker_check(broker),
+            "store": store_check(store),
+            "consuming": consuming_check(runtime.breaker),
+            "publishing": publishing_check(runtime.breaker),
+        },
         queues={sub.queue: (sub.event_type, sub.name) for sub in runtime.subscriptions},
         log_format=settings.log_format,
         log_level=settings.log_level,

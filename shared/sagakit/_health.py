@@ -1,9 +1,10 @@
 """A small HTTP server on asyncio for liveness, readiness and the Prometheus metrics.
 
 ``/livez`` answers 200 while the process runs its event loop; ``/readyz`` answers 200 only
-when every readiness check passes (broker connected, store answers ``SELECT 1``), else 503
-with the failing checks named; ``/metrics`` is Prometheus' text format. One server may
-serve all three, or health and metrics may listen on ports of their own.
+when every readiness check passes (broker connected, store takes a write, the circuit breaker
+not holding deliveries, the broker taking publishes), else 503 with the failing checks named;
+``/metrics`` is Prometheus' text format. One server may serve all three, or health and
+metrics may listen on ports of their own.
 """
 
 from __future__ import annotations
@@ -18,8 +19,8 @@ from http import HTTPStatus
 
 from faststream.rabbit import RabbitBroker
 from prometheus_client import CONTENT_TYPE_LATEST, REGISTRY, generate_latest
-from sqlalchemy import text
 
+from ._breaker import CircuitBreaker, Dependency
 from ._store import Store
 
 logger = logging.getLogger("sagakit.health")
@@ -54,13 +55,33 @@ def broker_check(broker: RabbitBroker) -> Check:
 
 
 def store_check(store: Store) -> Check:
-    """Passes when the store answers ``SELECT 1``."""
+    """Passes when the store takes a write (``Store.probe``): a read-only file, a full disk
+    or a standby answer ``SELECT 1`` but cannot do a step's work."""
 
-    async def store_answers() -> bool:
-        async with store.read() as session:
-            return bool((await session.execute(text("SELECT 1"))).scalar_one() == 1)
+    async def store_writes() -> bool:
+        await store.probe()
+        return True
 
-    return store_answers
+    return store_writes
+
+
+def consuming_check(breaker: CircuitBreaker) -> Check:
+    """Passes while the circuit breaker lets deliveries through."""
+
+    async def not_holding() -> bool:
+        return not breaker.is_open
+
+    return not_holding
+
+
+def publishing_check(breaker: CircuitBreaker) -> Check:
+    """Passes unless the last publish found the broker refusing messages (a connection
+    lost, a queue without its quorum) and none has been confirmed since."""
+
+    async def broker_takes_publishes() -> bool:
+        return not breaker.is_open_for(Dependency.BROKER)
+
+    return broker_takes_publishes
 
 
 async def _passes(check: Check) -> bool:

@@ -42,3 +42,31 @@ TRACKER_STUCK = Gauge(
     "Sagas not ended that did not move for the stuck threshold or are past their deadline",
 )
 TRACKER_SAGAS = Gauge("sagakit_tracker_sagas", "Sagas the tracker knows, by state", ["state"])
+
+# The circuit breaker of a participant (_breaker.py): deliveries held while a dependency it
+# needs (its store, or the broker for publishing) is away.
+BREAKER_OPEN = Gauge(
+    "sagakit_breaker_open",
+    "1 while deliveries are held because this dependency is away, else 0",
+    ["participant", "dependency"],
+)
+BREAKER_TRIPS = Counter(
+    "sagakit_breaker_trips_total",
+    "Times the breaker opened because this dependency went away",
+    ["participant", "dependency"],
+)
+BREAKER_PAUSED_SECONDS = Counter(
+    "sagakit_breaker_paused_seconds_total",
+    "Time deliveries were held because this dependency was away (grows during an outage)",
+    ["participant", "dependency"],
+)
+HELD_DELIVERIES = Gauge(
+    "sagakit_held_deliveries",
+    "Deliveries held unacknowledged until the breaker closes",
+    ["participant"],
+)
+HANDED_BACK = Counter(
+    "sagakit_handed_back_total",
+    "Held deliveries put back on their queue, without counting an attempt, after holding long",
+    ["participant"],
+)

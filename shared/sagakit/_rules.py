@@ -22,8 +22,9 @@ class CompensationDecision(StrEnum):
 
     UNDO = "undo"  # the step completed: undo it, announce the compensated event
     ANNOUNCE_AGAIN = "announce_again"  # undone before: no-op, announce again (same event id)
-    NOTHING_TO_UNDO = "nothing_to_undo"  # never done: no-op, announce so the path goes on
+    NOTHING_TO_UNDO = "nothing_to_undo"  # started, never finished: no-op, announce
     IGNORE = "ignore"  # the step failed itself: its own failure started the backward path
+    UNKNOWN_SAGA = "unknown_saga"  # no record of the saga here: park, do not guess
 
 
 def on_forward(status: StepStatus | None, *, past_deadline: bool) -> ForwardDecision:
@@ -34,13 +35,26 @@ def on_forward(status: StepStatus | None, *, past_deadline: bool) -> ForwardDeci
 
 
 def on_compensation(status: StepStatus | None) -> CompensationDecision:
-    """Decide on a compensation request; ``status`` is None when the step never started."""
+    """Decide on a compensation request; ``status`` is None when the step never started.
+
+    A compensation request is caused by a later step, and a later step is triggered by this
+    step's success event, which is only published after this step's record is committed.
+    So in a saga this participant took part in, the record is always there; a request for a
+    saga with no record comes from outside the flow (a message published by hand, replayed
+    from another environment, or forged), or the store lost the record (restored from an
+    old backup). Neither is for the runtime to guess about: announcing the compensation
+    would end, and tell the customer about, a saga nobody started. The request is parked
+    as ``unknown_saga``. The saga's context is no evidence either way: whoever publishes the
+    event writes it.
+    """
     if status is StepStatus.COMPLETED:
         return CompensationDecision.UNDO
     if status is StepStatus.COMPENSATED:
         return CompensationDecision.ANNOUNCE_AGAIN
     if status is StepStatus.FAILED:
         return CompensationDecision.IGNORE
+    if status is None:
+        return CompensationDecision.UNKNOWN_SAGA
     return CompensationDecision.NOTHING_TO_UNDO
 
 

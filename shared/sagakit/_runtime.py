@@ -22,19 +22,36 @@ from faststream.rabbit import RabbitBroker, RabbitExchange, RabbitRouter
 from pydantic import BaseModel, ValidationError
 
 from . import _rules as rules
+from ._breaker import CircuitBreaker, Dependency, Outage
 from ._checker import emitted_events
-from ._context import StepOutcome, StepRecord, saga_scope, utc_now
+from ._context import (
+    DETAIL_MAX_LENGTH,
+    REASON_MAX_LENGTH,
+    StepOutcome,
+    StepRecord,
+    saga_scope,
+    utc_now,
+)
 from ._envelope import Envelope, EventPayload, derived_event_id
 from ._errors import InvalidMessage, StepFailed
 from ._faults import CrashPoint, crash_point
 from ._logging import _handling
-from ._metrics import DEAD_LETTERED, EVENTS_CONSUMED, RETRIES, STEP_DURATION, STEP_OUTCOMES
+from ._metrics import (
+    DEAD_LETTERED,
+    EVENTS_CONSUMED,
+    HANDED_BACK,
+    HELD_DELIVERIES,
+    RETRIES,
+    STEP_DURATION,
+    STEP_OUTCOMES,
+)
+from ._outage import broker_refused
 from ._participant import HandlerKind, Participant, StepContext, Subscription
 from ._relay import OutboxRelay
 from ._settings import ParticipantSettings
 from ._spec import StepSpec
 from ._sql import Transaction
-from ._store import OutboxRow, StepStatus, Store
+from ._store import OutboxRow, StepStatus, Store, body_digest
 from ._topology import (
     ATTEMPT_HEADER,
     FIRST_FAILURE_HEADER,
@@ -62,9 +79,21 @@ _delivery: ContextVar[StreamMessage[Any] | None] = ContextVar("sagakit_delivery"
 _DECLARE_ATTEMPTS = 60
 _DECLARE_PAUSE_SECONDS = 1.0
 
-# An infrastructure error (database or broker away) sends the message back after a pause;
-# the quorum queue's delivery limit stops it from looping forever.
+# An error that is neither the message's fault nor an outage (a bug) sends the message back
+# after a pause; the quorum queue's delivery limit stops it from looping forever. Outages
+# never take this path: the breaker holds their deliveries (_breaker.py).
 _REQUEUE_PAUSE_SECONDS = 1.0
+# A probe of the store or the broker that takes longer than this has failed.
+_PROBE_TIMEOUT_SECONDS = 5.0
+# The event ids a delivery's transactions wrote, held from the relay loop until the
+# delivery is done with them (published, or left to the loop).
+_written: ContextVar[list[str] | None] = ContextVar("sagakit_written", default=None)
+# RabbitMQ's default frame_max: a message's properties and headers travel in one frame.
+_DEFAULT_FRAME_MAX = 131072
+# Properties besides headers (ids, type, content type, flags) take less than this.
+_PROPERTIES_ALLOWANCE = 512
+# The header a quorum queue adds on redelivery; a handed-back copy starts afresh.
+_DELIVERY_COUNT_HEADER = "x-delivery-count"
 
 
 class _RetryableError(Exception):
@@ -73,6 +102,14 @@ class _RetryableError(Exception):
     def __init__(self, cause: BaseException) -> None:
         super().__init__(f"{type(cause).__name__}: {cause}")
         self.cause = cause
+
+
+class _EventTooLarge(Exception):
+    """An event the handling would emit is larger than any consumer takes."""
+
+    def __init__(self, event_type: str, size: int, limit: int, what: str) -> None:
+        super().__init__(f"{event_type} would be {size} bytes ({what}), over the limit of {limit}")
+        self.event_type = event_type
 
 
 class SagaRuntime:
@@ -94,12 +131,24 @@ class SagaRuntime:
         self.topology = ParticipantTopology(participant.name, self.spec.exchange)
         self.exchange = flow_exchange(self.spec.exchange)
         self.subscriptions = participant.subscriptions()
+        self.breaker = CircuitBreaker(
+            participant.name,
+            probes={Dependency.STORE: store.probe, Dependency.BROKER: self._probe_broker},
+            probe_timeout=_PROBE_TIMEOUT_SECONDS,
+            max_probe_delay=settings.outage_probe_max_delay_seconds,
+        )
         self.relay = OutboxRelay(
             store,
             broker,
             self.exchange,
             participant=participant.name,
             interval=settings.relay_interval_seconds,
+            breaker=self.breaker,
+        )
+        # A start event must leave room for the saga's history and the fields each step
+        # adds: every later event carries it, and must stay within the limit too.
+        self._start_event_limit = settings.max_message_bytes - min(
+            16 * 1024, settings.max_message_bytes // 4
         )
         # A router of its own, so that the parking middleware guards sagakit's subscribers
         # and nothing else that shares the broker.
@@ -152,8 +201,13 @@ class SagaRuntime:
                 await asyncio.sleep(_DECLARE_PAUSE_SECONDS)
 
     async def stop(self) -> None:
-        """Stop the outbox relay."""
+        """Hand held deliveries back to their queues, then stop the outbox relay."""
+        await self.breaker.stop()
         await self.relay.stop()
+
+    async def _probe_broker(self) -> None:
+        if not await self.broker.ping(timeout=_PROBE_TIMEOUT_SECONDS / 2):
+            raise ConnectionError("the broker does not answer")
 
     # -- subscribing -------------------------------------------------------------------
 
@@ -202,11 +256,14 @@ class SagaRuntime:
         started = _handler_started.get()
         if started is not None:
             started.append(True)
-        self._check(sub, envelope)
+        self._check(sub, envelope, message.body)
         EVENTS_CONSUMED.labels(self.name, sub.event_type).inc()
         attempt = _attempt(message.headers)
+        digest = body_digest(message.body)
         began = time.perf_counter()
         token = _handling.set((sub.event_type, sub.name))
+        written: list[str] = []
+        written_token = _written.set(written)
         try:
             with (
                 saga_scope(envelope.context),
@@ -220,27 +277,28 @@ class SagaRuntime:
             ):
                 span.set_attribute("saga.handler", sub.kind.value)
                 span.set_attribute("messaging.message.id", str(envelope.event_id))
-                try:
-                    rows, outcome = await self._dispatch(sub, envelope, attempt)
-                except _RetryableError as retry:
-                    span.record_exception(retry.cause)
-                    rows, outcome = await self._after_transient(
-                        sub, envelope, message, attempt, retry
-                    )
+                handled = await self._outcome(sub, envelope, message, attempt, digest, span)
+                if handled is None:
+                    return  # handed back to its queue, or taken back by the broker
+                rows, outcome = handled
                 record_outcome(span, outcome)
                 STEP_OUTCOMES.labels(self.name, sub.name, sub.kind.value, outcome).inc()
                 crash_point(CrashPoint.BEFORE_PUBLISH, sub.event_type)
-                await self.relay.publish(rows)
+                if not await self._publish(sub, message, rows):
+                    return  # committed: the relay loop publishes the events
                 crash_point(CrashPoint.BEFORE_ACK, sub.event_type)
                 if outcome not in {"retry", "parked"}:
                     await message.ack()
+                self.breaker.healthy()
         finally:
+            self.relay.release(written)
+            _written.reset(written_token)
             _handling.reset(token)
             STEP_DURATION.labels(self.name, sub.name, sub.kind.value).observe(
                 time.perf_counter() - began
             )
 
-    def _check(self, sub: Subscription, envelope: Envelope[Any]) -> None:
+    def _check(self, sub: Subscription, envelope: Envelope[Any], body: bytes) -> None:
         model = self.spec.model_for(sub.event_type)
         if envelope.event_type != sub.event_type:
             raise InvalidMessage(
@@ -253,19 +311,138 @@ class SagaRuntime:
             )
         if envelope.context.saga_type != self.spec.saga_type:
             raise InvalidMessage(f"unknown_saga_type: {envelope.context.saga_type!r}")
+        if envelope.event_type == self.spec.start_event:
+            # A saga starts with no history: steps in a start event could only be invented,
+            # and every later event would carry them.
+            if envelope.context.steps:
+                raise InvalidMessage(
+                    f"start_event_with_steps: {envelope.event_type} must arrive with empty"
+                    f" context.steps (it has {len(envelope.context.steps)})"
+                )
+            if len(body) > self._start_event_limit:
+                raise InvalidMessage(
+                    f"too_large: a start event may take {self._start_event_limit} bytes, to"
+                    f" leave room for the saga's history; this one has {len(body)}"
+                )
+
+    # -- outages -----------------------------------------------------------------------
+
+    async def _outcome(
+        self,
+        sub: Subscription,
+        envelope: Envelope[Any],
+        message: Any,
+        attempt: int,
+        digest: str,
+        span: Any,
+    ) -> tuple[list[OutboxRow], str] | None:
+        """Handle the delivery; while the store or the broker is away, hold it and run it
+        again once the dependency answers. None: the delivery is no longer ours."""
+        while True:
+            if not await self._admit(sub, message):
+                return None
+            try:
+                try:
+                    return await self._dispatch(sub, envelope, attempt, digest)
+                except _RetryableError as retry:
+                    span.record_exception(retry.cause)
+                    return await self._after_transient(
+                        sub, envelope, message, attempt, retry, digest
+                    )
+            except Outage as outage:
+                # Nothing was committed: the delivery runs again, as if it had just arrived,
+                # and no attempt is counted.
+                self.breaker.trip(outage.dependency, outage.cause)
+                if self.breaker.stopping:
+                    await self._hand_back(sub, message)
+                    return None
+                if _delivery_lost(message):
+                    return None
+
+    async def _admit(self, sub: Subscription, message: Any) -> bool:
+        """Wait while the breaker holds deliveries; False if this one is no longer ours
+        (handed back to its queue, or taken back by the broker with a lost connection)."""
+        if not self.breaker.is_open:
+            return True
+        HELD_DELIVERIES.labels(self.name).inc()
+        try:
+            while not await self.breaker.wait_closed(at_most=self.settings.outage_hold_seconds):
+                # Held too long (or the service stops): back to the queue, with no attempt
+                # counted, before RabbitMQ's consumer timeout closes the channel.
+                if await self._hand_back(sub, message):
+                    return False
+                if self.breaker.stopping:
+                    return False
+        finally:
+            HELD_DELIVERIES.labels(self.name).dec()
+        return not _delivery_lost(message)
+
+    async def _hand_back(self, sub: Subscription, message: Any) -> bool:
+        """Put a held delivery back at the end of its queue, then ack it: a publish, not a
+        requeue, so the quorum queue's delivery count does not grow."""
+        headers = {
+            key: value
+            for key, value in _republishable(dict(message.headers)).items()
+            if key != _DELIVERY_COUNT_HEADER
+        }
+        try:
+            await self.broker.publish(
+                message.body,
+                exchange=self.topology.retry_exchange(),
+                routing_key=sub.queue,
+                headers=headers,
+                persist=True,
+                mandatory=True,
+                timeout=_PROBE_TIMEOUT_SECONDS,
+                **_message_properties(message),
+            )
+            await message.ack()
+        except Exception as exc:
+            logger.warning("could not hand back a held delivery (%s); holding it on", exc)
+            return False
+        HANDED_BACK.labels(self.name).inc()
+        logger.info("held delivery %s handed back to %s", message.message_id, sub.queue)
+        return True
+
+    async def _publish(self, sub: Subscription, message: Any, rows: list[OutboxRow]) -> bool:
+        """Publish the committed rows; while the broker refuses them, hold the delivery
+        unacknowledged. False if the delivery is no longer ours (the events stay in the
+        outbox, where the relay loop finds them)."""
+        pending = rows
+        while pending:
+            published = await self.relay.publish(pending)
+            if not published.unpublished or published.refusal is None:
+                return True  # confirmed, or unroutable: the relay loop tries those again
+            pending = published.unpublished
+            if self.breaker.stopping:
+                await self._hand_back(sub, message)
+                return False
+            if not await self._admit(sub, message):
+                return False
+        return True
+
+    async def _store_outage(self, error: Exception) -> Outage | None:
+        if await self.breaker.store_away(error):
+            return Outage(Dependency.STORE, error)
+        return None
 
     async def _dispatch(
-        self, sub: Subscription, envelope: Envelope[Any], attempt: int
+        self, sub: Subscription, envelope: Envelope[Any], attempt: int, digest: str
     ) -> tuple[list[OutboxRow], str]:
         try:
             if sub.kind is HandlerKind.STEP:
-                return await self._run_step(sub, envelope, attempt)
+                return await self._run_step(sub, envelope, attempt, digest)
             if sub.kind is HandlerKind.COMPENSATION:
-                return await self._run_compensation(sub, envelope, attempt)
-            return await self._run_reaction(sub, envelope, attempt)
-        except (_RetryableError, InvalidMessage):
+                return await self._run_compensation(sub, envelope, attempt, digest)
+            return await self._run_reaction(sub, envelope, attempt, digest)
+        except (_RetryableError, InvalidMessage, Outage):
             raise
         except Exception as exc:
+            # The store the runtime needs is not the step's to fail on: whether the error
+            # came from sagakit's statements or the handler's own, on the store.
+            outage = await self._store_outage(exc)
+            if outage is not None:
+                raise outage from exc
             raise _RetryableError(exc) from exc
 
     async def _after_transient(
@@ -275,6 +452,7 @@ class SagaRuntime:
         message: Any,
         attempt: int,
         retry: _RetryableError,
+        digest: str,
     ) -> tuple[list[OutboxRow], str]:
         budget = (
             self.settings.compensation_retry_budget
@@ -285,13 +463,27 @@ class SagaRuntime:
             logger.warning(
                 "transient failure (attempt %d of %d): %s", attempt + 1, budget + 1, retry
             )
-            await self._schedule_retry(sub, message, attempt + 1, str(retry))
+            try:
+                await self._schedule_retry(sub, message, attempt + 1, str(retry))
+            except Exception as exc:
+                if broker_refused(exc):
+                    raise Outage(Dependency.BROKER, exc) from exc
+                raise
             return [], "retry"
         if sub.kind is HandlerKind.STEP:
             assert sub.step is not None
             logger.warning("retries exhausted, failing the step: %s", retry)
             failure = StepFailed("retries_exhausted", detail=type(retry.cause).__name__)
-            return await self._record_failure(sub, sub.step, envelope, failure)
+            try:
+                return await self._record_failure(sub, sub.step, envelope, failure, digest)
+            except (InvalidMessage, Outage):
+                raise
+            except Exception as exc:
+                # Recording the failure needs the store: an outage here is held like any.
+                outage = await self._store_outage(exc)
+                if outage is not None:
+                    raise outage from exc
+                raise
         logger.error(
             "%s %r still fails after %d retries, parking: %s",
             sub.kind.value,
@@ -299,25 +491,30 @@ class SagaRuntime:
             budget,
             retry,
         )
-        await self.park(
-            message,
-            queue=sub.queue,
-            reason=f"{sub.kind.value}_failed: {retry}",
-            kind=sub.kind.value,
-        )
+        try:
+            await self.park(
+                message,
+                queue=sub.queue,
+                reason=f"{sub.kind.value}_failed: {retry}",
+                kind=sub.kind.value,
+            )
+        except Exception as exc:
+            if broker_refused(exc):
+                raise Outage(Dependency.BROKER, exc) from exc
+            raise
         return [], "parked"
 
     # -- the three kinds of handler ----------------------------------------------------
 
     async def _run_step(
-        self, sub: Subscription, envelope: Envelope[Any], attempt: int
+        self, sub: Subscription, envelope: Envelope[Any], attempt: int, digest: str
     ) -> tuple[list[OutboxRow], str]:
         step = sub.step
         assert step is not None
         saga_id = envelope.context.saga_id
         try:
             async with self.store.write() as transaction:
-                if not await self._first_delivery(transaction, sub, envelope):
+                if not await self._first_delivery(transaction, sub, envelope, digest):
                     return [], "duplicate"
                 status = await self.store.claim_step(transaction, step=step.name, saga_id=saga_id)
                 decision = rules.on_forward(
@@ -337,50 +534,102 @@ class SagaRuntime:
                 )
                 return await self._emit(transaction, [success]), "completed"
         except StepFailed as failure:
-            return await self._record_failure(sub, step, envelope, failure)
+            return await self._record_failure(sub, step, envelope, failure, digest)
+        except _EventTooLarge as too_large:
+            # Nobody could take the event: the step's effects are rolled back with it, and
+            # the step fails so that the saga is undone instead of stranded.
+            logger.warning("the step's event is too large, failing the step: %s", too_large)
+            oversized = StepFailed("event_too_large", detail=str(too_large))
+            return await self._record_failure(sub, step, envelope, oversized, digest)
 
     async def _record_failure(
-        self, sub: Subscription, step: StepSpec, envelope: Envelope[Any], failure: StepFailed
+        self,
+        sub: Subscription,
+        step: StepSpec,
+        envelope: Envelope[Any],
+        failure: StepFailed,
+        digest: str,
     ) -> tuple[list[OutboxRow], str]:
         """In a fresh transaction (the step's own writes are gone): mark failed, emit failure."""
+        reason = failure.reason[:REASON_MAX_LENGTH]
+        try:
+            return await self._write_failure(sub, step, envelope, reason, failure.detail, digest)
+        except _EventTooLarge:
+            pass
+        try:
+            # The failure event carries what the incoming event carried, plus a reason and
+            # a detail: without the detail, it is at most a record larger than that event.
+            return await self._write_failure(sub, step, envelope, reason, "", digest)
+        except _EventTooLarge as too_large:
+            # Not even the failure can be announced: nothing is done, the message is parked.
+            raise InvalidMessage(f"event_too_large: {too_large}") from too_large
+
+    async def _write_failure(
+        self,
+        sub: Subscription,
+        step: StepSpec,
+        envelope: Envelope[Any],
+        reason: str,
+        detail: str,
+        digest: str,
+    ) -> tuple[list[OutboxRow], str]:
         saga_id = envelope.context.saga_id
         async with self.store.write() as transaction:
-            if not await self._first_delivery(transaction, sub, envelope):
+            if not await self._first_delivery(transaction, sub, envelope, digest):
                 return [], "duplicate"
             claimed = await self.store.claim_step(transaction, step=step.name, saga_id=saga_id)
             if claimed is not None:
                 return [], "ignored"
-            logger.info("step failed: %s", failure.reason)
-            record_step_failure(failure.reason)
-            record = self._record(step, StepOutcome.FAILED, reason=failure.reason)
+            record = self._record(step, StepOutcome.FAILED, reason=reason)
             payload = self._system_payload(
-                step.failure, envelope, reason=failure.reason, detail=failure.detail
+                step.failure, envelope, reason=reason, detail=detail[:DETAIL_MAX_LENGTH]
             )
             failed = self._envelope(payload, cause=envelope, record=record)
             events = [failed]
             if self.spec.is_first(step):
-                events.append(self._cancellation(failed, step.name, failure.reason))
+                events.append(self._cancellation(failed, step.name, reason))
             await self.store.set_step_status(
                 transaction,
                 step=step.name,
                 saga_id=saga_id,
                 status=StepStatus.FAILED,
-                reason=failure.reason,
+                reason=reason,
             )
-            return await self._emit(transaction, events), "failed"
+            rows = await self._emit(transaction, events)
+            logger.info("step failed: %s", reason)
+            record_step_failure(reason)
+            return rows, "failed"
 
     async def _run_compensation(
-        self, sub: Subscription, envelope: Envelope[Any], attempt: int
+        self, sub: Subscription, envelope: Envelope[Any], attempt: int, digest: str
+    ) -> tuple[list[OutboxRow], str]:
+        try:
+            return await self._compensate(sub, envelope, attempt, digest)
+        except _EventTooLarge as too_large:
+            # A compensation cannot fail as a business failure (there is no way further
+            # back): undoing the step without announcing it would stop the backward path
+            # with the earlier steps still done. So nothing is undone, and the request is
+            # parked with the reason; with a larger limit it can be replayed.
+            raise InvalidMessage(f"event_too_large: {too_large}") from too_large
+
+    async def _compensate(
+        self, sub: Subscription, envelope: Envelope[Any], attempt: int, digest: str
     ) -> tuple[list[OutboxRow], str]:
         step = sub.step
         assert step is not None
         assert step.compensated is not None
         saga_id = envelope.context.saga_id
         async with self.store.write() as transaction:
-            if not await self._first_delivery(transaction, sub, envelope):
+            if not await self._first_delivery(transaction, sub, envelope, digest):
                 return [], "duplicate"
             status = await self.store.claim_step(transaction, step=step.name, saga_id=saga_id)
             decision = rules.on_compensation(status)
+            if decision is rules.CompensationDecision.UNKNOWN_SAGA:
+                # Rolled back with the claim: the saga stays unknown here (_rules.py says why).
+                raise InvalidMessage(
+                    f"unknown_saga: {envelope.event_type} asks {self.name} to undo"
+                    f" {step.name!r} for saga {saga_id}, of which {self.name} has no record"
+                )
             if decision is rules.CompensationDecision.IGNORE:
                 logger.warning("compensation requested for a step that failed itself: ignored")
                 return [], "ignored"
@@ -414,10 +663,10 @@ class SagaRuntime:
             return await self._emit(transaction, events), outcome
 
     async def _run_reaction(
-        self, sub: Subscription, envelope: Envelope[Any], attempt: int
+        self, sub: Subscription, envelope: Envelope[Any], attempt: int, digest: str
     ) -> tuple[list[OutboxRow], str]:
         async with self.store.write() as transaction:
-            if not await self._first_delivery(transaction, sub, envelope):
+            if not await self._first_delivery(transaction, sub, envelope, digest):
                 return [], "duplicate"
             await self._call(sub, envelope, transaction, attempt)
         return [], "handled"
@@ -434,17 +683,30 @@ class SagaRuntime:
     # -- building events ---------------------------------------------------------------
 
     async def _first_delivery(
-        self, transaction: Transaction, sub: Subscription, envelope: Envelope[Any]
+        self, transaction: Transaction, sub: Subscription, envelope: Envelope[Any], digest: str
     ) -> bool:
+        message_id = str(envelope.event_id)
         first = await self.store.remember_message(
             transaction,
             consumer=sub.queue,
-            message_id=str(envelope.event_id),
+            message_id=message_id,
             saga_id=envelope.context.saga_id,
+            body_digest=digest,
         )
-        if not first:
-            logger.info("duplicate delivery of %s ignored", envelope.event_id)
-        return first
+        if first:
+            return True
+        # Every copy sagakit sends of an event (a retry, a re-announcement, a replay) is
+        # the same bytes: another body under a known id is another event, not a duplicate.
+        recorded = await self.store.remembered_digest(
+            transaction, consumer=sub.queue, message_id=message_id
+        )
+        if recorded is not None and recorded != digest:
+            raise InvalidMessage(
+                f"conflicting_duplicate: event {message_id} was handled before with another"
+                " body; this one was not applied"
+            )
+        logger.info("duplicate delivery of %s ignored", envelope.event_id)
+        return False
 
     def _step_context(
         self, transaction: Transaction, envelope: Envelope[Any], attempt: int
@@ -519,7 +781,31 @@ class SagaRuntime:
             )
             for e in events
         ]
-        return await self.store.add_to_outbox(transaction, rows)
+        for row in rows:
+            self._check_size(row)
+        queued = await self.store.add_to_outbox(transaction, rows)
+        # From now until the delivery is done with them, the relay loop leaves these alone.
+        written = _written.get()
+        if written is not None:
+            ids = [row.event_id for row in queued]
+            self.relay.hold(ids)
+            written.extend(ids)
+        return queued
+
+    def _check_size(self, row: OutboxRow) -> None:
+        """Refuse, before anything commits, an event no consumer could take."""
+        body = len(row.body.encode())
+        headers = _table_size(row.headers)
+        limit = self.settings.max_message_bytes
+        if body + headers > limit:
+            raise _EventTooLarge(
+                row.routing_key, body + headers, limit, f"{body} of body, {headers} of headers"
+            )
+        frame_max = _frame_max(self.broker)
+        if headers + _PROPERTIES_ALLOWANCE > frame_max:
+            raise _EventTooLarge(
+                row.routing_key, headers, frame_max, "headers, over the broker's frame size"
+            )
 
     # -- retry and parking -------------------------------------------------------------
 
@@ -617,6 +903,29 @@ def _republishable(value: Any) -> Any:
     if isinstance(value, list | tuple):
         return [_republishable(item) for item in value]
     return value
+
+
+def _table_size(headers: Mapping[str, str]) -> int:
+    """Bytes of an AMQP field table of short string keys and long string values."""
+    return 4 + sum(
+        1 + len(key.encode()) + 1 + 4 + len(str(value).encode()) for key, value in headers.items()
+    )
+
+
+def _frame_max(broker: RabbitBroker) -> int:
+    # The frame size the broker and the client agreed on, once connected (aiormq keeps it).
+    connection = getattr(broker, "_connection", None)
+    transport = getattr(connection, "transport", None)
+    tune = getattr(getattr(transport, "connection", None), "connection_tune", None)
+    frame_max = getattr(tune, "frame_max", None)
+    return frame_max if isinstance(frame_max, int) and frame_max > 0 else _DEFAULT_FRAME_MAX
+
+
+def _delivery_lost(message: Any) -> bool:
+    """True when the channel the delivery came on has closed: the broker took the message
+    back (it comes again), and acking it is no longer possible."""
+    channel = getattr(message.raw_message, "_IncomingMessage__channel", None)
+    return getattr(channel, "is_closed", False) is True
 
 
 def _attempt(headers: Mapping[str, Any]) -> int:

@@ -70,6 +70,10 @@ class ParticipantSettings(BaseSettings):
     retry_max_delay_seconds: float = Field(default=10.0, gt=0)
     relay_interval_seconds: float = Field(default=0.5, gt=0)
     max_message_bytes: int = Field(default=256 * 1024, ge=1024)
+    # While the store (or the broker) is away, deliveries wait unacknowledged; one held
+    # longer than this goes back to its queue (within RabbitMQ's consumer timeout, 30 min).
+    outage_hold_seconds: float = Field(default=300.0, gt=0)
+    outage_probe_max_delay_seconds: float = Field(default=5.0, gt=0)
     log_format: Literal["text", "json"] = "text"
     log_level: str = "INFO"
     # FastStream's "Received"/"Processed" line per message: about 4% of a service's CPU

@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import hashlib
+import os
 import uuid
 from collections.abc import AsyncIterator, Iterable, Sequence
 from dataclasses import dataclass
@@ -27,12 +29,13 @@ from sqlalchemy import (
     Text,
     bindparam,
     event,
+    inspect,
     select,
     text,
     update,
 )
 from sqlalchemy.dialects import postgresql, sqlite
-from sqlalchemy.engine import make_url
+from sqlalchemy.engine import Connection, make_url
 from sqlalchemy.exc import OperationalError
 from sqlalchemy.ext.asyncio import (
     AsyncEngine,
@@ -43,6 +46,7 @@ from sqlalchemy.ext.asyncio import (
 from sqlalchemy.sql import Executable
 
 from ._context import utc_now
+from ._outage import StoreUnavailable
 from ._sql import Transaction, _Compiled
 from ._sqlite import inline_connector
 
@@ -63,6 +67,18 @@ inbox = Table(
     Column("message_id", String(64), primary_key=True),
     Column("saga_id", String(36), nullable=False),
     Column("processed_at", DateTime(timezone=True), nullable=False),
+    # A digest of the body as it arrived: the same id with another body is not a duplicate.
+    # (Null in rows written before the column existed.)
+    Column("body_digest", String(32)),
+)
+
+# One row per store, written by the readiness and outage probes: a store that answers
+# SELECT 1 may still refuse writes (a read-only file, a full disk, a standby).
+probe = Table(
+    "sagakit_probe",
+    metadata,
+    Column("name", String(50), primary_key=True),
+    Column("probed_at", DateTime(timezone=True), nullable=False),
 )
 
 saga_steps = Table(
@@ -131,6 +147,12 @@ class Store:
         # SQLite has one writer; serialising in-process avoids lock upgrade deadlocks.
         self._write_lock = asyncio.Lock() if self.is_sqlite else None
         self._compiled: dict[tuple[Executable, tuple[str, ...]], _Compiled | None] = {}
+        self._probe_ready = False
+        # The SQLite file's identity when first written: a file removed (its directory
+        # deleted, say) or replaced underneath open connections would silently take writes
+        # that nobody will ever read, so every write transaction checks it first.
+        self._path = _sqlite_path(parsed.database) if self.is_sqlite else None
+        self._identity: tuple[int, int] | None = None
 
     @property
     def engine(self) -> AsyncEngine:
@@ -188,12 +210,30 @@ class Store:
                         )
                     for md in self._metadata:
                         await conn.run_sync(md.create_all)
+                    await conn.run_sync(_add_missing_columns)
+                if self._path is not None:
+                    self._check_file()
+                self._probe_ready = True
                 return
             except OperationalError as error:
                 # SQLite has no advisory lock: another process created a table between our
                 # check and our CREATE; the next pass sees it.
                 if attempt == 2 or "already exists" not in str(error):
                     raise
+
+    async def probe(self) -> None:
+        """Write to the store (one row of ``sagakit_probe``); raises if it cannot.
+
+        ``SELECT 1`` passes on a read-only file, a full disk or a standby; this does not.
+        """
+        if not self._probe_ready:
+            async with self.engine.begin() as conn:
+                await conn.run_sync(probe.create, checkfirst=True)
+            self._probe_ready = True
+        async with self.write() as transaction:
+            values = {"name": "probe", "probed_at": utc_now()}
+            if not await self.insert_if_absent(transaction, probe, values):
+                await transaction.execute(_PROBE_WRITE, {"probed_at": values["probed_at"]})
 
     async def dispose(self) -> None:
         """Close every pooled connection."""
@@ -210,6 +250,8 @@ class Store:
                 await stack.enter_async_context(self._write_lock)
             session = await stack.enter_async_context(self._sessions())
             async with session.begin():
+                if self._path is not None:
+                    self._check_file()
                 yield session
 
     @contextlib.asynccontextmanager
@@ -225,6 +267,8 @@ class Store:
                 await stack.enter_async_context(self._write_lock)
             connection = await stack.enter_async_context(self.engine.connect())
             async with connection.begin():
+                if self._path is not None:
+                    self._check_file()
                 raw = await connection.get_raw_connection()
                 transaction = Transaction(
                     connection,
@@ -239,6 +283,21 @@ class Store:
                 finally:
                     await transaction._close()
 
+    def _check_file(self) -> None:
+        assert self._path is not None
+        try:
+            stat = os.stat(self._path)
+        except OSError as error:
+            raise StoreUnavailable(f"the SQLite file {self._path} is gone ({error})") from error
+        identity = (stat.st_dev, stat.st_ino)
+        if self._identity is None:
+            self._identity = identity
+        elif identity != self._identity:
+            raise StoreUnavailable(
+                f"the SQLite file {self._path} was replaced while the service had it open"
+                " (restart the service to use the new file)"
+            )
+
     @contextlib.asynccontextmanager
     async def read(self) -> AsyncIterator[AsyncSession]:
         """A session for reads only."""
@@ -250,16 +309,37 @@ class Store:
     # -- inbox -------------------------------------------------------------------------
 
     async def remember_message(
-        self, session: Executor, *, consumer: str, message_id: str, saga_id: uuid.UUID
+        self,
+        session: Executor,
+        *,
+        consumer: str,
+        message_id: str,
+        saga_id: uuid.UUID,
+        body_digest: str | None = None,
     ) -> bool:
-        """Record that ``consumer`` handled ``message_id``; False if it already had."""
+        """Record that ``consumer`` handled ``message_id``; False if it already had.
+
+        ``body_digest`` (see ``body_digest``) is kept with the record, so that a later
+        message with the same id can be told apart from a true duplicate.
+        """
         values = {
             "consumer": consumer,
             "message_id": message_id,
             "saga_id": str(saga_id),
             "processed_at": utc_now(),
+            "body_digest": body_digest,
         }
         return await self.insert_if_absent(session, inbox, values)
+
+    async def remembered_digest(
+        self, session: Executor, *, consumer: str, message_id: str
+    ) -> str | None:
+        """The body digest recorded with ``message_id`` (None if none was recorded)."""
+        result = await session.execute(
+            _INBOX_DIGEST, {"w_consumer": consumer, "w_message_id": message_id}
+        )
+        digest = result.scalar_one_or_none()
+        return str(digest) if digest is not None else None
 
     # -- step log ----------------------------------------------------------------------
 
@@ -392,11 +472,11 @@ class Store:
 # on SQLite. Bound parameters named w_* select rows; the others are column values.
 _INSERT_IF_ABSENT_SQLITE = {
     table.name: sqlite.insert(table).on_conflict_do_nothing()
-    for table in (inbox, saga_steps, outbox)
+    for table in (inbox, saga_steps, outbox, probe)
 }
 _INSERT_IF_ABSENT_POSTGRESQL = {
     table.name: postgresql.insert(table).on_conflict_do_nothing()
-    for table in (inbox, saga_steps, outbox)
+    for table in (inbox, saga_steps, outbox, probe)
 }
 _STEP_WHERE = (
     saga_steps.c.step == bindparam("w_step"),
@@ -405,6 +485,11 @@ _STEP_WHERE = (
 _STEP_STATUS = select(saga_steps.c.status).where(*_STEP_WHERE)
 _STEP_STATUS_FOR_UPDATE = _STEP_STATUS.with_for_update()
 _SET_STEP_STATUS = update(saga_steps).where(*_STEP_WHERE)
+_INBOX_DIGEST = select(inbox.c.body_digest).where(
+    inbox.c.consumer == bindparam("w_consumer"),
+    inbox.c.message_id == bindparam("w_message_id"),
+)
+_PROBE_WRITE = update(probe).where(probe.c.name == "probe").values(probed_at=bindparam("probed_at"))
 _OUTBOX_ROW = select(outbox).where(outbox.c.event_id == bindparam("w_event_id"))
 _REQUEUE = update(outbox).where(outbox.c.event_id == bindparam("w_event_id")).values(sent_at=None)
 _MARK_ONE_SENT = (
@@ -417,6 +502,31 @@ _MARK_SENT = (
     .where(outbox.c.event_id.in_(bindparam("w_event_ids", expanding=True)))
     .values(sent_at=bindparam("now"), attempts=outbox.c.attempts + 1)
 )
+
+
+# Columns added after a table was first released: created_all leaves existing tables alone.
+_ADDED_COLUMNS = ((inbox, "body_digest"),)
+
+
+def _add_missing_columns(connection: Connection) -> None:
+    inspector = inspect(connection)
+    for table, name in _ADDED_COLUMNS:
+        present = {column["name"] for column in inspector.get_columns(table.name)}
+        if name not in present:
+            column = table.c[name]
+            kind = column.type.compile(dialect=connection.dialect)
+            connection.execute(text(f"ALTER TABLE {table.name} ADD COLUMN {name} {kind}"))
+
+
+def body_digest(body: bytes) -> str:
+    """The digest of a message body kept in the inbox (128 bits of BLAKE2b, hex)."""
+    return hashlib.blake2b(body, digest_size=16).hexdigest()
+
+
+def _sqlite_path(database: str | None) -> str | None:
+    if not database or database == ":memory:" or database.startswith("file:"):
+        return None
+    return os.path.abspath(database)
 
 
 def _outbox_row(r: Any) -> OutboxRow:
