@@ -5,4 +5,16 @@ node or cluster, a PostgreSQL cluster, a small volume) and stops them after, so 
 take a dependency away without touching the broker or database a developer runs.
 """
 
-__all__: list[str] = []
+from .postgres import ClusterError, PostgresCluster, StopMode, postgres_bin_dir
+from .volumes import ReadOnlyMethod, SmallVolume, VolumeError, VolumeUnavailable
+
+__all__ = [
+    "ClusterError",
+    "PostgresCluster",
+    "ReadOnlyMethod",
+    "SmallVolume",
+    "StopMode",
+    "VolumeError",
+    "VolumeUnavailable",
+    "postgres_bin_dir",
+]
