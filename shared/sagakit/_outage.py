@@ -23,7 +23,6 @@ the store itself, with a write probe, before it decides.
 
 from __future__ import annotations
 
-import asyncio
 import sqlite3
 from collections.abc import Iterator
 from enum import Enum
@@ -140,7 +139,7 @@ def _one_store_verdict(error: BaseException) -> Verdict:
         # An interface error is most often a closed connection; a pool timeout, a database
         # that stopped answering. Either may also be the handler's own doing.
         return Verdict.POSSIBLE
-    if isinstance(error, OSError | asyncio.TimeoutError | ConnectionError):
+    if isinstance(error, OSError):  # ConnectionError and TimeoutError among them
         return Verdict.POSSIBLE
     return Verdict.NO
 
@@ -188,9 +187,7 @@ def broker_refused(error: BaseException) -> bool:
             DeliveryError  # a negative acknowledgement
             | ChannelInvalidStateError
             | AMQPError
-            | ConnectionError
-            | asyncio.TimeoutError
-            | OSError,
+            | OSError,  # ConnectionError and TimeoutError (no confirmation in time) among them
         ):
             return True
         if isinstance(cause, RuntimeError) and "closed" in str(cause).lower():

@@ -794,7 +794,7 @@ class SagaRuntime:
 
     def _check_size(self, row: OutboxRow) -> None:
         """Refuse, before anything commits, an event no consumer could take."""
-        body = len(row.body.encode())
+        body = len(row.body) if row.body.isascii() else len(row.body.encode())
         headers = _table_size(row.headers)
         limit = self.settings.max_message_bytes
         if body + headers > limit:

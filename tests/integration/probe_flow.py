@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import json
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Mapping
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
@@ -107,6 +107,8 @@ class Behaviour:
     second_transient: int = 0
     second_fails: bool = False
     undo_transient: int = 0
+    # When set, beta's step waits for it before doing anything (within the step timeout).
+    second_gate: asyncio.Event | None = None
     calls: dict[str, int] = field(default_factory=dict)
 
     def call(self, name: str) -> int:
@@ -114,7 +116,16 @@ class Behaviour:
         return self.calls[name]
 
 
-def probe_services(url: str, tmp: str, behaviour: Behaviour, **settings: Any) -> list[SagaService]:
+def probe_services(
+    url: str,
+    tmp: str,
+    behaviour: Behaviour,
+    *,
+    databases: Mapping[str, str] | None = None,
+    **settings: Any,
+) -> list[SagaService]:
+    """alpha and beta, each with a SQLite file under ``tmp`` unless ``databases`` names
+    another store for it."""
     alpha = Participant("alpha", spec=PROBE)
     beta = Participant("beta", spec=PROBE)
 
@@ -132,6 +143,8 @@ def probe_services(url: str, tmp: str, behaviour: Behaviour, **settings: Any) ->
 
     @beta.on_step("second")
     async def second(event: AlphaDone, step: StepContext) -> Finished:
+        if behaviour.second_gate is not None:
+            await behaviour.second_gate.wait()
         if behaviour.call("second") <= behaviour.second_transient:
             raise TimeoutError
         if behaviour.second_fails:
@@ -149,7 +162,9 @@ def probe_services(url: str, tmp: str, behaviour: Behaviour, **settings: Any) ->
         build_service(
             participant,
             ParticipantSettings(
-                database_url=f"sqlite+aiosqlite:///{tmp}/{participant.name}.db",
+                database_url=(databases or {}).get(
+                    participant.name, f"sqlite+aiosqlite:///{tmp}/{participant.name}.db"
+                ),
                 **{**defaults, **settings},
             ),
             configure_logs=False,
