@@ -32,10 +32,12 @@ Probe = Callable[[], Awaitable[None]]
 """Returns when the dependency answers; raises (or times out) while it is away."""
 
 # The first probe comes soon (a restarted database answers within a second); then the
-# delay doubles, up to the breaker's maximum. A breaker that opens again right after it
-# closed (a store that answers the probe but fails real writes, such as a full disk whose
-# journal still has room for the probe) starts its next probing where the last one was.
+# delay doubles, up to the breaker's maximum. A breaker that opens again soon after it
+# opened before (a store that answers the probe but fails real writes, such as a full disk
+# whose journal still has room for the probe; a broker that answers a ping but refuses
+# the events of one queue) starts its probing where the last one was.
 _FIRST_PROBE_DELAY_SECONDS = 0.05
+_STREAK_MEMORY_SECONDS = 60.0
 _STILL_AWAY_LOG_SECONDS = 30.0
 
 
@@ -82,6 +84,7 @@ class CircuitBreaker:
         self._tasks: dict[Dependency, asyncio.Task[None]] = {}
         self._closed: asyncio.Event | None = None
         self._streak = 0
+        self._last_trip = -_STREAK_MEMORY_SECONDS
         self._stopping = False
         for dependency in Dependency:
             BREAKER_OPEN.labels(participant, dependency.value).set(0)
@@ -113,7 +116,10 @@ class CircuitBreaker:
         now = time.monotonic()
         self._open[dependency] = now
         self._accounted[dependency] = now
+        if now - self._last_trip > _STREAK_MEMORY_SECONDS:
+            self._streak = 0
         self._streak += 1
+        self._last_trip = now
         self._event().clear()
         BREAKER_OPEN.labels(self._participant, dependency.value).set(1)
         BREAKER_TRIPS.labels(self._participant, dependency.value).inc()
@@ -160,10 +166,6 @@ class CircuitBreaker:
         except Exception:
             return True
         return False
-
-    def healthy(self) -> None:
-        """A delivery went through: the next outage is probed from the shortest delay."""
-        self._streak = 0
 
     async def wait_closed(self, *, at_most: float) -> bool:
         """Wait until every dependency is back; False after ``at_most`` seconds or when

@@ -289,7 +289,6 @@ class SagaRuntime:
                 crash_point(CrashPoint.BEFORE_ACK, sub.event_type)
                 if outcome not in {"retry", "parked"}:
                     await message.ack()
-                self.breaker.healthy()
         finally:
             self.relay.release(written)
             _written.reset(written_token)

@@ -13,15 +13,17 @@ from __future__ import annotations
 
 import asyncio
 import time
+import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
+import aio_pika
 import pytest
 from prometheus_client import REGISTRY
 from sagakit import SagaService
 from sagakit._breaker import Dependency
-from sagakit._health import _passes, consuming_check, store_check
+from sagakit._health import _passes, consuming_check, publishing_check, store_check
 from sagakit_lab.postgres import ClusterError, PostgresCluster
 from sagakit_lab.volumes import SmallVolume, VolumeError
 from sqlalchemy import text
@@ -318,3 +320,63 @@ async def test_sagas_wait_out_a_postgresql_outage_then_complete(
     for saga in sagas:
         assert of_saga(watch, saga) == ["probe.started", "alpha.done", "probe.finished"]
     assert await step_statuses(alpha) == {"completed": SAGAS + 1}
+
+
+async def test_a_delivery_whose_events_the_broker_refuses_is_held_unacked_not_failed(
+    rabbitmq_url: str, tmp_path: Path
+) -> None:
+    # A queue that takes nothing (max-length 0, reject-publish) bound to alpha.done: the
+    # broker answers every publish of it with a negative confirmation, as it does for a
+    # quorum queue that lost its majority. alpha's step commits; its delivery must stay
+    # unacknowledged, with no attempt counted, until its event is confirmed.
+    behaviour = Behaviour()
+    services = probe_services(rabbitmq_url, str(tmp_path), behaviour, **SETTINGS)
+    alpha = services[0]
+    connection = await aio_pika.connect(rabbitmq_url)
+    channel = await connection.channel()
+    exchange = await channel.declare_exchange("probe", aio_pika.ExchangeType.TOPIC, durable=True)
+    refuser = await channel.declare_queue(
+        f"refuses-{uuid.uuid4().hex[:8]}",
+        arguments={"x-max-length": 0, "x-overflow": "reject-publish"},
+    )
+    try:
+        async with running(services), Watch(rabbitmq_url) as watch:
+            await refuser.bind(exchange, routing_key="alpha.done")
+            started = await watch.start(subject="refused")
+            saga = str(started.context.saga_id)
+
+            await eventually(lambda: alpha.runtime.breaker.is_open_for(Dependency.BROKER))
+            await eventually(lambda: metric("sagakit_held_deliveries", "alpha") == 1)
+            readiness: set[bool] = set()
+
+            async def sample_publishing() -> None:
+                readiness.add(await _passes(publishing_check(alpha.runtime.breaker)))
+
+            while False not in readiness:
+                await sample_publishing()
+                await asyncio.sleep(0.01)
+            # committed once, and the failure is not the step's: no retry, no failure event
+            assert await step_statuses_live(alpha) == {"completed": 1}
+            assert "alpha.failed" not in of_saga(watch, saga)
+
+            await refuser.delete(if_unused=False, if_empty=False)
+            await eventually(lambda: metric("sagakit_held_deliveries", "alpha") == 0)
+            await eventually(lambda: "probe.finished" in of_saga(watch, saga))
+            await eventually(lambda: not alpha.runtime.breaker.is_open)
+            await assert_nothing_parked(watch)
+            assert await _passes(publishing_check(alpha.runtime.breaker)) is True
+    finally:
+        await connection.close()
+    # alpha.done reached beta (and the watch) with each refused attempt too: copies of one
+    # event, which beta's inbox dropped; the step ran once, the saga finished once.
+    assert len({e["event_id"] for e in watch.events if e["event_type"] == "alpha.done"}) == 1
+    assert of_saga(watch, saga).count("probe.finished") == 1
+    assert behaviour.calls == {"first": 1, "second": 1}
+
+
+async def step_statuses_live(service: SagaService) -> dict[str, int]:
+    async with service.store.read() as session:
+        rows = await session.execute(
+            text("SELECT status, count(*) FROM sagakit_saga_steps GROUP BY status")
+        )
+        return {str(status): int(count) for status, count in rows}
