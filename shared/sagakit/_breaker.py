@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import contextvars
 import logging
 import time
 from collections.abc import Awaitable, Callable, Mapping
@@ -129,8 +130,12 @@ class CircuitBreaker:
             type(cause).__name__,
             str(cause)[:300],
         )
+        # A context of its own: the probe outlives the delivery that tripped the breaker,
+        # and its log lines must not carry that delivery's saga.
         self._tasks[dependency] = asyncio.create_task(
-            self._probe(dependency), name=f"{self._participant}-probe-{dependency.value}"
+            self._probe(dependency),
+            name=f"{self._participant}-probe-{dependency.value}",
+            context=contextvars.Context(),
         )
 
     def close(self, dependency: Dependency) -> None:

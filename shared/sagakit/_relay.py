@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import contextvars
 import logging
 from collections import Counter
 from collections.abc import Iterable, Sequence
@@ -285,7 +286,10 @@ class _SentMarks:
             return
         self._pending.extend(event_ids)
         if self._task is None or self._task.done():
-            self._task = asyncio.create_task(self._drain(), name="sagakit-sent-marks")
+            # Not in the context of the handler that happened to start it (its saga).
+            self._task = asyncio.create_task(
+                self._drain(), name="sagakit-sent-marks", context=contextvars.Context()
+            )
 
     async def settle(self) -> None:
         """Wait until every row added so far has been written (or its write has failed)."""

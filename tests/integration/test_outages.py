@@ -380,3 +380,41 @@ async def step_statuses_live(service: SagaService) -> dict[str, int]:
             text("SELECT status, count(*) FROM sagakit_saga_steps GROUP BY status")
         )
         return {str(status): int(count) for status, count in rows}
+
+
+async def test_sagas_wait_out_a_full_disk_then_complete(
+    rabbitmq_url: str, tmp_path: Path, volume: SmallVolume
+) -> None:
+    behaviour = Behaviour()
+    services = probe_services(
+        rabbitmq_url,
+        str(tmp_path),
+        behaviour,
+        databases={"alpha": f"sqlite+aiosqlite:///{volume.path}/alpha.db"},
+        **SETTINGS,
+    )
+    alpha = services[0]
+    async with running(services), Watch(rabbitmq_url) as watch:
+        await watch.start(subject="before")
+        await watch.until("probe.finished")
+        volume.fill()
+
+        # Subjects large enough that the sagas' writes need new pages, not only the room
+        # the write-ahead log already has.
+        sagas = [
+            str((await watch.start(subject=f"s{n}" + "x" * 20_000)).context.saga_id)
+            for n in range(SAGAS)
+        ]
+        await eventually(lambda: alpha.runtime.breaker.is_open_for(Dependency.STORE))
+        await asyncio.sleep(OUTAGE_SECONDS)
+        assert not any("probe.cancelled" in of_saga(watch, saga) for saga in sagas)
+        assert not any("alpha.failed" in of_saga(watch, saga) for saga in sagas)
+        await assert_nothing_parked(watch)
+
+        volume.free()
+        await eventually(lambda: ended(watch, sagas, "probe.finished"))
+        await asyncio.sleep(0.3)
+        await assert_nothing_parked(watch)
+    for saga in sagas:
+        assert of_saga(watch, saga) == ["probe.started", "alpha.done", "probe.finished"]
+    assert await step_statuses(alpha) == {"completed": SAGAS + 1}
