@@ -234,8 +234,8 @@ class OutboxRelay:
     async def _run(self) -> None:
         while True:
             breaker = self._breaker
-            if breaker is not None and breaker.is_open_for(Dependency.STORE):
-                # The breaker's probe watches the store; passes would only fail.
+            if breaker is not None and breaker.is_open:
+                # The breaker's probes watch the store and the broker; passes would only fail.
                 await asyncio.sleep(self._interval)
                 continue
             try:
