@@ -14,6 +14,10 @@ host per configuration, deleted after):
 
 It prints a Markdown table and writes ``bench/results/latest.json`` and ``latest.md``,
 and copies the table to ``bench/RESULTS.md``.
+
+``--peers`` runs instead sagakit (SQLite, PostgreSQL), the null saga and the same saga on
+DBOS Transact and Temporal (``bench/peers/``; ``uv run --group peers ...``), and writes
+``bench/results/peers.json``, ``peers.md`` and ``bench/PEERS.md``.
 """
 
 from __future__ import annotations
@@ -186,12 +190,30 @@ def arguments(argv: list[str] | None = None) -> argparse.Namespace:
         help="sample every service with py-spy during the main full-speed phase "
         "(slows it down: its figures are then not the benchmark's)",
     )
+    parser.add_argument(
+        "--peers",
+        action="store_true",
+        help="instead: sagakit (SQLite, PostgreSQL), the null saga, DBOS and Temporal, "
+        "--compare-sagas fulfilled sagas each, in one table (needs `--group peers`)",
+    )
+    parser.add_argument(
+        "--peers-systems",
+        metavar="KEYS",
+        help=f"--peers: only these systems, comma-separated, of {','.join(PEER_KEYS)}",
+    )
+    parser.add_argument(
+        "--dbos-polling",
+        type=float,
+        default=0.05,
+        help="--peers: the DBOS queue's polling_interval_sec (DBOS's default is 1 s)",
+    )
     parser.add_argument("--output-dir", type=Path, default=BENCH_DIR / "results")
     parser.add_argument(
         "--results-md",
         type=Path,
         default=BENCH_DIR / "RESULTS.md",
-        help="where the committed copy of the table goes ('-' for nowhere)",
+        help="where the committed copy of the table goes ('-' for nowhere; with --peers "
+        "the default is bench/PEERS.md)",
     )
     return parser.parse_args(argv)
 
@@ -289,20 +311,17 @@ def rate_phase_size(rate: float, args: argparse.Namespace) -> int:
 # -- sagakit's services ------------------------------------------------------------------------
 
 
-async def run_services(
-    outcome: Outcome,
+@contextlib.asynccontextmanager
+async def services_up(
+    name: str,
     *,
     url: str,
     databases: Mapping[str, str],
     env: Mapping[str, str],
-    source: SagaSource,
     args: argparse.Namespace,
-    sagas: int,
-    rate: Callable[[PhaseResult], float] | None = None,
-    profile: bool = False,
-) -> None:
-    """Start the four services, warm them up, run the phases, record what they used."""
-    log_dir = args.output_dir / "logs" / outcome.name
+) -> AsyncIterator[tuple[SagaClient, Observer, dict[str, list[int]]]]:
+    """The four services as processes, a client and an observer; each service's process tree."""
+    log_dir = args.output_dir / "logs" / name
     shutil.rmtree(log_dir, ignore_errors=True)
     procs = ServiceProcesses(
         {p: (p, f"{p}_service.main:app") for p in PARTICIPANTS},
@@ -326,48 +345,69 @@ async def run_services(
     async with procs, SagaClient(url, ORDER_SAGA, producer="saga-bench") as client:
         await procs.start(timeout=120)
         trees = {p: process_tree(_pid(procs, p)) for p in PARTICIPANTS}
-        meter = Meter({**trees, **common_groups(postgres=outcome.store == "postgresql")})
         async with observed(url, ORDER_SAGA.exchange) as observer:
-            await full_speed(
-                client,
-                observer,
-                source.sagas(client, args.warmup, "warmup"),
-                in_flight=args.in_flight,
-                timeout=PHASE_TIMEOUT,
+            yield client, observer, trees
+
+
+async def run_services(
+    outcome: Outcome,
+    *,
+    url: str,
+    databases: Mapping[str, str],
+    env: Mapping[str, str],
+    source: SagaSource,
+    args: argparse.Namespace,
+    sagas: int,
+    rate: Callable[[PhaseResult], float] | None = None,
+    profile: bool = False,
+) -> None:
+    """Start the four services, warm them up, run the phases, record what they used."""
+    async with services_up(outcome.name, url=url, databases=databases, env=env, args=args) as (
+        client,
+        observer,
+        trees,
+    ):
+        meter = Meter({**trees, **common_groups(postgres=outcome.store == "postgresql")})
+        await full_speed(
+            client,
+            observer,
+            source.sagas(client, args.warmup, "warmup"),
+            in_flight=args.in_flight,
+            timeout=PHASE_TIMEOUT,
+        )
+        profiler = Profiler(args.output_dir / "profile" / outcome.name) if profile else None
+        if profiler is not None:
+            for participant, pids in trees.items():
+                profiler.start(participant, pids[0])
+        try:
+            full = await meter.measure(
+                full_speed(
+                    client,
+                    observer,
+                    source.sagas(client, sagas, "full"),
+                    in_flight=args.in_flight,
+                    timeout=PHASE_TIMEOUT,
+                )
             )
-            profiler = Profiler(args.output_dir / "profile" / outcome.name) if profile else None
+        finally:
             if profiler is not None:
-                for participant, pids in trees.items():
-                    profiler.start(participant, pids[0])
-            try:
-                full = await meter.measure(
-                    full_speed(
-                        client,
-                        observer,
-                        source.sagas(client, sagas, "full"),
-                        in_flight=args.in_flight,
-                        timeout=PHASE_TIMEOUT,
-                    )
+                outcome.profile = profiler.stop()
+        outcome.phases.append(full)
+        _progress(outcome, full)
+        if rate is not None:
+            offered = rate(full)
+            count = rate_phase_size(offered, args)
+            at_rate = await meter.measure(
+                offered_rate(
+                    client,
+                    observer,
+                    source.sagas(client, count, "rate"),
+                    rate=offered,
+                    timeout=PHASE_TIMEOUT,
                 )
-            finally:
-                if profiler is not None:
-                    outcome.profile = profiler.stop()
-            outcome.phases.append(full)
-            _progress(outcome, full)
-            if rate is not None:
-                offered = rate(full)
-                count = rate_phase_size(offered, args)
-                at_rate = await meter.measure(
-                    offered_rate(
-                        client,
-                        observer,
-                        source.sagas(client, count, "rate"),
-                        rate=offered,
-                        timeout=PHASE_TIMEOUT,
-                    )
-                )
-                outcome.phases.append(at_rate)
-                _progress(outcome, at_rate)
+            )
+            outcome.phases.append(at_rate)
+            _progress(outcome, at_rate)
         outcome.peak_rss_mib = {p: round(peak_rss_mib(trees[p]), 1) for p in PARTICIPANTS}
 
 
@@ -435,6 +475,26 @@ async def wait_consuming(url: str, queues: list[str], processes: list[Any]) -> N
         await probe.close()
 
 
+@contextlib.asynccontextmanager
+async def null_up(
+    name: str, *, url: str, args: argparse.Namespace, faststream: bool = False
+) -> AsyncIterator[tuple[SagaClient, Observer, dict[str, list[int]]]]:
+    """The null saga's hops as processes, a client and an observer; each hop's process tree."""
+    connection = await aio_pika.connect_robust(url)
+    async with connection:
+        await declare(await connection.channel())
+    queues = [queue_name(hop) for hop in range(1, HOPS + 1)]
+    log_dir = args.output_dir / "logs" / name
+    with null_hops(url, log_dir, prefetch=args.prefetch, faststream=faststream) as processes:
+        await wait_consuming(url, queues, processes)
+        trees = {f"hop{i + 1}": process_tree(p.pid) for i, p in enumerate(processes)}
+        async with (
+            SagaClient(url, ORDER_SAGA, producer="saga-bench") as client,
+            observed(url, NULL_EXCHANGE) as observer,
+        ):
+            yield client, observer, trees
+
+
 async def run_null(
     outcome: Outcome,
     *,
@@ -446,49 +506,42 @@ async def run_null(
     faststream: bool = False,
 ) -> None:
     """The null saga's hops as processes: full speed, then (given a rate) the offered rate."""
-    connection = await aio_pika.connect_robust(url)
-    async with connection:
-        await declare(await connection.channel())
-    queues = [queue_name(hop) for hop in range(1, HOPS + 1)]
-    log_dir = args.output_dir / "logs" / outcome.name
-    with null_hops(url, log_dir, prefetch=args.prefetch, faststream=faststream) as processes:
-        await wait_consuming(url, queues, processes)
-        trees = {f"hop{i + 1}": process_tree(p.pid) for i, p in enumerate(processes)}
+    async with null_up(outcome.name, url=url, args=args, faststream=faststream) as (
+        client,
+        observer,
+        trees,
+    ):
         meter = Meter({**trees, **common_groups()})
-        async with (
-            SagaClient(url, ORDER_SAGA, producer="saga-bench") as client,
-            observed(url, NULL_EXCHANGE) as observer,
-        ):
-            await full_speed(
+        await full_speed(
+            client,
+            observer,
+            source.sagas(client, args.warmup, "warmup", null=True),
+            in_flight=args.in_flight,
+            timeout=PHASE_TIMEOUT,
+        )
+        full = await meter.measure(
+            full_speed(
                 client,
                 observer,
-                source.sagas(client, args.warmup, "warmup", null=True),
+                source.sagas(client, sagas, "full", null=True),
                 in_flight=args.in_flight,
                 timeout=PHASE_TIMEOUT,
             )
-            full = await meter.measure(
-                full_speed(
+        )
+        outcome.phases.append(full)
+        _progress(outcome, full)
+        if rate is not None:
+            at_rate = await meter.measure(
+                offered_rate(
                     client,
                     observer,
-                    source.sagas(client, sagas, "full", null=True),
-                    in_flight=args.in_flight,
+                    source.sagas(client, rate_phase_size(rate, args), "rate", null=True),
+                    rate=rate,
                     timeout=PHASE_TIMEOUT,
                 )
             )
-            outcome.phases.append(full)
-            _progress(outcome, full)
-            if rate is not None:
-                at_rate = await meter.measure(
-                    offered_rate(
-                        client,
-                        observer,
-                        source.sagas(client, rate_phase_size(rate, args), "rate", null=True),
-                        rate=rate,
-                        timeout=PHASE_TIMEOUT,
-                    )
-                )
-                outcome.phases.append(at_rate)
-                _progress(outcome, at_rate)
+            outcome.phases.append(at_rate)
+            _progress(outcome, at_rate)
         outcome.peak_rss_mib = {name: round(peak_rss_mib(pids), 1) for name, pids in trees.items()}
 
 
@@ -653,6 +706,290 @@ def targets(outcomes: list[Outcome]) -> list[str]:
     return found
 
 
+# -- the peers (--peers) ---------------------------------------------------------------------
+
+FULFILLED_ONLY = {Scenario.FULFILLED: 1.0}
+PEER_KEYS = (
+    "null",
+    "sqlite",
+    "postgresql",
+    "dbos-queue",
+    "dbos-start",
+    "temporal-tuned",
+    "temporal-shipped",
+)
+# The offered-rate phase of --peers: at least this many sagas (p99 needs a hundred), after a
+# short warm-up once the system is up again.
+PEERS_RATE_MIN_SAGAS = 100
+PEERS_RATE_WARMUP = 20
+# Warm-up before the full-speed phase: pools, caches and the peers' workflow caches filled.
+PEERS_WARMUP = 50
+
+
+class _OnBroker:
+    """Sagakit's services or the null saga, up: ``peers._systems.Running`` over ``_load``."""
+
+    def __init__(
+        self,
+        client: SagaClient,
+        observer: Observer,
+        groups: dict[str, list[int] | Callable[[], list[int]]],
+        *,
+        null: bool,
+    ) -> None:
+        from peers._systems import Facts
+
+        self.client = client
+        self.observer = observer
+        self._groups = groups
+        self.null = null
+        self.facts = Facts()
+
+    def groups(self) -> dict[str, list[int] | Callable[[], list[int]]]:
+        return self._groups
+
+    def _sagas(self, count: int, salt: str) -> Sagas:
+        return SagaSource(FULFILLED_ONLY, 0).sagas(self.client, count, salt, null=self.null)
+
+    async def check(self) -> dict[str, int]:
+        scenarios = [Scenario.FULFILLED] * 2 if self.null else [s for s in Scenario for _ in "ab"]
+        sagas = [
+            (self.client.new_saga(sample_order(s)), TERMINAL if self.null else expected_terminal(s))
+            for s in scenarios
+        ]
+        result = await full_speed(
+            self.client, self.observer, sagas, in_flight=len(sagas), timeout=PHASE_TIMEOUT
+        )
+        self.facts.sagas += len(sagas)
+        if result.unexpected_outcomes:
+            raise RuntimeError(f"{result.unexpected_outcomes} saga(s) ended otherwise: {result}")
+        return result.outcomes
+
+    async def full_speed(self, count: int, *, in_flight: int, phase: str) -> PhaseResult:
+        self.facts.sagas += count
+        return await full_speed(
+            self.client,
+            self.observer,
+            self._sagas(count, phase),
+            in_flight=in_flight,
+            timeout=PHASE_TIMEOUT,
+            phase=phase,
+        )
+
+    async def at_rate(self, count: int, *, rate: float) -> PhaseResult:
+        self.facts.sagas += count
+        return await offered_rate(
+            self.client, self.observer, self._sagas(count, "rate"), rate=rate, timeout=PHASE_TIMEOUT
+        )
+
+
+class SagakitSystem:
+    """sagakit's four services on SQLite or PostgreSQL, tracing off."""
+
+    def __init__(self, store: str, args: argparse.Namespace) -> None:
+        from peers._systems import Fairness
+
+        self.store = store
+        self.args = args
+        self.name = f"sagakit, {'SQLite' if store == 'sqlite' else 'PostgreSQL'}"
+        self.fairness = Fairness(
+            durability=(
+                "SQLite per service, WAL, `synchronous=NORMAL`"
+                if store == "sqlite"
+                else "PostgreSQL as configured, a database per service"
+            )
+            + "; RabbitMQ quorum queues, persistent messages, publisher confirms",
+            per_saga="four services, each consuming one event and publishing the next (the "
+            "start event and four more: five persistent messages, each confirmed, each "
+            "delivery acked after); per delivery one local transaction (inbox record, step "
+            "claim, the step's rows, status, outbox row), the sent marks batched in the "
+            "background",
+        )
+
+    @contextlib.asynccontextmanager
+    async def up(self) -> AsyncIterator[_OnBroker]:
+        from peers._systems import Facts, counted_databases, database_name, postgres_processes
+
+        facts = Facts()
+        label = f"peers-{self.store}"
+        with throwaway_vhost(self.args.url, label) as url:
+            async with contextlib.AsyncExitStack() as stack:
+                if self.store == "sqlite":
+                    tmp = stack.enter_context(tempfile.TemporaryDirectory(prefix="saga-bench-"))
+                    databases = {p: f"sqlite+aiosqlite:///{tmp}/{p}.db" for p in PARTICIPANTS}
+                else:
+                    databases = await stack.enter_async_context(
+                        counted_databases(self.args.postgres_url, PARTICIPANTS, facts)
+                    )
+                client, observer, trees = await stack.enter_async_context(
+                    services_up(label, url=url, databases=databases, env={}, args=self.args)
+                )
+                groups = {**trees, **common_groups()}
+                if self.store == "postgresql":
+                    names = [database_name(url) for url in databases.values()]
+                    groups["postgresql"] = postgres_processes(names)
+                running = _OnBroker(client, observer, groups, null=False)
+                running.facts = facts
+                yield running
+
+
+class NullSystem:
+    """The null saga on raw aio-pika: the broker's ceiling."""
+
+    def __init__(self, args: argparse.Namespace) -> None:
+        from peers._systems import Fairness
+
+        self.args = args
+        self.name = "raw aio-pika null saga (bench's own)"
+        self.fairness = Fairness(
+            durability="RabbitMQ quorum queues, persistent messages, publisher confirms; no "
+            "database",
+            per_saga="four hop processes, each consuming one message and publishing the next: "
+            "five persistent messages, each confirmed, each delivery acked after; no work",
+        )
+
+    @contextlib.asynccontextmanager
+    async def up(self) -> AsyncIterator[_OnBroker]:
+        with throwaway_vhost(self.args.url, "peers-null") as url:
+            async with null_up("peers-null", url=url, args=self.args) as (client, observer, trees):
+                yield _OnBroker(client, observer, {**trees, **common_groups()}, null=True)
+
+
+async def _postgres_settings(admin_url: str) -> dict[str, str]:
+    import asyncpg  # type: ignore[import-untyped]
+
+    connection = await asyncpg.connect(admin_url, timeout=10)
+    try:
+        names = ("fsync", "synchronous_commit", "wal_sync_method", "full_page_writes")
+        return {name: str(await connection.fetchval(f"SHOW {name}")) for name in names}
+    finally:
+        await connection.close()
+
+
+def peer_systems(args: argparse.Namespace) -> list[Any]:
+    """Every system of ``--peers``, in the order they run (``--peers-systems`` picks some)."""
+    from peers import dbos_peer, temporal_peer
+
+    log_dir = args.output_dir / "logs" / "peers"
+    dbos_queue, dbos_start = dbos_peer.systems(
+        admin_url=args.postgres_url, log_dir=log_dir, polling=args.dbos_polling
+    )
+    tuned, shipped = temporal_peer.systems(log_dir=log_dir)
+    every = {
+        "null": NullSystem(args),
+        "sqlite": SagakitSystem("sqlite", args),
+        "postgresql": SagakitSystem("postgresql", args),
+        "dbos-queue": dbos_queue,
+        "dbos-start": dbos_start,
+        "temporal-tuned": tuned,
+        "temporal-shipped": shipped,
+    }
+    chosen = args.peers_systems.split(",") if args.peers_systems else list(PEER_KEYS)
+    unknown = set(chosen) - set(every)
+    if unknown:
+        raise SystemExit(f"unknown --peers-systems {sorted(unknown)}; known: {list(every)}")
+    return [every[key] for key in chosen]
+
+
+def _peer_progress(name: str, phase: PhaseResult) -> None:
+    latency = phase.latency_ms
+    cpu = 1000 * sum(phase.cpu_seconds.values()) / phase.sagas
+    print(
+        f"  {name[:48]:<48} {phase.phase:<12} {phase.sagas:>5} sagas "
+        f"{phase.sagas_per_second:>6.1f}/s  {cpu:6.1f} ms CPU/saga  "
+        f"p50 {latency['p50']:.0f} p99 {latency['p99']:.0f} ms",
+        flush=True,
+    )
+
+
+async def bench_peers(args: argparse.Namespace) -> dict[str, Any]:
+    """sagakit (SQLite, PostgreSQL), the null saga and the peers: one table.
+
+    Two passes, each system alone on the machine in each: first every system's check, a
+    warm-up and its full-speed phase; then, at one rate for all (half the slowest
+    full-speed rate unless ``--rate``), every system's offered-rate phase.
+    """
+    from peers._report import Measured, markdown
+
+    began = time.monotonic()
+    started_at = datetime.now(UTC).isoformat(timespec="seconds")
+    load_at_start = load_average()
+    systems = peer_systems(args)
+    measured = [Measured(system.name, system.fairness) for system in systems]
+    settings = await _postgres_settings(args.postgres_url)
+    print(f"load average {load_at_start[0]:.1f}; pass 1: check, warm-up, full speed", flush=True)
+    for system, row in zip(systems, measured, strict=True):
+        print(f"{system.name}", flush=True)
+        async with system.up() as running:
+            row.checked = await running.check()
+            await running.full_speed(PEERS_WARMUP, in_flight=args.in_flight, phase="warm-up")
+            row.full = await Meter(running.groups()).measure(
+                running.full_speed(args.compare_sagas, in_flight=args.in_flight, phase="full speed")
+            )
+            _peer_progress(system.name, row.full)
+            if isinstance(running, _OnBroker):
+                row.messages_per_saga = row.full.events / row.full.sagas
+        row.facts = running.facts
+    slowest = min(measured, key=lambda m: m.full.sagas_per_second if m.full else float("inf"))
+    assert slowest.full is not None
+    if args.rate:
+        rate, basis = args.rate, "--rate"
+    else:
+        rate = round(slowest.full.sagas_per_second / 2, 1)
+        basis = f"half the slowest full-speed rate, {slowest.name}'s"
+    count = max(PEERS_RATE_MIN_SAGAS, int(rate * args.rate_seconds))
+    print(f"pass 2: {count} sagas at {rate:g}/s offered ({basis})", flush=True)
+    for system, row in zip(systems, measured, strict=True):
+        async with system.up() as running:
+            await running.full_speed(PEERS_RATE_WARMUP, in_flight=args.in_flight, phase="warm-up")
+            row.at_rate = await Meter(running.groups()).measure(running.at_rate(count, rate=rate))
+            _peer_progress(system.name, row.at_rate)
+    seconds = time.monotonic() - began
+    load_at_end = load_average()
+    header = (
+        f"Machine: {cpu_model()}, {os.cpu_count()} cores; RabbitMQ {rabbitmq_version()}, "
+        f"PostgreSQL {await postgres_version(args.postgres_url)}, Python "
+        f"{platform.python_version()}. Run {started_at}, {seconds:.0f} s in all. Load average "
+        f"{load_at_start[0]:.1f} at the start and {load_at_end[0]:.1f} at the end: the machine "
+        "is shared, so every figure moves with what else runs."
+    )
+    table = markdown(
+        header=header,
+        measured=measured,
+        rate=rate,
+        rate_basis=basis,
+        postgres_settings=settings,
+        sagas=args.compare_sagas,
+        in_flight=args.in_flight,
+    )
+    return {
+        "started_at": started_at,
+        "seconds": round(seconds, 1),
+        "load_average_at_start": load_at_start,
+        "load_average_at_end": load_at_end,
+        "rate": rate,
+        "rate_basis": basis,
+        "postgres_settings": settings,
+        "systems": [row.as_dict() for row in measured],
+        "table": table,
+    }
+
+
+def write_peers(report: Mapping[str, Any], args: argparse.Namespace) -> None:
+    args.output_dir.mkdir(parents=True, exist_ok=True)
+    (args.output_dir / "peers.json").write_text(json.dumps(report, indent=2) + "\n")
+    (args.output_dir / "peers.md").write_text(report["table"])
+    target = args.results_md
+    if str(target) != "-":
+        if target == BENCH_DIR / "RESULTS.md":
+            target = BENCH_DIR / "PEERS.md"
+        target.write_text(
+            "# Against the peers\n\n"
+            "The latest table written by `uv run --group peers python bench/saga_bench.py "
+            "--peers` (bench/README.md says what each figure means).\n\n" + report["table"]
+        )
+
+
 # -- main ------------------------------------------------------------------------------------
 
 
@@ -809,12 +1146,19 @@ async def _until_terminated(args: argparse.Namespace) -> dict[str, Any]:
     task = asyncio.current_task()
     assert task is not None
     asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, task.cancel)
+    if args.peers:
+        return await bench_peers(args)
     return await bench(args)
 
 
 def main(argv: list[str] | None = None) -> None:
     args = arguments(argv)
     report = asyncio.run(_until_terminated(args))
+    if args.peers:
+        write_peers(report, args)
+        print()
+        print(report["table"])
+        return
     write(report, args)
     print()
     print(report["table"])

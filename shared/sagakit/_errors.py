@@ -49,3 +49,7 @@ class SpecError(SagaError):
 
 class BrokerUnavailable(SagaError):
     """No RabbitMQ broker answered at the configured URL."""
+
+
+class DeadLetterError(SagaError):
+    """A dead-letter command cannot do what was asked (unknown service or message)."""

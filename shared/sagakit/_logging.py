@@ -8,9 +8,11 @@ one JSON object per line.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import sys
+import time
 from collections.abc import Callable, Mapping
 from contextvars import ContextVar
 from typing import Any, NamedTuple
@@ -18,7 +20,7 @@ from typing import Any, NamedTuple
 from opentelemetry import trace
 
 from ._context import current_saga
-from ._envelope import SAGA_ID_HEADER
+from ._identity import MessageIdentity, identify
 
 _handling: ContextVar[tuple[str, str] | None] = ContextVar("sagakit_handling", default=None)
 
@@ -43,6 +45,7 @@ class Delivery(NamedTuple):
 # Where a log line finds the delivery being handled when sagakit's handler has not set the
 # saga yet: one callable per running broker (see ``watch_deliveries``).
 _delivery_sources: list[Callable[[], Delivery | None]] = []
+_IDENTITY_ATTRIBUTE = "_sagakit_identity"
 
 
 def watch_deliveries(
@@ -62,17 +65,33 @@ def watch_deliveries(
         message = context.get_local("message")
         if message is None or not hasattr(message, "headers"):
             return None
-        headers = message.headers or {}
-        saga_id = str(headers.get(SAGA_ID_HEADER) or message.correlation_id or NO_VALUE)
+        identity = _identity_of(message)
         log_context = context.get_local("log_context") or {}
-        event_type, step = queues.get(str(log_context.get("queue", "")), ("", NO_VALUE))
-        if not event_type:
-            raw = getattr(message, "raw_message", None)
-            event_type = str(getattr(raw, "type", None) or NO_VALUE)
-        return Delivery(saga_id, event_type, step)
+        queue_event_type, step = queues.get(str(log_context.get("queue", "")), ("", NO_VALUE))
+        event_type = identity.event_type or queue_event_type or NO_VALUE
+        return Delivery(identity.saga_id or NO_VALUE, event_type, step)
 
     _delivery_sources.append(current_delivery)
     return current_delivery
+
+
+def _identity_of(message: Any) -> MessageIdentity:
+    # The body is read once per delivery, and only when a line is written before sagakit
+    # has validated it (FastStream's own lines, a message being parked).
+    cached = getattr(message, _IDENTITY_ATTRIBUTE, None)
+    if isinstance(cached, MessageIdentity):
+        return cached
+    raw = getattr(message, "raw_message", None)
+    identity = identify(
+        body=getattr(message, "body", None),
+        headers=message.headers,
+        # As it came on the wire: FastStream makes one up for a message without any.
+        correlation_id=getattr(raw, "correlation_id", None),
+        message_type=getattr(raw, "type", None),
+    )
+    with contextlib.suppress(AttributeError):
+        setattr(message, _IDENTITY_ATTRIBUTE, identity)
+    return identity
 
 
 def unwatch_deliveries(source: Callable[[], Delivery | None]) -> None:
@@ -96,7 +115,7 @@ def current_delivery() -> Delivery | None:
 
 
 class SagaLogFilter(logging.Filter):
-    """Adds ``saga_id``, ``event_type``, ``step`` and ``trace_id`` to each record."""
+    """Adds ``saga_id``, ``event_type``, ``step``, ``trace_id`` and ``span_id`` to each record."""
 
     def filter(self, record: logging.LogRecord) -> bool:
         delivery = current_delivery()
@@ -107,8 +126,18 @@ class SagaLogFilter(logging.Filter):
         fields.setdefault("event_type", delivery.event_type if delivery else NO_VALUE)
         fields.setdefault("step", delivery.step if delivery else NO_VALUE)
         span_context = trace.get_current_span().get_span_context()
-        record.trace_id = format(span_context.trace_id, "032x") if span_context.is_valid else None
+        if span_context.is_valid:
+            record.trace_id = format(span_context.trace_id, "032x")
+            record.span_id = format(span_context.span_id, "016x")
+        else:
+            record.trace_id = record.span_id = None
         return True
+
+
+def rfc3339_utc(record: logging.LogRecord) -> str:
+    """When ``record`` was made: RFC 3339 in UTC, to the millisecond (``…T07:48:25.123Z``)."""
+    seconds = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(record.created))
+    return f"{seconds}.{int(record.msecs):03d}Z"
 
 
 class JsonLineFormatter(logging.Formatter):
@@ -120,7 +149,7 @@ class JsonLineFormatter(logging.Formatter):
 
     def format(self, record: logging.LogRecord) -> str:
         line: dict[str, Any] = {
-            "time": self.formatTime(record, "%Y-%m-%dT%H:%M:%S%z"),
+            "time": rfc3339_utc(record),
             "level": record.levelname,
             "logger": record.name,
             "service": self.service,
@@ -132,6 +161,7 @@ class JsonLineFormatter(logging.Formatter):
         trace_id = getattr(record, "trace_id", None)
         if trace_id:
             line["trace_id"] = trace_id
+            line["span_id"] = getattr(record, "span_id", None)
         message_id = getattr(record, "message_id", None)
         if message_id:
             line["message_id"] = message_id
@@ -141,8 +171,29 @@ class JsonLineFormatter(logging.Formatter):
 
 
 TEXT_FORMAT = (
-    "%(asctime)s %(levelname)-7s %(name)s [saga=%(saga_id)s %(event_type)s %(step)s] %(message)s"
+    "%(asctime)s %(levelname)-7s %(name)s [saga=%(saga_id)s %(event_type)s %(step)s%(trace)s]"
+    " %(message)s"
 )
+
+
+class TextLineFormatter(logging.Formatter):
+    """``TEXT_FORMAT``: the JSON lines' time (RFC 3339, UTC, milliseconds) and fields, with
+    ``trace=… span=…`` inside the brackets when a span is current."""
+
+    def __init__(self) -> None:
+        super().__init__(TEXT_FORMAT)
+
+    def formatTime(self, record: logging.LogRecord, datefmt: str | None = None) -> str:  # noqa: N802
+        return rfc3339_utc(record)
+
+    def format(self, record: logging.LogRecord) -> str:
+        trace_id = getattr(record, "trace_id", None)
+        span_id = getattr(record, "span_id", None)
+        record.trace = f" trace={trace_id} span={span_id}" if trace_id else ""
+        for name in ("saga_id", "event_type", "step"):
+            if not hasattr(record, name):  # a record that did not pass SagaLogFilter
+                setattr(record, name, NO_VALUE)
+        return super().format(record)
 
 
 def saga_log_handler(
@@ -152,9 +203,7 @@ def saga_log_handler(
     handler = logging.StreamHandler(stream if stream is not None else sys.stderr)
     handler.addFilter(SagaLogFilter())
     handler.setFormatter(
-        JsonLineFormatter(service=service)
-        if log_format == "json"
-        else logging.Formatter(TEXT_FORMAT)
+        JsonLineFormatter(service=service) if log_format == "json" else TextLineFormatter()
     )
     return handler
 

@@ -29,7 +29,27 @@ DEAD_LETTERED = Counter(
     "Messages parked in the dead-letter queue",
     ["participant", "kind"],
 )
+HEADERS_DROPPED = Counter(
+    "sagakit_republish_headers_dropped_total",
+    "Headers left out of a retried or parked message so that it fits the broker's frame limit",
+    ["participant"],
+)
 OUTBOX_BACKLOG = Gauge("sagakit_outbox_backlog", "Events waiting in the outbox", ["participant"])
+
+# Retention (_retention.py): set by the prune task, never on the hot path.
+STORE_ROWS = Gauge(
+    "sagakit_store_rows",
+    "Rows in sagakit's tables of a service's store, counted after each prune pass",
+    ["service", "table"],
+)
+STORE_PRUNED = Counter(
+    "sagakit_store_pruned_rows_total", "Rows deleted by retention", ["service", "table"]
+)
+STORE_LAST_PRUNE = Gauge(
+    "sagakit_store_last_prune_timestamp_seconds",
+    "When the last prune pass that succeeded ended (unix seconds)",
+    ["service"],
+)
 
 # The saga tracker's own metrics.
 TRACKER_EVENTS = Counter(

@@ -9,13 +9,13 @@ import asyncio
 import json
 import logging
 import random
-import struct
 import time
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from contextvars import ContextVar
-from datetime import timedelta
+from datetime import datetime, timedelta
 from typing import Any
 
+import aio_pika
 from faststream import AckPolicy, BaseMiddleware
 from faststream.message import StreamMessage
 from faststream.rabbit import RabbitBroker, RabbitExchange, RabbitRouter
@@ -32,14 +32,16 @@ from ._context import (
     saga_scope,
     utc_now,
 )
-from ._envelope import Envelope, EventPayload, derived_event_id
+from ._envelope import SAGA_ID_HEADER, Envelope, EventPayload, derived_event_id
 from ._errors import InvalidMessage, StepFailed
 from ._faults import CrashPoint, crash_point
+from ._headers import DEFAULT_FRAME_MAX, bounded_headers, frame_max_of, header_budget
 from ._logging import _handling
 from ._metrics import (
     DEAD_LETTERED,
     EVENTS_CONSUMED,
     HANDED_BACK,
+    HEADERS_DROPPED,
     HELD_DELIVERIES,
     RETRIES,
     STEP_DURATION,
@@ -48,17 +50,20 @@ from ._metrics import (
 from ._outage import broker_refused
 from ._participant import HandlerKind, Participant, StepContext, Subscription
 from ._relay import OutboxRelay
+from ._retention import participant_pruner
 from ._settings import ParticipantSettings
 from ._spec import StepSpec
 from ._sql import Transaction
 from ._store import OutboxRow, StepStatus, Store, body_digest
 from ._topology import (
     ATTEMPT_HEADER,
+    DEATH_HEADER,
     FIRST_FAILURE_HEADER,
     LAST_ERROR_HEADER,
     ORIGIN_QUEUE_HEADER,
     PARKED_AT_HEADER,
     REASON_HEADER,
+    REPLAYS_HEADER,
     ParticipantTopology,
     flow_exchange,
     retry_queue_name,
@@ -88,12 +93,29 @@ _PROBE_TIMEOUT_SECONDS = 5.0
 # The event ids a delivery's transactions wrote, held from the relay loop until the
 # delivery is done with them (published, or left to the loop).
 _written: ContextVar[list[str] | None] = ContextVar("sagakit_written", default=None)
-# RabbitMQ's default frame_max: a message's properties and headers travel in one frame.
-_DEFAULT_FRAME_MAX = 131072
 # Properties besides headers (ids, type, content type, flags) take less than this.
 _PROPERTIES_ALLOWANCE = 512
 # The header a quorum queue adds on redelivery; a handed-back copy starts afresh.
 _DELIVERY_COUNT_HEADER = "x-delivery-count"
+
+# A republished message (retry, park) carries these of its headers first, before any other
+# header of the message's own: sagakit and the tracing read them.
+_KEPT_HEADERS = (
+    SAGA_ID_HEADER,
+    "traceparent",
+    "tracestate",
+    "baggage",
+    ATTEMPT_HEADER,
+    REPLAYS_HEADER,
+    DEATH_HEADER,
+    "x-first-death-queue",
+    "x-first-death-reason",
+    "x-first-death-exchange",
+)
+# Never carried over: what only a park may say, and the broker's count of the old queue.
+_LEFT_OUT = (REASON_HEADER, ORIGIN_QUEUE_HEADER, PARKED_AT_HEADER, "x-delivery-count")
+_MAX_REASON_CHARS = 1000
+_MAX_TIME_CHARS = 64
 
 
 class _RetryableError(Exception):
@@ -128,7 +150,9 @@ class SagaRuntime:
         self.broker = broker
         self.store = store
         self.settings = settings
-        self.topology = ParticipantTopology(participant.name, self.spec.exchange)
+        self.topology = ParticipantTopology(
+            participant.name, self.spec.exchange, delivery_limit=settings.delivery_limit
+        )
         self.exchange = flow_exchange(self.spec.exchange)
         self.subscriptions = participant.subscriptions()
         self.breaker = CircuitBreaker(
@@ -150,6 +174,7 @@ class SagaRuntime:
         self._start_event_limit = settings.max_message_bytes - min(
             16 * 1024, settings.max_message_bytes // 4
         )
+        self.pruner = participant_pruner(store, settings, service=participant.name)
         # A router of its own, so that the parking middleware guards sagakit's subscribers
         # and nothing else that shares the broker.
         self._router = RabbitRouter(middlewares=[_parking_middleware(self)])
@@ -178,7 +203,7 @@ class SagaRuntime:
             await work.bind(retries, routing_key=work.name)
 
     async def start(self, *, declare: bool = True) -> None:
-        """Declare what FastStream does not, then start the outbox relay.
+        """Declare what FastStream does not, then start the outbox relay and pruning.
 
         A connection lost while declaring (a broker restart, a network blip) is waited out
         instead of ending the process: the robust connection comes back, and declaring
@@ -187,6 +212,7 @@ class SagaRuntime:
         if declare:
             await self._declare_topology_patiently()
         self.relay.start()
+        self.pruner.start()
 
     async def _declare_topology_patiently(self) -> None:
         for attempt in range(1, _DECLARE_ATTEMPTS + 1):
@@ -201,8 +227,9 @@ class SagaRuntime:
                 await asyncio.sleep(_DECLARE_PAUSE_SECONDS)
 
     async def stop(self) -> None:
-        """Hand held deliveries back to their queues, then stop the outbox relay."""
+        """Hand held deliveries back to their queues; stop pruning and the outbox relay."""
         await self.breaker.stop()
+        await self.pruner.stop()
         await self.relay.stop()
 
     async def _probe_broker(self) -> None:
@@ -379,21 +406,40 @@ class SagaRuntime:
     async def _hand_back(self, sub: Subscription, message: Any) -> bool:
         """Put a held delivery back at the end of its queue, then ack it: a publish, not a
         requeue, so the quorum queue's delivery count does not grow."""
-        headers = {
-            key: value
-            for key, value in _republishable(dict(message.headers)).items()
-            if key != _DELIVERY_COUNT_HEADER
-        }
+        raw = message.raw_message
+        original: Mapping[str, Any] = getattr(raw, "headers", None) or message.headers or {}
+        handed = aio_pika.Message(
+            bytes(message.body),
+            content_type=getattr(raw, "content_type", None),
+            content_encoding=getattr(raw, "content_encoding", None),
+            correlation_id=getattr(raw, "correlation_id", None),
+            message_id=getattr(raw, "message_id", None),
+            timestamp=getattr(raw, "timestamp", None),
+            type=getattr(raw, "type", None),
+            app_id=getattr(raw, "app_id", None),
+            delivery_mode=aio_pika.DeliveryMode.PERSISTENT,
+        )
+        budget = header_budget(
+            handed.properties,
+            body_size=handed.body_size,
+            frame_max=frame_max_of(getattr(self.broker, "_connection", None)),
+        )
+        # The same headers (as many as the frame takes, as a retry carries them), without
+        # the broker's count of deliveries: the copy starts afresh.
+        handed.headers = bounded_headers(
+            original,
+            {},
+            budget=budget,
+            keep_first=_KEPT_HEADERS,
+            leave_out=(_DELIVERY_COUNT_HEADER,),
+        ).headers
         try:
             await self.broker.publish(
-                message.body,
+                handed,
                 exchange=self.topology.retry_exchange(),
                 routing_key=sub.queue,
-                headers=headers,
-                persist=True,
                 mandatory=True,
                 timeout=_PROBE_TIMEOUT_SECONDS,
-                **_message_properties(message),
             )
             await message.ack()
         except Exception as exc:
@@ -800,7 +846,8 @@ class SagaRuntime:
             raise _EventTooLarge(
                 row.routing_key, body + headers, limit, f"{body} of body, {headers} of headers"
             )
-        frame_max = _frame_max(self.broker)
+        # A message's properties and headers travel in one frame.
+        frame_max = frame_max_of(getattr(self.broker, "_connection", None)) or DEFAULT_FRAME_MAX
         if headers + _PROPERTIES_ALLOWANCE > frame_max:
             raise _EventTooLarge(
                 row.routing_key, headers, frame_max, "headers, over the broker's frame size"
@@ -830,16 +877,22 @@ class SagaRuntime:
     async def park(
         self, message: StreamMessage[Any], *, queue: str, reason: str, kind: str
     ) -> None:
-        """Move ``message`` to the dead-letter queue with ``reason`` in its headers, then ack."""
+        """Move ``message`` to the dead-letter queue with ``reason`` in its headers, then ack.
+
+        When the message's own headers do not fit beside sagakit's in one frame, the
+        reason says how many were dropped (``headers_too_large: N headers dropped``).
+        """
+        reason = reason[:_MAX_REASON_CHARS]
         await self._republish(
             message,
             exchange=self.topology.dead_letter_exchange(),
             routing_key=queue,
             headers={
-                REASON_HEADER: reason[:1000],
+                REASON_HEADER: reason,
                 ORIGIN_QUEUE_HEADER: queue,
                 PARKED_AT_HEADER: utc_now().isoformat(),
             },
+            reason=reason,
         )
         DEAD_LETTERED.labels(self.name, kind).inc()
 
@@ -851,21 +904,45 @@ class SagaRuntime:
         routing_key: str,
         headers: Mapping[str, Any],
         expiration: timedelta | None = None,
+        reason: str | None = None,
     ) -> None:
-        # The same body and properties, the given headers added, confirmed; then the
-        # original is acked, so the message is never in neither place.
-        merged = _republishable(dict(message.headers))
-        merged.update(headers)
-        merged.setdefault(FIRST_FAILURE_HEADER, utc_now().isoformat())
-        await self.broker.publish(
-            message.body,
-            exchange=exchange,
-            routing_key=routing_key,
-            headers=merged,
+        # The same body and properties as they came on the wire, the given headers added,
+        # confirmed; then the original is acked, so the message is never in neither place.
+        # The header table is bounded so that the broker always accepts the publish.
+        raw = message.raw_message
+        original: Mapping[str, Any] = getattr(raw, "headers", None) or message.headers or {}
+        added = dict(headers)
+        added[FIRST_FAILURE_HEADER] = _first_failure(original)
+        republished = aio_pika.Message(
+            bytes(message.body),
+            content_type=getattr(raw, "content_type", None),
+            content_encoding=getattr(raw, "content_encoding", None),
+            correlation_id=getattr(raw, "correlation_id", None),
+            message_id=getattr(raw, "message_id", None),
+            timestamp=getattr(raw, "timestamp", None),
+            type=getattr(raw, "type", None),
+            app_id=getattr(raw, "app_id", None),
+            delivery_mode=aio_pika.DeliveryMode.PERSISTENT,
             expiration=expiration,
-            persist=True,
-            mandatory=True,
-            **_message_properties(message),
+        )
+        budget = header_budget(
+            republished.properties,
+            body_size=republished.body_size,
+            frame_max=frame_max_of(getattr(self.broker, "_connection", None)),
+        )
+        bounded = bounded_headers(
+            original, added, budget=budget, keep_first=_KEPT_HEADERS, leave_out=_LEFT_OUT
+        )
+        if bounded.reason is not None:
+            logger.warning("message %.80r: %s", getattr(raw, "message_id", None), bounded.note)
+            HEADERS_DROPPED.labels(self.name).inc(len(bounded.dropped))
+            if reason is not None:
+                suffix = f"; {bounded.reason}"
+                kept = reason[: _MAX_REASON_CHARS - len(suffix)]
+                bounded.headers[REASON_HEADER] = f"{kept}{suffix}"
+        republished.headers = bounded.headers
+        await self.broker.publish(
+            republished, exchange=exchange, routing_key=routing_key, mandatory=True
         )
         await message.ack()
 
@@ -882,26 +959,19 @@ async def _decode_json(message: StreamMessage[Any]) -> Any:
     return json.loads(message.body)
 
 
-def _republishable(value: Any) -> Any:
-    """``value`` (headers) as the AMQP client can encode it again, to park or retry it.
-
-    The client decodes more than it encodes: a long string that is not UTF-8 arrives as
-    bytes, a 64-bit float (as Java or .NET clients send) as a float it packs in 32 bits.
-    Sent back as is, either fails the publish and leaves the message unacknowledged.
-    """
-    if isinstance(value, bytes):
-        return bytearray(value)
-    if isinstance(value, float):
+def _first_failure(headers: Mapping[str, Any]) -> str:
+    """The first failure's time the message carries, or now for its first failure."""
+    value = headers.get(FIRST_FAILURE_HEADER)
+    if isinstance(value, bytes | bytearray):
+        value = bytes(value).decode("utf-8", errors="replace")
+    if isinstance(value, str) and 0 < len(value) <= _MAX_TIME_CHARS:
         try:
-            struct.pack(">f", value)
-        except OverflowError:
-            return repr(value)
-        return value
-    if isinstance(value, dict):
-        return {str(key): _republishable(item) for key, item in value.items()}
-    if isinstance(value, list | tuple):
-        return [_republishable(item) for item in value]
-    return value
+            datetime.fromisoformat(value)
+        except ValueError:
+            pass  # not a time sagakit wrote: a first failure is now
+        else:
+            return value
+    return utc_now().isoformat()
 
 
 def _table_size(headers: Mapping[str, str]) -> int:
@@ -909,15 +979,6 @@ def _table_size(headers: Mapping[str, str]) -> int:
     return 4 + sum(
         1 + len(key.encode()) + 1 + 4 + len(str(value).encode()) for key, value in headers.items()
     )
-
-
-def _frame_max(broker: RabbitBroker) -> int:
-    # The frame size the broker and the client agreed on, once connected (aiormq keeps it).
-    connection = getattr(broker, "_connection", None)
-    transport = getattr(connection, "transport", None)
-    tune = getattr(getattr(transport, "connection", None), "connection_tune", None)
-    frame_max = getattr(tune, "frame_max", None)
-    return frame_max if isinstance(frame_max, int) and frame_max > 0 else _DEFAULT_FRAME_MAX
 
 
 def _delivery_lost(message: Any) -> bool:
@@ -939,16 +1000,6 @@ def _json_properties(envelope: Envelope[Any]) -> dict[str, Any]:
     for key in ("persist", "mandatory", "timestamp"):
         props.pop(key, None)
     return props
-
-
-def _message_properties(message: Any) -> dict[str, Any]:
-    raw = message.raw_message
-    return {
-        "message_id": message.message_id,
-        "correlation_id": message.correlation_id,
-        "message_type": getattr(raw, "type", None),
-        "content_type": message.content_type,
-    }
 
 
 def _describe(exc: BaseException) -> str:
@@ -1000,5 +1051,7 @@ def _parking_middleware(runtime: SagaRuntime) -> Callable[..., BaseMiddleware]:
 async def _park_logged(
     runtime: SagaRuntime, msg: StreamMessage[Any], queue: str, reason: str
 ) -> None:
-    logger.warning("parking message %s from %s: %s", msg.message_id, queue, reason)
+    # The id as it came on the wire: FastStream makes one up for a message without any.
+    message_id = getattr(msg.raw_message, "message_id", None)
+    logger.warning("parking message %.80r from %s: %s", message_id, queue, reason)
     await runtime.park(msg, queue=queue, reason=reason, kind="bad_input")

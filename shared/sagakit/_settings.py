@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+from datetime import timedelta
 from pathlib import Path
 from typing import ClassVar, Literal
 from urllib.parse import unquote, urlsplit
@@ -10,11 +11,19 @@ from urllib.parse import unquote, urlsplit
 from pydantic import Field, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from ._topology import DELIVERY_LIMIT
+
 DEFAULT_RABBITMQ_URL = "amqp://guest:guest@127.0.0.1:5672/"
 
 ENVIRONMENT_VARIABLE = "SAGAKIT_ENV"
 LOCAL_DEVELOPMENT = "development"
 """The one environment where the broker's ``guest`` account is accepted."""
+
+DEFAULT_RETENTION_DAYS = 7.0
+MIN_SAFE_RETENTION_DAYS = 1.0
+"""Below this, an inbox record may be gone before a message it guards comes back (a replay
+from the dead-letter queue, a producer's restart after an outage): refused outside local
+development, a warning in it."""
 
 
 def _default_rabbitmq_url() -> str:
@@ -50,6 +59,11 @@ class ParticipantSettings(BaseSettings):
     Outside local development (``SAGAKIT_ENV``, or ``<PREFIX>ENVIRONMENT``, set to anything
     but ``development``), a broker URL that logs in as ``guest``, or without a user name and
     password (which AMQP clients turn into ``guest``), is refused.
+
+    Retention: inbox records and sent outbox rows older than ``<PREFIX>RETENTION_DAYS``
+    (7) are deleted by a background task every ``<PREFIX>PRUNE_INTERVAL_SECONDS`` (3600);
+    the step log only once ``<PREFIX>STEP_LOG_RETENTION_DAYS`` is set (at least as long).
+    Outside local development a retention below one day is refused.
     """
 
     # Inputs stay out of validation errors: they would print broker and database passwords.
@@ -70,6 +84,10 @@ class ParticipantSettings(BaseSettings):
     retry_max_delay_seconds: float = Field(default=10.0, gt=0)
     relay_interval_seconds: float = Field(default=0.5, gt=0)
     max_message_bytes: int = Field(default=256 * 1024, ge=1024)
+    # Deliveries of one message before the broker dead-letters it (a message that keeps
+    # killing its consumer). Fixed at queue declaration: changing it for existing queues
+    # needs them deleted and declared again (or a broker policy).
+    delivery_limit: int = Field(default=DELIVERY_LIMIT, ge=1)
     # While the store (or the broker) is away, deliveries wait unacknowledged; one held
     # longer than this goes back to its queue (within RabbitMQ's consumer timeout, 30 min).
     outage_hold_seconds: float = Field(default=300.0, gt=0)
@@ -81,6 +99,12 @@ class ParticipantSettings(BaseSettings):
     message_log_level: Literal["DEBUG", "INFO"] = "DEBUG"
     metrics_port: int | None = Field(default=None, ge=1, le=65535)
     health_port: int | None = Field(default=None, ge=1, le=65535)
+    # Bounded stores (_retention.py): inbox records and sent outbox rows older than this are
+    # deleted; the step log only when its own retention is set (it is what makes a late
+    # compensation right, and the participant cannot tell when a saga has ended).
+    retention_days: float = Field(default=DEFAULT_RETENTION_DAYS, gt=0)
+    step_log_retention_days: float | None = Field(default=None, gt=0)
+    prune_interval_seconds: float = Field(default=3600.0, gt=0)
 
     @model_validator(mode="after")
     def _resolve(self) -> ParticipantSettings:
@@ -91,7 +115,19 @@ class ParticipantSettings(BaseSettings):
         self.environment = self.environment.strip().lower()
         if self.environment != LOCAL_DEVELOPMENT:
             self._refuse_guest()
+        self._check_retention()
         return self
+
+    @property
+    def retention(self) -> timedelta:
+        """``retention_days`` as a timedelta: how long inbox and sent outbox rows are kept."""
+        return timedelta(days=self.retention_days)
+
+    @property
+    def step_log_retention(self) -> timedelta | None:
+        """``step_log_retention_days`` as a timedelta, or None: the step log is kept."""
+        days = self.step_log_retention_days
+        return timedelta(days=days) if days is not None else None
 
     @property
     def _prefix(self) -> str:
@@ -120,6 +156,26 @@ class ParticipantSettings(BaseSettings):
         if field in self.model_fields_set:
             variable = f"{self._prefix}{field.upper()}"
             raise ValueError(f"set {variable} or {variable}_FILE, not both")
+
+    def _check_retention(self) -> None:
+        prefix = self._prefix
+        step_log = self.step_log_retention_days
+        if step_log is not None and step_log < self.retention_days:
+            # The step log is the backstop behind the inbox: a message that comes back after
+            # its inbox record is gone still finds its saga's step done.
+            raise ValueError(
+                f"{prefix}STEP_LOG_RETENTION_DAYS ({step_log:g}) is shorter than "
+                f"{prefix}RETENTION_DAYS ({self.retention_days:g}): keep the step log at "
+                "least as long as the inbox"
+            )
+        if self.retention_days < MIN_SAFE_RETENTION_DAYS and self.environment != LOCAL_DEVELOPMENT:
+            raise ValueError(
+                f"{prefix}RETENTION_DAYS={self.retention_days:g} is below "
+                f"{MIN_SAFE_RETENTION_DAYS:g} day: the inbox must outlast any redelivery or "
+                "replay window (a message replayed from the dead-letter queue after its inbox "
+                "record is gone runs its step again); only local development may go lower "
+                f"({ENVIRONMENT_VARIABLE}={self.environment})"
+            )
 
     def _refuse_guest(self) -> None:
         url = urlsplit(self.rabbitmq_url)

@@ -13,7 +13,7 @@ import os
 import uuid
 from collections.abc import AsyncIterator, Iterable, Sequence
 from dataclasses import dataclass
-from datetime import timedelta
+from datetime import datetime, timedelta
 from enum import StrEnum
 from typing import Any
 
@@ -27,11 +27,15 @@ from sqlalchemy import (
     String,
     Table,
     Text,
+    and_,
     bindparam,
+    delete,
     event,
+    func,
     inspect,
     select,
     text,
+    tuple_,
     update,
 )
 from sqlalchemy.dialects import postgresql, sqlite
@@ -43,7 +47,7 @@ from sqlalchemy.ext.asyncio import (
     async_sessionmaker,
     create_async_engine,
 )
-from sqlalchemy.sql import Executable
+from sqlalchemy.sql import ColumnElement, Executable
 
 from ._context import utc_now
 from ._outage import StoreUnavailable
@@ -51,6 +55,9 @@ from ._sql import Transaction, _Compiled
 from ._sqlite import inline_connector
 
 _SQLITE_BUSY_SECONDS = 30.0
+PRUNE_BATCH_SIZE = 500
+"""Rows deleted per transaction by retention: each batch holds SQLite's writer for a few
+milliseconds, and handlers get the store between batches."""
 
 metadata = MetaData()
 
@@ -70,6 +77,8 @@ inbox = Table(
     # A digest of the body as it arrived: the same id with another body is not a duplicate.
     # (Null in rows written before the column existed.)
     Column("body_digest", String(32)),
+    # Retention deletes by age (Store.prune): without it, each pass would scan the table.
+    Index("ix_sagakit_inbox_processed_at", "processed_at"),
 )
 
 # One row per store, written by the readiness and outage probes: a store that answers
@@ -89,6 +98,7 @@ saga_steps = Table(
     Column("status", String(20), nullable=False),
     Column("reason", String(200)),
     Column("updated_at", DateTime(timezone=True), nullable=False),
+    Index("ix_sagakit_saga_steps_updated_at", "updated_at"),
 )
 
 outbox = Table(
@@ -210,7 +220,10 @@ class Store:
                         )
                     for md in self._metadata:
                         await conn.run_sync(md.create_all)
+                    # create_all leaves existing tables alone: columns and indexes added
+                    # later are added here.
                     await conn.run_sync(_add_missing_columns)
+                    await conn.run_sync(_create_missing_indexes)
                 if self._path is not None:
                     self._check_file()
                 self._probe_ready = True
@@ -467,6 +480,80 @@ class Store:
         result = await session.execute(statement, values)
         return bool(getattr(result, "rowcount", 0) == 1)
 
+    # -- retention ---------------------------------------------------------------------
+
+    async def prune(
+        self,
+        *,
+        older_than: timedelta,
+        step_log_older_than: timedelta | None = None,
+        now: datetime | None = None,
+        batch_size: int = PRUNE_BATCH_SIZE,
+        pause: float = 0.0,
+    ) -> dict[str, int]:
+        """Delete what retention no longer keeps; returns how many rows went, by table
+        pruned.
+
+        Inbox records processed, and outbox rows sent, before ``now - older_than`` go; an
+        outbox row not sent yet stays, however old. Step-log rows last changed before
+        ``now - step_log_older_than`` go only when that is given: a step's record is what
+        makes a late compensation undo it, and nothing here knows whether its saga ended.
+        Rows go ``batch_size`` per transaction, with a pause of ``pause`` seconds between
+        batches, so that handlers waiting for the store are not held up.
+        """
+        now = now or utc_now()
+        cutoff = now - older_than
+        plan: list[tuple[Table, ColumnElement[bool]]] = [
+            (inbox, inbox.c.processed_at < cutoff),
+            (outbox, and_(outbox.c.sent_at.is_not(None), outbox.c.sent_at < cutoff)),
+        ]
+        if step_log_older_than is not None:
+            plan.append((saga_steps, saga_steps.c.updated_at < now - step_log_older_than))
+        deleted = {}
+        for table, condition in plan:
+            deleted[table.name] = await self.delete_in_batches(
+                table, condition, batch_size=batch_size, pause=pause
+            )
+        return deleted
+
+    async def delete_in_batches(
+        self,
+        table: Table,
+        condition: ColumnElement[bool],
+        *,
+        batch_size: int = PRUNE_BATCH_SIZE,
+        pause: float = 0.0,
+    ) -> int:
+        """Delete the rows of ``table`` that match ``condition``, ``batch_size`` per
+        transaction; returns how many went."""
+        key = list(table.primary_key.columns)
+        chosen = select(*key).where(condition).limit(batch_size)
+        if not self.is_sqlite:
+            # Replicas pruning at once take different rows instead of waiting on each other.
+            chosen = chosen.with_for_update(skip_locked=True)
+        target = key[0].in_(chosen.scalar_subquery()) if len(key) == 1 else tuple_(*key).in_(chosen)
+        statement = delete(table).where(target)
+        total = 0
+        while True:
+            # One short transaction per batch: on SQLite it holds the store's write lock,
+            # which handlers waiting for it get before the next batch does.
+            async with self.transaction() as session:
+                result = await session.execute(statement)
+            count = max(int(getattr(result, "rowcount", 0)), 0)
+            total += count
+            if count < batch_size:
+                return total
+            await asyncio.sleep(pause)
+
+    async def count_rows(self) -> dict[str, int]:
+        """How many rows sagakit's tables hold (inbox, outbox, step log), by table."""
+        counts = {}
+        async with self.read() as session:
+            for table in (inbox, outbox, saga_steps):
+                query = select(func.count()).select_from(table)
+                counts[table.name] = int((await session.execute(query)).scalar_one())
+        return counts
+
 
 # Hot-path statements, built once: building a statement per call costs more than running it
 # on SQLite. Bound parameters named w_* select rows; the others are column values.
@@ -502,6 +589,12 @@ _MARK_SENT = (
     .where(outbox.c.event_id.in_(bindparam("w_event_ids", expanding=True)))
     .values(sent_at=bindparam("now"), attempts=outbox.c.attempts + 1)
 )
+
+
+def _create_missing_indexes(connection: Connection) -> None:
+    for table in (inbox, saga_steps, outbox):
+        for index in table.indexes:
+            index.create(connection, checkfirst=True)
 
 
 # Columns added after a table was first released: created_all leaves existing tables alone.

@@ -27,6 +27,14 @@ FIRST_FAILURE_HEADER = "x-saga-first-failure-at"
 PARKED_AT_HEADER = "x-saga-parked-at"
 ATTEMPT_HEADER = "x-saga-attempt"
 LAST_ERROR_HEADER = "x-saga-last-error"
+# How often ``saga dlq replay`` sent a message back to its work queue.
+REPLAYS_HEADER = "x-saga-replays"
+# What a republish left out of a header table too large to send again (see _headers.py).
+HEADERS_DROPPED_HEADER = "x-saga-headers-dropped"
+# Written by the broker when it dead-letters a message: the history, newest first.
+DEATH_HEADER = "x-death"
+
+_RETRY_SUFFIX = ".retry"
 
 
 def flow_exchange(name: str) -> RabbitExchange:
@@ -41,7 +49,17 @@ def queue_name(participant: str, event_type: str) -> str:
 
 def retry_queue_name(queue: str) -> str:
     """The delay queue that sends a message back to ``queue`` when its TTL expires."""
-    return f"{queue}.retry"
+    return f"{queue}{_RETRY_SUFFIX}"
+
+
+def is_retry_queue(queue: str) -> bool:
+    """True for a delay queue (``<work queue>.retry``)."""
+    return queue.endswith(_RETRY_SUFFIX)
+
+
+def work_queue_of(queue: str) -> str:
+    """The work queue behind ``queue``: itself, or the one a delay queue sends back to."""
+    return queue.removesuffix(_RETRY_SUFFIX) if is_retry_queue(queue) else queue
 
 
 def retry_exchange_name(participant: str) -> str:
@@ -65,6 +83,7 @@ class ParticipantTopology:
 
     participant: str
     exchange: str
+    delivery_limit: int = DELIVERY_LIMIT
 
     def work_queue(self, event_type: str) -> RabbitQueue:
         """The quorum queue for one consumed event type."""
@@ -79,7 +98,7 @@ class ParticipantTopology:
     def _work_queue_arguments(self) -> Any:
         return {
             "x-dead-letter-exchange": dead_letter_exchange_name(self.participant),
-            "x-delivery-limit": DELIVERY_LIMIT,
+            "x-delivery-limit": self.delivery_limit,
         }
 
     def retry_queue(self, event_type: str) -> RabbitQueue:

@@ -27,6 +27,7 @@ from ._health import HttpEndpoint, broker_check, store_check
 from ._logging import BROKER_LOGGER
 from ._metrics import TRACKER_EVENTS, TRACKER_SAGAS, TRACKER_STUCK
 from ._observability import observe
+from ._retention import Pruner, tracker_pruner
 from ._settings import ParticipantSettings
 from ._spec import SagaSpec
 from ._topology import DELIVERY_LIMIT, flow_exchange
@@ -46,8 +47,9 @@ class TrackerSettings(ParticipantSettings):
     Besides the shared ones (``TRACKER_RABBITMQ_URL``, ``TRACKER_DATABASE_URL`` — SQLite
     ``var/tracker.db`` by default —, ``TRACKER_METRICS_PORT``, ``TRACKER_HEALTH_PORT``,
     ``TRACKER_LOG_FORMAT``, ``TRACKER_LOG_LEVEL``): ``TRACKER_STUCK_AFTER_SECONDS``, how long
-    a saga may go without an event before it counts as stuck, and
-    ``TRACKER_SCAN_INTERVAL_SECONDS``, how often the stuck-saga gauge is refreshed.
+    a saga may go without an event before it counts as stuck,
+    ``TRACKER_SCAN_INTERVAL_SECONDS``, how often the stuck-saga gauge is refreshed, and
+    ``TRACKER_RETENTION_DAYS`` (7), how long an ended saga stays after its last event.
     """
 
     model_config = SettingsConfigDict(
@@ -75,6 +77,7 @@ class TrackerService:
     settings: TrackerSettings
     spec: SagaSpec
     endpoints: tuple[HttpEndpoint, ...] = field(default=())
+    pruner: Pruner | None = None
 
 
 def tracker_queue() -> RabbitQueue:
@@ -136,6 +139,7 @@ def build_tracker(
         configure_logs=configure_logs,
     )
     scanner: list[asyncio.Task[None]] = []
+    pruner = tracker_pruner(store, settings)
 
     @app.on_startup
     async def prepare_store() -> None:
@@ -144,9 +148,11 @@ def build_tracker(
     @app.after_startup
     async def start_scanning() -> None:
         scanner.append(asyncio.create_task(watch_stuck(store, settings), name="tracker-stuck"))
+        pruner.start()
 
     @app.on_shutdown
     async def stop_scanning() -> None:
+        await pruner.stop()
         while scanner:
             task = scanner.pop()
             task.cancel()
@@ -158,7 +164,13 @@ def build_tracker(
         await store.dispose()
 
     return TrackerService(
-        app=app, broker=broker, store=store, settings=settings, spec=spec, endpoints=endpoints
+        app=app,
+        broker=broker,
+        store=store,
+        settings=settings,
+        spec=spec,
+        endpoints=endpoints,
+        pruner=pruner,
     )
 
 

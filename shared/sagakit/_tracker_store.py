@@ -3,11 +3,14 @@
 The events table is the tracker's truth; the sagas table is a summary of it, recomputed by
 ``summarize`` each time an event of the saga arrives, so that ``saga list`` can filter by
 state and find stuck sagas with one query. Nothing here is business data: a lost database
-is rebuilt from the participants' outboxes (``rebuild_from_outbox``).
+is rebuilt from the participants' outboxes (``rebuild_from_outbox``), as far back as their
+retention keeps sent events. Ended sagas are forgotten after ``TRACKER_RETENTION_DAYS``
+(``prune``).
 """
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import json
 from collections.abc import AsyncIterator
@@ -25,6 +28,7 @@ from sqlalchemy import (
     String,
     Table,
     and_,
+    delete,
     func,
     inspect,
     or_,
@@ -262,14 +266,68 @@ class TrackerStore:
             found = {SagaState(state): int(n) for state, n in await session.execute(query)}
         return {state: found.get(state, 0) for state in SagaState}
 
+    # -- retention ---------------------------------------------------------------------
+
+    async def prune(
+        self,
+        *,
+        older_than: timedelta,
+        now: datetime | None = None,
+        batch_size: int = 100,
+        pause: float = 0.0,
+    ) -> dict[str, int]:
+        """Forget sagas that ended with no event for ``older_than``; rows deleted by table.
+
+        A saga that has not ended (pending, compensating, stuck) is kept however old: it is
+        what ``saga list --stuck`` is for. Sagas go ``batch_size`` per transaction, their
+        events with them, with a pause of ``pause`` seconds between batches.
+        """
+        cutoff = _stored((now or datetime.now(UTC)) - older_than)
+        sagas = tracked_sagas.c
+        chosen = (
+            select(sagas.saga_id)
+            .where(
+                sagas.state.in_([SagaState.COMPLETED.value, SagaState.FAILED.value]),
+                sagas.last_event_at < cutoff,
+            )
+            .limit(batch_size)
+        )
+        if not self.store.is_sqlite:
+            # An event being recorded for one of them holds its row: skip it this time.
+            chosen = chosen.with_for_update(skip_locked=True)
+        deleted = {tracked_events.name: 0, tracked_sagas.name: 0}
+        while True:
+            async with self.store.transaction() as session:
+                ended = list((await session.execute(chosen)).scalars())
+                if ended:
+                    events = await session.execute(
+                        delete(tracked_events).where(tracked_events.c.saga_id.in_(ended))
+                    )
+                    await session.execute(delete(tracked_sagas).where(sagas.saga_id.in_(ended)))
+                    deleted[tracked_events.name] += max(int(getattr(events, "rowcount", 0)), 0)
+                    deleted[tracked_sagas.name] += len(ended)
+            if len(ended) < batch_size:
+                return deleted
+            await asyncio.sleep(pause)
+
+    async def count_rows(self) -> dict[str, int]:
+        """How many rows the tracker's tables hold, by table."""
+        counts = {}
+        async with self.store.read() as session:
+            for table in (tracked_events, tracked_sagas):
+                query = select(func.count()).select_from(table)
+                counts[table.name] = int((await session.execute(query)).scalar_one())
+        return counts
+
     # -- rebuilding --------------------------------------------------------------------
 
     async def rebuild_from_outbox(self, source_url: str) -> tuple[int, int]:
         """Record every event in a participant's outbox; (events read, events new here).
 
-        The outboxes keep every event a participant emitted (sent or not), with the trace
-        headers it went out with, so together they hold each saga's history but the start
-        event, which a client published; a saga is then dated from its first step's event.
+        The outboxes keep every event a participant emitted (sent or not) for the
+        participant's retention (``<PREFIX>RETENTION_DAYS``), with the trace headers it went
+        out with, so together they hold each recent saga's history but the start event,
+        which a client published; a saga is then dated from its first step's event.
 
         Raises:
             FileNotFoundError: ``source_url`` names a SQLite file that does not exist.

@@ -1,5 +1,6 @@
 """The committed contracts are what the code generates: each service's AsyncAPI document
-and each event's schema. On a difference, run ``uv run saga contracts export``."""
+(the tracker's too) and each event's schema. On a difference, run
+``uv run saga contracts export``."""
 
 from __future__ import annotations
 
@@ -12,7 +13,7 @@ from order_contracts import ORDER_SAGA
 from sagakit._asyncapi import DOCUMENTED_SERVER
 from sagakit.cli import app
 from sagakit.cli._check import load_services
-from sagakit.cli._contracts import ContractFile, asyncapi_files, schema_files
+from sagakit.cli._contracts import ContractFile, asyncapi_files, schema_files, tracker_file
 from typer.testing import CliRunner
 
 CONTRACTS = Path(__file__).resolve().parents[2] / "contracts"
@@ -22,7 +23,8 @@ FIX = "run `uv run saga contracts export` and commit the result"
 @pytest.fixture(scope="module")
 def documents() -> dict[str, ContractFile]:
     services = load_services(ORDER_SAGA, rabbitmq_url=DOCUMENTED_SERVER)
-    return {file.path.stem: file for file in asyncapi_files(services, CONTRACTS)}
+    files = [*asyncapi_files(services, CONTRACTS), tracker_file(ORDER_SAGA, CONTRACTS)]
+    return {file.path.stem: file for file in files}
 
 
 def _drift(file: ContractFile) -> str:
@@ -38,11 +40,11 @@ def _drift(file: ContractFile) -> str:
     return "".join(list(diff)[:80]) + f"\n{FIX}"
 
 
-@pytest.mark.parametrize("participant", ORDER_SAGA.participants())
+@pytest.mark.parametrize("service", [*ORDER_SAGA.participants(), "tracker"])
 def test_the_committed_asyncapi_document_is_the_generated_one(
-    documents: dict[str, ContractFile], participant: str
+    documents: dict[str, ContractFile], service: str
 ) -> None:
-    file = documents[participant]
+    file = documents[service]
     assert file.is_current, _drift(file)
 
 
@@ -61,7 +63,8 @@ def test_the_documents_do_not_depend_on_where_the_broker_is(
     monkeypatch.setenv("PAYMENT_RABBITMQ_URL", "amqp://payments@elsewhere/payments")
     services = load_services(ORDER_SAGA, rabbitmq_url=DOCUMENTED_SERVER)
 
-    again = {file.path.stem: file.text for file in asyncapi_files(services, CONTRACTS)}
+    files = [*asyncapi_files(services, CONTRACTS), tracker_file(ORDER_SAGA, CONTRACTS)]
+    again = {file.path.stem: file.text for file in files}
 
     assert again == {name: file.text for name, file in documents.items()}
     assert "secret" not in "".join(again.values())
@@ -93,6 +96,7 @@ def test_export_writes_the_contracts_and_refuses_an_incompatible_change(tmp_path
         "notification.json",
         "payment.json",
         "shipping.json",
+        "tracker.json",
     ]
     assert len(list((tmp_path / "schemas").iterdir())) == len(ORDER_SAGA.events)
     assert runner.invoke(app, [*export, "--check"]).exit_code == 0

@@ -35,14 +35,18 @@ CONSUMED = [event for doc in DOCUMENTS for event in documented_events(doc)[0]]
 EMITTED = [event for doc in DOCUMENTS for event in documented_events(doc)[1]]
 
 
-def test_there_is_a_document_per_participant() -> None:
-    assert sorted(d["info"]["title"] for d in DOCUMENTS) == sorted(ORDER_SAGA.participants())
+def test_there_is_a_document_per_participant_and_one_for_the_tracker() -> None:
+    assert sorted(d["info"]["title"] for d in DOCUMENTS) == sorted(
+        [*ORDER_SAGA.participants(), "tracker"]
+    )
 
 
 def test_the_documents_name_what_the_spec_names() -> None:
-    spec_consumed = {
-        (s.participant, e) for s in ORDER_SAGA.steps for e in (s.trigger, *s.compensate_on)
-    } | {(r.participant, r.trigger) for r in ORDER_SAGA.reactions}
+    spec_consumed = (
+        {(s.participant, e) for s in ORDER_SAGA.steps for e in (s.trigger, *s.compensate_on)}
+        | {(r.participant, r.trigger) for r in ORDER_SAGA.reactions}
+        | {("tracker", e) for e in ORDER_SAGA.events}
+    )
 
     assert {(e.service, e.event_type) for e in CONSUMED} == spec_consumed
     assert {e.event_type for e in EMITTED} == set(ORDER_SAGA.events) - {ORDER_SAGA.start_event}

@@ -8,9 +8,12 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
+import signal
 from collections.abc import AsyncIterator, Mapping
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, ClassVar
 
 import aio_pika
@@ -101,7 +104,15 @@ PROBE = SagaSpec(
 
 @dataclass
 class Behaviour:
-    """How the probe handlers misbehave: transient failures to raise before succeeding."""
+    """How the probe handlers misbehave: transient failures to raise before succeeding.
+
+    ``script`` says, per saga id and handler, what each call does in turn: ``transient``
+    (TransientError), ``fail`` (StepFailed), ``crash`` (SIGKILL of this process: a consumer
+    that dies before it acks) or ``ok``; calls past the end of the list succeed. A service
+    running as a process reads its script from ``script_file`` on every call (the test
+    rewrites it to heal the handlers) and counts calls in ``count_dir`` (they outlive a
+    crash).
+    """
 
     first_transient: int = 0
     second_transient: int = 0
@@ -110,10 +121,36 @@ class Behaviour:
     # When set, beta's step waits for it before doing anything (within the step timeout).
     second_gate: asyncio.Event | None = None
     calls: dict[str, int] = field(default_factory=dict)
+    script: dict[str, dict[str, list[str]]] = field(default_factory=dict)
+    script_file: Path | None = None
+    count_dir: Path | None = None
 
     def call(self, name: str) -> int:
         self.calls[name] = self.calls.get(name, 0) + 1
         return self.calls[name]
+
+    def follow_script(self, name: str, saga_id: object) -> None:
+        """Do what the script says for this call of handler ``name`` in saga ``saga_id``."""
+        script = json.loads(self.script_file.read_text()) if self.script_file else self.script
+        actions = script.get(str(saga_id), {}).get(name, [])
+        if not actions:
+            return
+        number = self._count(f"{saga_id}.{name}")
+        action = actions[number - 1] if number <= len(actions) else "ok"
+        if action == "transient":
+            raise TransientError(f"{name} scripted to fail (call {number})")
+        if action == "fail":
+            raise StepFailed("rejected", detail=f"{name} scripted to fail")
+        if action == "crash":
+            os.kill(os.getpid(), signal.SIGKILL)
+
+    def _count(self, key: str) -> int:
+        if self.count_dir is None:
+            return self.call(key)
+        self.count_dir.mkdir(parents=True, exist_ok=True)
+        with (self.count_dir / key).open("ab") as calls:
+            calls.write(b".")
+            return calls.tell()
 
 
 def probe_services(
@@ -131,12 +168,14 @@ def probe_services(
 
     @alpha.on_step("first")
     async def first(event: Started, step: StepContext) -> AlphaDone:
+        behaviour.follow_script("first", step.saga_id)
         if behaviour.call("first") <= behaviour.first_transient:
             raise TransientError("alpha's dependency is down")
         return AlphaDone(subject=event.subject)
 
     @alpha.on_compensation("first")
     async def undo_first(event: EventPayload, step: StepContext) -> AlphaUndone:
+        behaviour.follow_script("undo_first", step.saga_id)
         if behaviour.call("undo_first") <= behaviour.undo_transient:
             raise TransientError("cannot undo yet")
         return AlphaUndone()
@@ -145,6 +184,7 @@ def probe_services(
     async def second(event: AlphaDone, step: StepContext) -> Finished:
         if behaviour.second_gate is not None:
             await behaviour.second_gate.wait()
+        behaviour.follow_script("second", step.saga_id)
         if behaviour.call("second") <= behaviour.second_transient:
             raise TimeoutError
         if behaviour.second_fails:
@@ -227,6 +267,20 @@ class Watch:
                 await asyncio.sleep(0.02)
         await asyncio.sleep(0.3)  # anything that should NOT follow has its chance to show
         return self.types()
+
+    def saga_types(self, saga: SagaContext) -> list[str]:
+        """The types of one saga's events, in arrival order."""
+        wanted = str(saga.saga_id)
+        return [e["event_type"] for e in self.events if e["context"]["saga_id"] == wanted]
+
+    async def saga_until(
+        self, saga: SagaContext, event_type: str, timeout: float = 30.0
+    ) -> list[str]:
+        """The types of one saga's events once ``event_type`` is among them."""
+        async with asyncio.timeout(timeout):
+            while event_type not in self.saga_types(saga):
+                await asyncio.sleep(0.05)
+        return self.saga_types(saga)
 
     async def start(self, subject: str = "s1", context: SagaContext | None = None) -> Envelope[Any]:
         envelope = Envelope.new(

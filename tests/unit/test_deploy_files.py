@@ -1,4 +1,5 @@
-"""The deployment files agree with the code: docker-compose.yml, the Dockerfile, the broker
+"""The deployment files agree with the code: docker-compose.yml (valid for the Compose
+Specification's JSON schema), the Prometheus configuration, the Dockerfile, the broker
 definitions, the PostgreSQL init script and the hashed requirements files.
 
 No Docker engine is needed: what compose and the image would run is read from the files and
@@ -8,9 +9,11 @@ checked against the settings classes, entry points and pins the services really 
 from __future__ import annotations
 
 import base64
+import copy
 import hashlib
 import importlib
 import importlib.util
+import json
 import re
 import sys
 import tomllib
@@ -23,8 +26,10 @@ from urllib.parse import unquote, urlsplit
 import pytest
 import yaml
 from faststream import FastStream
+from jsonschema import Draft7Validator
 from order_contracts import ORDER_SAGA
 from pydantic_settings import BaseSettings
+from sagakit._observability import otlp_protocol, tracing_enabled
 
 ROOT = Path(__file__).resolve().parents[2]
 COMPOSE = ROOT / "docker-compose.yml"
@@ -32,10 +37,13 @@ DOCKERFILE = ROOT / "Dockerfile"
 DEFINITIONS = ROOT / "deploy" / "rabbitmq" / "definitions.json"
 RABBITMQ_CONF = ROOT / "deploy" / "rabbitmq" / "rabbitmq.conf"
 POSTGRES_INIT = ROOT / "deploy" / "postgres" / "init-databases.sql"
+PROMETHEUS = ROOT / "deploy" / "prometheus" / "prometheus.yml"
 REQUIREMENTS = ROOT / "deploy" / "requirements"
+# The Compose Specification's schema, vendored from the compose-spec project (see README).
+COMPOSE_SCHEMA = Path(__file__).parent / "schemas" / "compose-spec.json"
 
 SERVICES = sorted(p.parent.name for p in (ROOT / "services").glob("*/pyproject.toml"))
-INFRASTRUCTURE = {"rabbitmq", "postgres", "jaeger"}
+INFRASTRUCTURE = {"rabbitmq", "postgres", "jaeger", "prometheus"}
 # Variables a service reads that carry no service prefix.
 SHARED_VARIABLES = {
     "SAGAKIT_ENV",
@@ -117,6 +125,51 @@ def _hash_matches(password_hash: str, password: str) -> bool:
 # -- docker-compose.yml ----------------------------------------------------------------
 
 
+@pytest.fixture(scope="module")
+def compose_schema() -> Draft7Validator:
+    schema = json.loads(COMPOSE_SCHEMA.read_text())
+    Draft7Validator.check_schema(schema)
+    return Draft7Validator(schema)
+
+
+def _schema_errors(validator: Draft7Validator, document: Any) -> list[str]:
+    return [
+        f"{'/'.join(map(str, error.absolute_path)) or '(top)'}: {error.message}"
+        for error in validator.iter_errors(document)
+    ]
+
+
+def test_compose_is_valid_for_the_compose_specification(
+    compose: dict[str, Any], compose_schema: Draft7Validator
+) -> None:
+    assert _schema_errors(compose_schema, compose) == []
+    # Compose v2 reads the file without a `version:`; v1 would need one.
+    assert "version" not in compose
+    assert compose["name"] == "sagakit"
+
+
+@pytest.mark.parametrize(
+    ("where", "change"),
+    [
+        ("a misspelt key", lambda c: c["services"]["rabbitmq"].update(prots=["5672:5672"])),
+        ("ports as a mapping", lambda c: c["services"]["jaeger"].update(ports={"ui": 16686})),
+        (
+            "a dependency condition",
+            lambda c: c["services"]["payment"]["depends_on"]["rabbitmq"].update(
+                condition="service_ready"
+            ),
+        ),
+        ("a volume of no kind", lambda c: c.update(volumes={"data": ["not", "a", "volume"]})),
+    ],
+)
+def test_the_schema_check_catches_a_broken_compose_file(
+    compose: dict[str, Any], compose_schema: Draft7Validator, where: str, change: Any
+) -> None:
+    broken = copy.deepcopy(compose)
+    change(broken)
+    assert _schema_errors(compose_schema, broken), where
+
+
 def test_compose_parses_and_runs_every_service_beside_its_infrastructure(
     compose: dict[str, Any],
 ) -> None:
@@ -124,10 +177,87 @@ def test_compose_parses_and_runs_every_service_beside_its_infrastructure(
     assert "tracker" in SERVICES or "tracker" not in compose["services"]
     rabbitmq = compose["services"]["rabbitmq"]
     assert re.fullmatch(r"rabbitmq:3\.\d+-management", rabbitmq["image"])
-    jaeger_ports = {p.split(":")[-1] for p in compose["services"]["jaeger"]["ports"]}
-    assert {"4317", "4318", "16686"} <= jaeger_ports
     for name in INFRASTRUCTURE - {"jaeger"}:
         assert compose["services"][name]["healthcheck"]["test"], name
+
+
+def _published(definition: Mapping[str, Any]) -> list[tuple[str, str, str]]:
+    ports = []
+    for port in definition.get("ports", []):
+        assert isinstance(port, str), f"{port!r}: the short form, with the host address"
+        host_ip, _, rest = _interpolate(port).partition(":")
+        host_port, _, container_port = rest.partition(":")
+        ports.append((host_ip, host_port, container_port))
+    return ports
+
+
+def test_every_published_port_listens_on_the_loopback_address_only(
+    compose: dict[str, Any],
+) -> None:
+    published = {name: _published(d) for name, d in compose["services"].items()}
+    assert any(published.values())
+    for name, ports in published.items():
+        for host_ip, host_port, container_port in ports:
+            assert host_ip == "127.0.0.1", f"{name}: {host_ip}:{host_port}:{container_port}"
+            assert host_port.isdigit(), name
+            assert container_port.isdigit(), name
+
+
+def test_jaeger_is_the_v2_image_with_otlp_and_the_ui_published(compose: dict[str, Any]) -> None:
+    jaeger = compose["services"]["jaeger"]
+    assert re.fullmatch(r"jaegertracing/jaeger:2\.\d+\.\d+", jaeger["image"])
+    # v1's all-in-one read COLLECTOR_*/SPAN_STORAGE_* variables; v2 reads a config file.
+    assert not any(
+        k.startswith(("COLLECTOR_", "SPAN_STORAGE")) for k in jaeger.get("environment", {})
+    )
+    assert {port for _, _, port in _published(jaeger)} == {"4317", "4318", "16686"}
+    for service in SERVICES:
+        depends = compose["services"][service]["depends_on"]
+        assert depends["jaeger"]["condition"] == "service_started"
+
+
+def _prometheus() -> dict[str, Any]:
+    config = yaml.safe_load(PROMETHEUS.read_text())
+    assert isinstance(config, dict)
+    return config
+
+
+def test_prometheus_runs_in_compose_with_the_configuration_from_deploy(
+    compose: dict[str, Any],
+) -> None:
+    prometheus = compose["services"]["prometheus"]
+    assert re.fullmatch(r"prom/prometheus:v3\.\d+\.\d+", prometheus["image"])
+    mounts = dict(v.split(":")[:2] for v in prometheus["volumes"])
+    # The image's own command reads this path: no command to override.
+    assert mounts["./deploy/prometheus/prometheus.yml"] == "/etc/prometheus/prometheus.yml"
+    assert "command" not in prometheus
+    assert {port for _, _, port in _published(prometheus)} == {"9090"}
+    assert "9090/-/ready" in " ".join(prometheus["healthcheck"]["test"])
+
+
+def test_prometheus_scrapes_every_service_on_its_metrics_port(compose: dict[str, Any]) -> None:
+    jobs = {job["job_name"]: job for job in _prometheus()["scrape_configs"]}
+    [discovery] = jobs["sagakit"]["dns_sd_configs"]
+    # DNS finds every replica of a scaled service; each target keeps its service's name.
+    assert discovery["type"] == "A"
+    assert sorted(discovery["names"]) == SERVICES
+    [relabel] = jobs["sagakit"]["relabel_configs"]
+    assert relabel == {"source_labels": ["__meta_dns_name"], "target_label": "service"}
+    for service in SERVICES:
+        port = _environment(compose, service)[f"{service.upper()}_METRICS_PORT"]
+        assert discovery["port"] == int(port), service
+    for job, service, port in (
+        ("rabbitmq", "rabbitmq", "15692"),
+        ("rabbitmq-queues", "rabbitmq", "15692"),
+        ("jaeger", "jaeger", "8888"),
+    ):
+        [static] = jobs[job]["static_configs"]
+        assert static["targets"] == [f"{service}:{port}"]
+        assert service in compose["services"]
+    # Per-queue depths (the dead-letter queues' among them) from rabbitmq_prometheus.
+    assert jobs["rabbitmq-queues"]["metrics_path"] == "/metrics/detailed"
+    assert jobs["rabbitmq-queues"]["params"] == {"family": ["queue_coarse_metrics"]}
+    assert len(jobs) == len(_prometheus()["scrape_configs"]), "job names are unique"
 
 
 @pytest.mark.parametrize("service", SERVICES)
@@ -142,6 +272,9 @@ def test_each_service_is_built_from_the_dockerfile_with_its_name(
     # No container_name and no host port: `docker compose up --scale <service>=3` works.
     assert "container_name" not in definition
     assert "ports" not in definition
+    # The image's command runs the service (test_the_image_entry_point_exists): no override.
+    assert "command" not in definition
+    assert "entrypoint" not in definition
 
 
 @pytest.mark.parametrize("service", SERVICES)
@@ -192,6 +325,9 @@ def test_the_service_starts_from_the_compose_environment_in_production_mode(
     assert environment["OTEL_EXPORTER_OTLP_PROTOCOL"] == (
         "grpc" if endpoint.port == 4317 else "http/protobuf"
     )
+    # What the service's tracing setup makes of that same environment.
+    assert tracing_enabled(environment)
+    assert otlp_protocol(environment) == environment["OTEL_EXPORTER_OTLP_PROTOCOL"]
 
 
 @pytest.mark.parametrize("service", SERVICES)

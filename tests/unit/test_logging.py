@@ -5,8 +5,11 @@ from __future__ import annotations
 import io
 import json
 import logging
+import re
+import time
 import uuid
 from collections.abc import Iterator
+from datetime import UTC, datetime
 
 import pytest
 from faststream._internal.logger.logger_proxy import RealLoggerObject
@@ -23,6 +26,8 @@ from sagakit._logging import (
     unwatch_deliveries,
     watch_deliveries,
 )
+
+RFC3339_MILLIS_UTC = re.compile(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z")
 
 
 @pytest.fixture
@@ -80,6 +85,25 @@ def test_text_lines_carry_the_same_fields() -> None:
     line = stream.getvalue()
     assert f"[saga={saga.saga_id} order.created reserve_stock] short of stock" in line
     assert "WARNING" in line
+    assert RFC3339_MILLIS_UTC.fullmatch(line.split(" ", 1)[0])
+
+
+def test_text_lines_name_the_trace_and_span_when_a_span_is_current() -> None:
+    stream = io.StringIO()
+    log = logging.getLogger(f"test.{uuid.uuid4().hex}")
+    log.addHandler(saga_log_handler(service="unit", stream=stream))
+    log.propagate = False
+    tracer = TracerProvider().get_tracer("test")
+    with tracer.start_as_current_span("step") as span:
+        log.warning("traced")
+    log.warning("untraced")
+
+    traced, untraced = stream.getvalue().splitlines()
+    context = span.get_span_context()
+    assert traced.endswith(
+        f"[saga=- - - trace={context.trace_id:032x} span={context.span_id:016x}] traced"
+    )
+    assert untraced.endswith("[saga=- - -] untraced")
 
 
 def test_json_lines_carry_the_trace_id_and_the_exception(
@@ -95,6 +119,63 @@ def test_json_lines_carry_the_trace_id_and_the_exception(
     [line] = lines(stream)
     assert line["trace_id"] == format(span.get_span_context().trace_id, "032x")
     assert "RuntimeError: database went away" in line["exception"]
+
+
+def test_json_lines_carry_the_span_id_of_the_current_span_and_none_without_one(
+    captured: tuple[io.StringIO, logging.Logger],
+) -> None:
+    stream, log = captured
+    tracer = TracerProvider().get_tracer("test")
+    with tracer.start_as_current_span("step") as step:
+        log.info("in the step")
+        with tracer.start_as_current_span("publish") as publish:
+            log.info("publishing")
+    log.info("no span")
+
+    in_step, publishing, untraced = lines(stream)
+    assert in_step["span_id"] == format(step.get_span_context().span_id, "016x")
+    assert publishing["span_id"] == format(publish.get_span_context().span_id, "016x")
+    assert publishing["trace_id"] == in_step["trace_id"]
+    assert re.fullmatch(r"[0-9a-f]{16}", publishing["span_id"])
+    assert "trace_id" not in untraced
+    assert "span_id" not in untraced
+
+
+def _record_at(moment: datetime) -> logging.LogRecord:
+    record = logging.LogRecord("sagakit.test", logging.INFO, __file__, 1, "hello", None, None)
+    record.created = moment.timestamp()
+    record.msecs = float(moment.microsecond // 1000)
+    return record
+
+
+@pytest.fixture
+def far_from_utc(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
+    """The process' local time zone is not UTC (lines must be in UTC all the same)."""
+    monkeypatch.setenv("TZ", "Asia/Kolkata")
+    time.tzset()
+    yield
+    monkeypatch.undo()
+    time.tzset()
+
+
+@pytest.mark.usefixtures("far_from_utc")
+@pytest.mark.parametrize("log_format", ["json", "text"])
+def test_lines_are_timed_in_rfc3339_utc_to_the_millisecond(log_format: str) -> None:
+    moment = datetime(2026, 12, 3, 7, 48, 25, 123456, tzinfo=UTC)
+    handler = saga_log_handler(service="unit", log_format=log_format, stream=io.StringIO())
+    written = handler.format(_record_at(moment))
+
+    stamp = json.loads(written)["time"] if log_format == "json" else written.split(" ", 1)[0]
+    assert stamp == "2026-12-03T07:48:25.123Z"
+    assert RFC3339_MILLIS_UTC.fullmatch(stamp)
+    assert datetime.fromisoformat(stamp) == moment.replace(microsecond=123000)
+
+
+def test_the_millisecond_never_rounds_into_the_next_second() -> None:
+    handler = saga_log_handler(service="unit", log_format="json", stream=io.StringIO())
+    record = _record_at(datetime(2026, 12, 31, 23, 59, 59, 999900, tzinfo=UTC))
+
+    assert json.loads(handler.format(record))["time"] == "2026-12-31T23:59:59.999Z"
 
 
 async def test_faststreams_own_lines_carry_the_saga_fields_of_the_delivery(

@@ -12,13 +12,16 @@ import typer
 
 from sagakit._asyncapi import (
     DOCUMENTED_SERVER,
+    TRACKER_DOCUMENT,
     asyncapi_document,
     incompatible_changes,
     payload_schema,
     render_json,
     schema_file_name,
+    tracker_document,
 )
 from sagakit._spec import SagaSpec
+from sagakit._tracker_app import TrackerSettings, build_tracker
 
 from . import app
 from ._check import SERVICE_FACTORY, LoadedService, load_services
@@ -72,6 +75,16 @@ def asyncapi_files(services: list[LoadedService], folder: Path) -> list[Contract
     ]
 
 
+def tracker_file(spec: SagaSpec, folder: Path) -> ContractFile:
+    """The saga tracker's AsyncAPI document, as it should be on file under ``folder``."""
+    settings = TrackerSettings().model_copy(update={"rabbitmq_url": DOCUMENTED_SERVER})
+    tracker = build_tracker(spec, settings, configure_logs=False)
+    return ContractFile(
+        folder / ASYNCAPI_FOLDER / f"{TRACKER_DOCUMENT}.json",
+        render_json(tracker_document(tracker, version=service_version("sagakit"))),
+    )
+
+
 def schema_files(spec: SagaSpec, folder: Path) -> list[ContractFile]:
     """Each event's payload schema, as it should be on file under ``folder``.
 
@@ -104,7 +117,7 @@ def export(
         bool, typer.Option("--check", help="write nothing; exit 1 if a file is out of date")
     ] = False,
 ) -> None:
-    """Write each service's AsyncAPI document and each event's schema.
+    """Write each service's AsyncAPI document (the tracker's too) and each event's schema.
 
     A schema already on file for an event's ``schema_version`` is only rewritten when the
     model merely adds optional fields; any other change is refused: bump the version.
@@ -114,6 +127,7 @@ def export(
         *asyncapi_files(
             load_services(flow, factory=factory, rabbitmq_url=DOCUMENTED_SERVER), folder
         ),
+        tracker_file(flow, folder),
         *schema_files(flow, folder),
     ]
     refused = [f for f in files if f.problems]
