@@ -157,7 +157,7 @@ class SagaRuntime:
         self.subscriptions = participant.subscriptions()
         self.breaker = CircuitBreaker(
             participant.name,
-            probes={Dependency.STORE: store.probe, Dependency.BROKER: self._probe_broker},
+            probes={Dependency.STORE: self._probe_store, Dependency.BROKER: self._probe_broker},
             probe_timeout=_PROBE_TIMEOUT_SECONDS,
             max_probe_delay=settings.outage_probe_max_delay_seconds,
         )
@@ -231,6 +231,13 @@ class SagaRuntime:
         await self.breaker.stop()
         await self.pruner.stop()
         await self.relay.stop()
+
+    async def _probe_store(self) -> None:
+        # Connections opened during the outage may be useless after it (SQLite opens a file
+        # it cannot write read-only, for good; a PostgreSQL standby stays one): each probe
+        # starts from an empty pool, so the connections after the outage are new ones.
+        await self.store.dispose()
+        await self.store.probe()
 
     async def _probe_broker(self) -> None:
         if not await self.broker.ping(timeout=_PROBE_TIMEOUT_SECONDS / 2):

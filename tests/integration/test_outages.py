@@ -359,13 +359,15 @@ async def test_a_delivery_whose_events_the_broker_refuses_is_held_unacked_not_fa
             assert await step_statuses_live(alpha) == {"completed": 1}
             assert "alpha.failed" not in of_saga(watch, saga)
 
-            await refuser.delete(if_unused=False, if_empty=False)
+            await refuser.unbind(exchange, routing_key="alpha.done")
             await eventually(lambda: metric("sagakit_held_deliveries", "alpha") == 0)
             await eventually(lambda: "probe.finished" in of_saga(watch, saga))
             await eventually(lambda: not alpha.runtime.breaker.is_open)
             await assert_nothing_parked(watch)
             assert await _passes(publishing_check(alpha.runtime.breaker)) is True
     finally:
+        # The session's virtual host outlives this test: never leave the refuser bound.
+        await refuser.delete(if_unused=False, if_empty=False)
         await connection.close()
     # alpha.done reached beta (and the watch) with each refused attempt too: copies of one
     # event, which beta's inbox dropped; the step ran once, the saga finished once.
