@@ -21,8 +21,12 @@ from ._tracing import continued_trace
 
 logger = logging.getLogger("sagakit.relay")
 
-# The relay loop leaves young rows to the inline publish that follows each commit.
-_STALE_AFTER = timedelta(seconds=2)
+# The relay loop publishes a row nobody holds once it is this old. A row is held by the
+# process that wrote it from its transaction until its sent mark (``hold``), and rows whose
+# publish or mark failed here are retried at the next pass whatever their age; so only rows
+# of a process that died, or of another replica sharing the store, wait this long. The
+# second kind may only be waiting for its mark: short, this would publish it twice.
+_STALE_AFTER = timedelta(seconds=15)
 # Rows published inline within this long are marked sent in one transaction.
 _MARK_WINDOW_SECONDS = 0.01
 # A publish not confirmed within this long has failed (a quorum queue without a leader may
@@ -77,6 +81,8 @@ class OutboxRelay:
         self._breaker = breaker
         self._task: asyncio.Task[None] | None = None
         self._in_hand: Counter[str] = Counter()
+        # Rows this process let go of after a failed publish or mark: the next pass's.
+        self._retry_soon: set[str] = set()
         self._marks = _SentMarks(store, self, breaker)
 
     # -- rows in hand ------------------------------------------------------------------
@@ -119,26 +125,45 @@ class OutboxRelay:
             raise
         # The marks own the published rows' hold now; the rest go back to the loop.
         self._marks.add(sent)
-        self.release(row.event_id for row in outcome.unpublished)
+        self.give_up(row.event_id for row in outcome.unpublished)
         return outcome
+
+    def give_up(self, event_ids: Iterable[str]) -> None:
+        """``release`` rows whose publish or mark failed: the loop's next pass takes them."""
+        ids = list(event_ids)
+        self.release(ids)
+        self._retry_soon.update(ids)
+
+    async def retry_failed(self) -> int:
+        """Publish the rows this process gave up on (that no one holds again)."""
+        if not self._retry_soon:
+            return 0
+        ids, self._retry_soon = self._retry_soon, set()
+        async with self._store.read() as session:
+            rows = await self._store.unsent_among(session, ids)
+        return await self._send_unheld(rows)
 
     async def flush(self, *, older_than: timedelta | None = None) -> int:
         """Publish every pending row (older than ``older_than``) that no handler holds;
         returns how many went out."""
         async with self._store.read() as session:
             rows = await self._store.pending_outbox(session, older_than=older_than)
+        return await self._send_unheld(rows)
+
+    async def _send_unheld(self, rows: Sequence[OutboxRow]) -> int:
         rows = [row for row in rows if row.event_id not in self._in_hand]
         if not rows:
             return 0
         ids = [row.event_id for row in rows]
         self.hold(ids)
         try:
-            sent, _ = await self._send(rows)
+            sent, outcome = await self._send(rows)
             if sent:
                 async with self._store.transaction() as session:
                     await self._store.mark_sent(session, sent)
         finally:
             self.release(ids)
+        self._retry_soon.update(row.event_id for row in outcome.unpublished)
         return len(sent)
 
     async def _send(
@@ -242,6 +267,7 @@ class OutboxRelay:
                 # Even on the first pass: a row younger than this may belong to a message
                 # being handled right now, whose inline publish would race this one.
                 await self.flush(older_than=_STALE_AFTER)
+                await self.retry_failed()
                 async with self._store.read() as session:
                     backlog = await self._store.count_pending_outbox(session)
                 OUTBOX_BACKLOG.labels(self._participant).set(backlog)
@@ -302,7 +328,7 @@ class _SentMarks:
             self._task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._task
-        self._relay.release(self._pending)
+        self._relay.give_up(self._pending)
         self._pending = []
 
     async def _drain(self) -> None:
@@ -326,4 +352,6 @@ class _SentMarks:
                     len(batch),
                     exc,
                 )
+                self._relay.give_up(batch)
+                continue
             self._relay.release(batch)

@@ -567,7 +567,7 @@ class SagaRuntime:
         try:
             async with self.store.write() as transaction:
                 if not await self._first_delivery(transaction, sub, envelope, digest):
-                    return [], "duplicate"
+                    return await self._unsent(transaction, envelope), "duplicate"
                 status = await self.store.claim_step(transaction, step=step.name, saga_id=saga_id)
                 decision = rules.on_forward(
                     status, past_deadline=envelope.context.is_past_deadline()
@@ -628,7 +628,7 @@ class SagaRuntime:
         saga_id = envelope.context.saga_id
         async with self.store.write() as transaction:
             if not await self._first_delivery(transaction, sub, envelope, digest):
-                return [], "duplicate"
+                return await self._unsent(transaction, envelope), "duplicate"
             claimed = await self.store.claim_step(transaction, step=step.name, saga_id=saga_id)
             if claimed is not None:
                 return [], "ignored"
@@ -673,7 +673,7 @@ class SagaRuntime:
         saga_id = envelope.context.saga_id
         async with self.store.write() as transaction:
             if not await self._first_delivery(transaction, sub, envelope, digest):
-                return [], "duplicate"
+                return await self._unsent(transaction, envelope), "duplicate"
             status = await self.store.claim_step(transaction, step=step.name, saga_id=saga_id)
             decision = rules.on_compensation(status)
             if decision is rules.CompensationDecision.UNKNOWN_SAGA:
@@ -759,6 +759,20 @@ class SagaRuntime:
             )
         logger.info("duplicate delivery of %s ignored", envelope.event_id)
         return False
+
+    async def _unsent(self, transaction: Transaction, envelope: Envelope[Any]) -> list[OutboxRow]:
+        """On a duplicate delivery, the saga's events still unmarked: when the first delivery
+        committed and then died before publishing (or before its marks), this one publishes
+        them now, instead of the relay loop later. Rows another delivery holds are left to it.
+        """
+        rows = await self.store.unsent_of_saga(transaction, saga_id=envelope.context.saga_id)
+        rows = [row for row in rows if not self.relay.in_hand(row.event_id)]
+        written = _written.get()
+        if rows and written is not None:
+            ids = [row.event_id for row in rows]
+            self.relay.hold(ids)
+            written.extend(ids)
+        return rows
 
     def _step_context(
         self, transaction: Transaction, envelope: Envelope[Any], attempt: int

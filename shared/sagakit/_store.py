@@ -448,6 +448,25 @@ class Store:
             query = query.with_for_update(skip_locked=True)
         return [_outbox_row(r) for r in (await session.execute(query)).mappings()]
 
+    async def unsent_among(
+        self, session: AsyncSession, event_ids: Iterable[str]
+    ) -> list[OutboxRow]:
+        """Those of these events not marked sent, oldest first."""
+        wanted = list(event_ids)
+        if not wanted:
+            return []
+        query = (
+            select(outbox)
+            .where(outbox.c.event_id.in_(wanted), outbox.c.sent_at.is_(None))
+            .order_by(outbox.c.created_at)
+        )
+        return [_outbox_row(r) for r in (await session.execute(query)).mappings()]
+
+    async def unsent_of_saga(self, session: Executor, *, saga_id: uuid.UUID) -> list[OutboxRow]:
+        """The saga's events this store has not marked sent, oldest first."""
+        result = await session.execute(_UNSENT_OF_SAGA, {"w_saga_id": str(saga_id)})
+        return [_outbox_row(r) for r in result.mappings()]
+
     async def mark_sent(self, session: Executor, event_ids: Sequence[str]) -> None:
         """Mark events as published."""
         if not event_ids:
@@ -577,6 +596,11 @@ _INBOX_DIGEST = select(inbox.c.body_digest).where(
     inbox.c.message_id == bindparam("w_message_id"),
 )
 _PROBE_WRITE = update(probe).where(probe.c.name == "probe").values(probed_at=bindparam("probed_at"))
+_UNSENT_OF_SAGA = (
+    select(outbox)
+    .where(outbox.c.saga_id == bindparam("w_saga_id"), outbox.c.sent_at.is_(None))
+    .order_by(outbox.c.created_at)
+)
 _OUTBOX_ROW = select(outbox).where(outbox.c.event_id == bindparam("w_event_id"))
 _REQUEUE = update(outbox).where(outbox.c.event_id == bindparam("w_event_id")).values(sent_at=None)
 _MARK_ONE_SENT = (

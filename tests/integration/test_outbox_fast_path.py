@@ -8,12 +8,13 @@ import asyncio
 import uuid
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
+from datetime import timedelta
 from typing import Any
 
 import aio_pika
 import pytest
 from aio_pika.abc import AbstractIncomingMessage
-from faststream.rabbit import RabbitBroker
+from faststream.rabbit import Channel, RabbitBroker
 from sagakit import Store
 from sagakit._relay import OutboxRelay
 from sagakit._store import OutboxRow
@@ -195,3 +196,40 @@ async def test_a_row_held_by_a_handler_between_commit_and_publish_is_left_alone(
     assert not wire.relay.in_hand(row.event_id)
     assert await wire.relay.flush() == 1
     assert [m.message_id for m in await wire.received(1)] == [row.event_id]
+
+
+async def test_a_row_whose_publish_failed_is_retried_at_the_next_pass_whatever_its_age(
+    store: Store, rabbitmq_url: str
+) -> None:
+    exchange = f"unbound-{uuid.uuid4().hex[:8]}"
+    # As services build theirs: a message the broker returns is an error.
+    broker = RabbitBroker(rabbitmq_url, default_channel=Channel(on_return_raises=True))
+    relay = OutboxRelay(store, broker, flow_exchange(exchange), participant="test", interval=60)
+    connection = await aio_pika.connect_robust(rabbitmq_url)
+    try:
+        channel = await connection.channel()
+        declared = await channel.declare_exchange(
+            exchange, aio_pika.ExchangeType.TOPIC, durable=False, auto_delete=True
+        )
+        await broker.start()
+        saga = str(uuid.uuid4())
+        async with store.transaction() as session:
+            rows = await store.add_to_outbox(session, [_row(saga, 1)])
+
+        published = await relay.publish(rows)  # no queue bound yet: returned, unroutable
+        assert published.unpublished == rows
+        assert published.refusal is None  # not the broker refusing: nothing is held
+        assert not relay.in_hand(rows[0].event_id)
+        assert await relay.flush(older_than=timedelta(minutes=1)) == 0  # young: not stale
+
+        queue = await channel.declare_queue(exclusive=True)
+        await queue.bind(declared, routing_key="#")
+        assert await relay.retry_failed() == 1  # the next pass, however young the row
+        message = await queue.get(timeout=5)
+        assert message.message_id == rows[0].event_id
+        async with store.read() as session:
+            assert await store.count_pending_outbox(session) == 0
+    finally:
+        await broker.stop()
+        await connection.close()
+        await relay.stop()

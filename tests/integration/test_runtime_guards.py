@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
-from typing import ClassVar
+from typing import Any, ClassVar
 
 import pytest
 from sagakit import (
@@ -27,6 +27,7 @@ from sagakit import (
     build_service,
     utc_now,
 )
+from sagakit._relay import Published
 from sagakit.testing import ParticipantHarness
 from sqlalchemy import Column, Integer, MetaData, String, Table, func, insert, select
 
@@ -328,3 +329,30 @@ async def test_an_inbox_record_without_a_digest_is_taken_as_a_plain_duplicate(
     async with harness.service.store.read() as session:
         count = await session.execute(select(func.count()).select_from(effects))
         assert count.scalar_one() == 1
+
+
+async def test_a_redelivery_publishes_what_the_first_delivery_committed_but_never_sent(
+    harness: ParticipantHarness, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    relay = harness.service.runtime.relay
+    publish = relay.publish
+
+    async def died_before_publishing(rows: Any) -> Published:
+        return Published()  # committed; then the process died: nothing went out, no ack
+
+    started = harness.start_saga(Started())
+    with monkeypatch.context() as patched:
+        patched.setattr(relay, "publish", died_before_publishing)
+        await harness.publish(started)
+    assert harness.emitted_types == []
+
+    monkeypatch.setattr(relay, "publish", publish)
+    await harness.publish(started)  # the broker delivers it again
+
+    # A duplicate: the step does not run again, but its event goes out now, not when the
+    # relay loop finds the row.
+    assert harness.emitted_types == ["solo.done"]
+    assert await effect_kinds(harness) == ["done"]
+    await relay.settle()
+    async with harness.service.store.read() as session:
+        assert await harness.service.store.count_pending_outbox(session) == 0
