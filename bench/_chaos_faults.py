@@ -25,6 +25,7 @@ from typing import Any
 from _chaos_crashes import CrashPoints
 from _chaos_ledger import Ledger, Seen
 from sagakit import SagaClient, SagaSpec, ServiceProcesses, ServiceStartError
+from sagakit_lab import RabbitNode
 from tcp_proxy import TcpProxy
 
 logger = logging.getLogger("chaos.faults")
@@ -37,7 +38,7 @@ class FaultKind(StrEnum):
 
     KILL = "kill"  # kill -9 of a random service, restarted after a pause
     CRASH_POINT = "crash_point"  # kill -9 at an armed point: after commit, before publish/ack
-    BROKER_RESTART = "broker_restart"  # rabbitmqctl stop_app / start_app
+    BROKER_RESTART = "broker_restart"  # the run's own RabbitMQ node stopped, then started
     CONNECTION_CUT = "connection_cut"  # every service connection reset by the proxy
     LATENCY = "latency"  # the proxy delays every chunk for a while
     DUPLICATE = "duplicate"  # events seen on the exchange published again
@@ -148,7 +149,7 @@ class Injector:
         spec: The flow.
         rng: Choices made while running (which event to copy, which garbage).
         crashes: The crash points armed in the services, re-armed at each restart.
-        rabbitmqctl: The command that controls the broker node.
+        broker: The run's own RabbitMQ node, which broker restarts stop and start.
     """
 
     def __init__(
@@ -161,7 +162,7 @@ class Injector:
         spec: SagaSpec,
         rng: random.Random,
         crashes: CrashPoints,
-        rabbitmqctl: Sequence[str],
+        broker: RabbitNode,
     ) -> None:
         self.procs = procs
         self.proxy = proxy
@@ -170,7 +171,7 @@ class Injector:
         self.spec = spec
         self.rng = rng
         self.crashes = crashes
-        self.rabbitmqctl = tuple(rabbitmqctl)
+        self.broker = broker
         self.done: Counter[str] = Counter()
         self.timeline: list[dict[str, Any]] = []
         self.malformed: dict[str, Malformed] = {}
@@ -220,24 +221,8 @@ class Injector:
     async def _restart_broker(self, *, down: float) -> None:
         async with self._lock:
             self._note(FaultKind.BROKER_RESTART, f"down for {down:.1f}s")
-            await self._ctl("stop_app")
-            try:
-                await asyncio.sleep(down)
-            finally:
-                await self._ctl("start_app")
-                await self._ctl("await_startup")
-
-    async def _ctl(self, *args: str) -> None:
-        process = await asyncio.create_subprocess_exec(
-            *self.rabbitmqctl,
-            "-q",
-            *args,
-            stdout=asyncio.subprocess.DEVNULL,
-            stderr=asyncio.subprocess.PIPE,
-        )
-        _, stderr = await asyncio.wait_for(process.communicate(), timeout=180)
-        if process.returncode != 0:
-            raise RuntimeError(f"rabbitmqctl {' '.join(args)} failed: {stderr.decode().strip()}")
+            # Stopped cleanly (as `rabbitmqctl stop`), started again on the same ports.
+            await asyncio.to_thread(self.broker.restart, down=down)
 
     async def _duplicate(self, count: int) -> None:
         by_type: dict[str, list[Seen]] = {}

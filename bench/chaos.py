@@ -2,20 +2,19 @@
 
     uv run python bench/chaos.py --sagas 1000 --seed 42 [--store postgresql] [--json out.json]
 
-Starts the four participants as processes on a fresh virtual host (their broker URL points
-at a local TCP proxy), declares an independent ledger queue bound ``#`` to the flow's
-exchange, then starts sagas at a steady rate over a seeded order mix (every business
-failure of the reference rules) while a seeded plan kills services with SIGKILL, arms crash
-points, restarts the broker (``rabbitmqctl stop_app``/``start_app``: the whole local node),
+Starts a RabbitMQ node of its own (sagakit_lab: free ports, data in the work directory; it
+needs ``rabbitmq-server`` installed, and never touches a broker it did not start), the four
+participants as processes on it (their broker URL points at a local TCP proxy), declares an
+independent ledger queue bound ``#`` to the flow's exchange, then starts sagas at a steady
+rate over a seeded order mix (every business failure of the reference rules) while a
+seeded plan kills services with SIGKILL, arms crash points, restarts the broker (the run's
+own node, stopped and started again),
 cuts and slows the services' connections, publishes copies of events seen on the exchange
 and publishes garbage under real routing keys. Then it waits for every saga to end, and
 checks each service's own store, the dead-letter queues and the ledger against each other.
 
 Exits 1 when anything was lost, applied twice or ended against the rules; 2 on a run that
 could not be carried out. The seed and the table go to stdout, progress to stderr.
-
-``rabbitmqctl`` must control the broker's node (it honours ``RABBITMQ_NODENAME``, or pass
-``--rabbitmqctl "rabbitmqctl -n node@host"``).
 """
 
 from __future__ import annotations
@@ -29,7 +28,6 @@ import logging
 import os
 import random
 import secrets
-import shlex
 import sys
 import tempfile
 import time
@@ -38,7 +36,6 @@ from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
-from urllib.parse import quote, urlsplit, urlunsplit
 
 import aio_pika
 from _chaos_audit import audit
@@ -52,6 +49,7 @@ from order_contracts import ORDER_SAGA
 from sagakit import QueueProbe, SagaClient, ServiceProcesses, consumed_queues
 from sagakit._dlq import DeadLetters
 from sagakit._topology import retry_queue_name
+from sagakit_lab import RabbitNode
 from tcp_proxy import TcpProxy
 
 __all__ = ["ChaosOptions", "main", "run_chaos"]
@@ -59,7 +57,6 @@ __all__ = ["ChaosOptions", "main", "run_chaos"]
 logger = logging.getLogger("chaos")
 
 PARTICIPANTS = ("inventory", "payment", "shipping", "notification")
-DEFAULT_URL = "amqp://guest:guest@127.0.0.1:5672/"
 DEFAULT_POSTGRES = "postgresql://postgres@127.0.0.1:5432/postgres"
 
 
@@ -71,42 +68,25 @@ class ChaosOptions:
     seed: int = 0
     rate: float = 8.0
     store: str = "sqlite"
-    url: str = DEFAULT_URL
     postgres_url: str = DEFAULT_POSTGRES
     workdir: Path | None = None
     settle_timeout: float = 300.0
-    rabbitmqctl: tuple[str, ...] = ("rabbitmqctl",)
     service_log_level: str = "INFO"
-    keep_vhost: bool = False
 
 
 # -- the broker and the databases ------------------------------------------------------
 
 
-async def _run(*command: str) -> None:
-    process = await asyncio.create_subprocess_exec(
-        *command, stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.PIPE
-    )
-    _, stderr = await asyncio.wait_for(process.communicate(), timeout=120)
-    if process.returncode != 0:
-        raise RuntimeError(f"{' '.join(command)} failed: {stderr.decode().strip()}")
-
-
 @contextlib.asynccontextmanager
-async def fresh_vhost(options: ChaosOptions) -> AsyncIterator[str]:
-    """The broker URL on a virtual host of this run's own, deleted afterwards."""
-    parts = urlsplit(options.url)
-    vhost = f"sagakit-chaos-{options.seed}-{secrets.token_hex(3)}"
-    ctl = options.rabbitmqctl
-    await _run(*ctl, "-q", "add_vhost", vhost)
-    user = parts.username or "guest"
-    await _run(*ctl, "-q", "set_permissions", "-p", vhost, user, ".*", ".*", ".*")
+async def private_broker(workdir: Path) -> AsyncIterator[RabbitNode]:
+    """A RabbitMQ node of the run's own, stopped afterwards: the run restarts its broker,
+    which it may do only to one it started."""
+    node = RabbitNode(workdir / "rabbitmq")
+    await asyncio.to_thread(node.start)
     try:
-        yield urlunsplit(parts._replace(path="/" + quote(vhost, safe="")))
+        yield node
     finally:
-        if not options.keep_vhost:
-            with contextlib.suppress(Exception):
-                await _run(*ctl, "-q", "delete_vhost", vhost)
+        await asyncio.to_thread(node.stop)
 
 
 @contextlib.asynccontextmanager
@@ -228,9 +208,9 @@ async def run_chaos(options: ChaosOptions) -> dict[str, Any]:
         budget=max(len(PARTICIPANTS), round(3 * options.sagas / 100)),
     )
 
-    async with fresh_vhost(options) as url, databases(options, workdir) as dbs:
-        broker = urlsplit(url)
-        proxy = TcpProxy(broker.hostname or "127.0.0.1", broker.port or 5672)
+    async with private_broker(workdir) as node, databases(options, workdir) as dbs:
+        url = node.url
+        proxy = TcpProxy("127.0.0.1", node.port)
         await proxy.start()
         ledger = Ledger(url, spec=ORDER_SAGA)
         await ledger.open()  # before any saga starts
@@ -263,7 +243,7 @@ async def run_chaos(options: ChaosOptions) -> dict[str, Any]:
                     spec=ORDER_SAGA,
                     rng=runtime_rng,
                     crashes=crashes,
-                    rabbitmqctl=options.rabbitmqctl,
+                    broker=node,
                 )
                 try:
                     planned, republished = await _inject(
@@ -377,20 +357,13 @@ def _options(argv: Sequence[str] | None) -> tuple[ChaosOptions, str | None, bool
     parser.add_argument("--rate", type=float, default=8.0, help="sagas started per second (8)")
     parser.add_argument("--store", choices=("sqlite", "postgresql"), default="sqlite")
     parser.add_argument(
-        "--url",
-        default=os.environ.get("RABBITMQ_URL", DEFAULT_URL),
-        help="the broker; the run makes a virtual host of its own there ($RABBITMQ_URL)",
-    )
-    parser.add_argument(
         "--postgres-url",
         default=os.environ.get("SAGAKIT_TEST_POSTGRES_URL", DEFAULT_POSTGRES),
         help="an admin URL; the run creates and drops four databases there",
     )
     parser.add_argument("--workdir", type=Path, default=None, help="logs and SQLite files")
     parser.add_argument("--settle-timeout", type=float, default=300.0)
-    parser.add_argument("--rabbitmqctl", default="rabbitmqctl", help="command controlling the node")
     parser.add_argument("--service-log-level", default="INFO")
-    parser.add_argument("--keep-vhost", action="store_true")
     parser.add_argument("--json", default=None, help="also write the report there ('-': stdout)")
     parser.add_argument("--quiet", action="store_true", help="no progress on stderr")
     args = parser.parse_args(argv)
@@ -399,13 +372,10 @@ def _options(argv: Sequence[str] | None) -> tuple[ChaosOptions, str | None, bool
         seed=args.seed if args.seed is not None else secrets.randbelow(1_000_000),
         rate=args.rate,
         store=args.store,
-        url=args.url,
         postgres_url=args.postgres_url,
         workdir=args.workdir,
         settle_timeout=args.settle_timeout,
-        rabbitmqctl=tuple(shlex.split(args.rabbitmqctl)),
         service_log_level=args.service_log_level,
-        keep_vhost=args.keep_vhost,
     )
     return options, args.json, args.quiet
 

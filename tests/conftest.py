@@ -1,26 +1,27 @@
-"""Fixtures every tier may use: a RabbitMQ URL on a throwaway virtual host, and throwaway
-PostgreSQL databases.
+"""Fixtures every tier may use: a RabbitMQ URL on a throwaway virtual host, a private
+RabbitMQ node for tests that restart or reconfigure a broker, and throwaway PostgreSQL
+databases.
 
-The broker comes from ``RABBITMQ_URL``, else a local broker on 5672, else a testcontainers
-RabbitMQ when a Docker engine answers. With ``CI=true`` a missing broker or database fails
-the run instead of skipping it. On a local broker each session gets a virtual host of its
-own, so tests never see the demo's queues (or another run's).
+The shared broker comes from ``RABBITMQ_URL``, else a local broker on 5672, else a private
+node, else a testcontainers RabbitMQ; tests only work there inside virtual hosts they create
+and delete (tests/brokers.py says how). With ``CI=true`` a missing broker or database fails
+the run instead of skipping it.
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import os
-import shutil
-import socket
-import subprocess
 import uuid
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
-from urllib.parse import quote, urlsplit, urlunsplit
 
 import pytest
+from sagakit_lab import RabbitNode
+
+from tests.brokers import LOCAL_URL, fresh_broker_url, private_node, stop_private_node
+
+__all__ = ["LOCAL_URL", "fresh_broker_url"]
 
 POSTGRES_ADMIN_URL = os.environ.get(
     "SAGAKIT_TEST_POSTGRES_URL", "postgresql://postgres@127.0.0.1:5432/postgres"
@@ -77,65 +78,19 @@ def store_url(
     return postgres_database()
 
 
-LOCAL_URL = "amqp://guest:guest@127.0.0.1:5672/"
-
-
-def _answers(host: str, port: int) -> bool:
-    try:
-        with socket.create_connection((host, port), timeout=1.0):
-            return True
-    except OSError:
-        return False
-
-
-def _with_vhost(url: str, vhost: str) -> str:
-    parts = urlsplit(url)
-    return urlunsplit(parts._replace(path="/" + quote(vhost, safe="")))
-
-
-@contextlib.contextmanager
-def fresh_broker_url() -> Iterator[str]:
-    """A broker URL on a virtual host of its own (deleted afterwards) where that is possible."""
-    url = os.environ.get("RABBITMQ_URL")
-    if url:
+@pytest.fixture(scope="session")
+def rabbitmq_url() -> Iterator[str]:
+    """The shared broker, on a virtual host of this session's own (see tests/brokers.py)."""
+    with fresh_broker_url() as url:
         yield url
-        return
-    if _answers("127.0.0.1", 5672):
-        rabbitmqctl = shutil.which("rabbitmqctl")
-        if rabbitmqctl is None:
-            yield LOCAL_URL
-            return
-        vhost = f"sagakit-test-{uuid.uuid4().hex[:8]}"
-        subprocess.run([rabbitmqctl, "-q", "add_vhost", vhost], check=True)
-        subprocess.run(
-            [rabbitmqctl, "-q", "set_permissions", "-p", vhost, "guest", ".*", ".*", ".*"],
-            check=True,
-        )
-        try:
-            yield _with_vhost(LOCAL_URL, vhost)
-        finally:
-            subprocess.run([rabbitmqctl, "-q", "delete_vhost", vhost], check=False)
-        return
-    try:
-        from testcontainers.rabbitmq import RabbitMqContainer
-
-        container = RabbitMqContainer("rabbitmq:3.13-management")
-        container.start()
-    except Exception as exc:
-        message = f"no RabbitMQ: set RABBITMQ_URL, start a local broker, or a Docker engine ({exc})"
-        if os.environ.get("CI"):
-            pytest.fail(message)
-        pytest.skip(message)
-    try:
-        host = container.get_container_host_ip()
-        port = container.get_exposed_port(5672)
-        yield f"amqp://guest:guest@{host}:{port}/"
-    finally:
-        container.stop()
 
 
 @pytest.fixture(scope="session")
-def rabbitmq_url() -> Iterator[str]:
-    """A broker URL on a virtual host of this session's own."""
-    with fresh_broker_url() as url:
-        yield url
+def private_rabbit() -> Iterator[RabbitNode]:
+    """A RabbitMQ node of this session's own, for tests that restart or reconfigure a broker.
+
+    Free ports, data in a temporary directory, its own node name and cookie: never the
+    broker a developer runs. Skipped (failed in CI) without ``rabbitmq-server``.
+    """
+    yield private_node()
+    stop_private_node()

@@ -18,7 +18,12 @@ from .spec import ORDER_SAGA
 DEFAULT_URL = "amqp://guest:guest@127.0.0.1:5672/"
 
 UrlOption = Annotated[
-    str, typer.Option("--url", envvar="RABBITMQ_URL", help="The RabbitMQ broker.")
+    str,
+    typer.Option(
+        "--url",
+        envvar=["RABBITMQ_URL", "RABBITMQ_URLS"],
+        help="The RabbitMQ broker (a cluster's nodes: host1:5672,host2:5672 in the URL).",
+    ),
 ]
 
 EXIT_BROKER_UNAVAILABLE = 3

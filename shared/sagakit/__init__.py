@@ -7,6 +7,7 @@ from ._context import SagaContext, StepOutcome, StepRecord, current_saga, saga_s
 from ._envelope import Envelope, EventPayload, derived_event_id
 from ._errors import (
     BrokerUnavailable,
+    BrokerUrlError,
     InvalidMessage,
     SagaError,
     SpecError,
@@ -31,6 +32,7 @@ from ._tracker_store import TrackerStore
 
 __all__ = [
     "BrokerUnavailable",
+    "BrokerUrlError",
     "Envelope",
     "EventNotRouted",
     "EventPayload",

@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 from faststream import FastStream
 from faststream.rabbit import Channel, RabbitBroker
 
+from ._failover import rabbit_broker
 from ._health import (
     HttpEndpoint,
     broker_check,
@@ -57,8 +58,8 @@ def build_service(
     set, serves ``/livez`` and ``/readyz`` (broker connected, store taking writes, no
     deliveries held by the circuit breaker, publishes confirmed) and ``/metrics``.
     """
-    broker = RabbitBroker(
-        settings.rabbitmq_url,
+    broker = rabbit_broker(
+        settings.broker_urls,
         default_channel=Channel(prefetch_count=settings.prefetch, on_return_raises=True),
         app_id=participant.name,
         graceful_timeout=15.0,

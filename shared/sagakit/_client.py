@@ -7,11 +7,10 @@ import contextlib
 import json
 import logging
 import uuid
-from collections.abc import AsyncIterator, Callable, Iterable, Mapping
+from collections.abc import AsyncIterator, Callable, Iterable, Mapping, Sequence
 from datetime import datetime
 from types import TracebackType
 from typing import Any, Literal, overload
-from urllib.parse import urlsplit, urlunsplit
 
 import aio_pika
 import aiormq
@@ -25,9 +24,11 @@ from aio_pika.abc import (
 from aio_pika.exceptions import PublishError
 from pydantic import ValidationError
 
+from ._broker_urls import broker_hosts, broker_urls, redacted
 from ._context import SagaContext
 from ._envelope import Envelope, EventPayload, derived_event_id
 from ._errors import BrokerUnavailable, SagaError, SpecError
+from ._failover import failover_class
 from ._spec import SagaSpec
 from ._tracing import current_trace_headers
 
@@ -57,20 +58,6 @@ class WatchTimeout(TimeoutError):
         self.seen: dict[uuid.UUID, list[Envelope[Any]]] = dict(seen)
 
 
-def redacted(url: str) -> str:
-    """``url`` without its password, fit for messages and logs."""
-    parts = urlsplit(url)
-    if parts.password is None:
-        return url
-    host = parts.hostname or ""
-    if ":" in host:
-        host = f"[{host}]"
-    if parts.port is not None:
-        host = f"{host}:{parts.port}"
-    user = f"{parts.username}:***@" if parts.username else "***@"
-    return urlunsplit(parts._replace(netloc=user + host))
-
-
 class _TransportErrorFilter(logging.Filter):
     # aiormq logs a failed first connection as an error; BrokerUnavailable says it already.
     def filter(self, record: logging.LogRecord) -> bool:
@@ -78,32 +65,53 @@ class _TransportErrorFilter(logging.Filter):
 
 
 _AIORMQ_LOGGER = logging.getLogger("aiormq.connection")
+_CONNECT_ERRORS = (aiormq.exceptions.AMQPError, OSError, TimeoutError)
 _TRANSPORT_ERRORS = _TransportErrorFilter()
 
 
 @overload
-async def connect(url: str, *, connect_timeout: float) -> AbstractRobustConnection: ...
+async def connect(
+    url: str | Sequence[str], *, connect_timeout: float
+) -> AbstractRobustConnection: ...
 
 
 @overload
 async def connect(
-    url: str, *, connect_timeout: float, robust: Literal[False]
+    url: str | Sequence[str], *, connect_timeout: float, robust: Literal[False]
 ) -> AbstractConnection: ...
 
 
-async def connect(url: str, *, connect_timeout: float, robust: bool = True) -> AbstractConnection:
-    """A connection to ``url``, or BrokerUnavailable naming it (without password).
+async def connect(
+    url: str | Sequence[str], *, connect_timeout: float, robust: bool = True
+) -> AbstractConnection:
+    """A connection to the first broker node of ``url`` that answers, or BrokerUnavailable.
 
-    A robust connection reconnects by itself after the first success; a plain one does not.
+    ``url`` is anything ``broker_urls`` takes: one URL, the comma form
+    (``amqp://u:p@host1:5672,host2:5672/vh``) or a list. A robust connection reconnects by
+    itself after the first success, to the next node when one is lost; a plain one does not.
+    The error names every node tried, without password.
     """
+    urls = broker_urls(url)
     _AIORMQ_LOGGER.addFilter(_TRANSPORT_ERRORS)
     try:
         if robust:
-            return await aio_pika.connect_robust(url, timeout=connect_timeout)
-        return await aio_pika.connect(url, timeout=connect_timeout)
-    except (aiormq.exceptions.AMQPError, OSError, TimeoutError) as exc:
+            return await aio_pika.connect_robust(
+                urls[0],
+                timeout=connect_timeout,
+                connection_class=failover_class(broker_hosts(urls)),
+            )
+        failure: BaseException | None = None
+        for one in urls:
+            try:
+                return await aio_pika.connect(one, timeout=connect_timeout)
+            except _CONNECT_ERRORS as exc:
+                failure = exc
+        assert failure is not None
+        raise failure
+    except _CONNECT_ERRORS as exc:
         raise BrokerUnavailable(
-            f"no RabbitMQ broker answered at {redacted(url)} ({type(exc).__name__}: {exc})"
+            f"no RabbitMQ broker answered at {redacted(','.join(urls))} "
+            f"({type(exc).__name__}: {exc})"
         ) from exc
     finally:
         _AIORMQ_LOGGER.removeFilter(_TRANSPORT_ERRORS)
@@ -113,7 +121,10 @@ class SagaClient:
     """Starts sagas of one flow and watches their events, with publisher confirms.
 
     Args:
-        url: The broker, e.g. ``amqp://guest:guest@127.0.0.1:5672/``.
+        url: The broker, e.g. ``amqp://guest:guest@127.0.0.1:5672/``; for a cluster, its
+            nodes in the comma form (``amqp://u:p@host1:5672,host2:5672/vh``) or as a list
+            of URLs: the client connects to the first that answers and moves to the next
+            when its node is lost.
         spec: The flow whose start event this client publishes.
         producer: The ``producer`` written into the events this client publishes.
         connect_timeout: Seconds to wait for the broker before raising BrokerUnavailable.
@@ -128,13 +139,13 @@ class SagaClient:
 
     def __init__(
         self,
-        url: str,
+        url: str | Sequence[str],
         spec: SagaSpec,
         *,
         producer: str = "saga-cli",
         connect_timeout: float = 5.0,
     ) -> None:
-        self.url = url
+        self.url = url if isinstance(url, str) else ",".join(url)
         self.spec = spec
         self.producer = producer
         self.connect_timeout = connect_timeout

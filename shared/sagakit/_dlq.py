@@ -28,6 +28,7 @@ from aio_pika.abc import (
     AbstractRobustConnection,
 )
 
+from ._client import connect
 from ._errors import BrokerUnavailable, DeadLetterError
 from ._headers import bounded_headers, frame_max_of, header_budget
 from ._identity import identify
@@ -378,7 +379,8 @@ class DeadLetters:
 
     async def __aenter__(self) -> DeadLetters:
         try:
-            self._connection = await aio_pika.connect_robust(self._url, timeout=5)
+            # Every node of a cluster URL, the first that answers (sagakit._client.connect).
+            self._connection = await connect(self._url, connect_timeout=5)
         except Exception as exc:
             raise BrokerUnavailable(f"no RabbitMQ answered: {exc}") from exc
         return self

@@ -51,5 +51,9 @@ class BrokerUnavailable(SagaError):
     """No RabbitMQ broker answered at the configured URL."""
 
 
+class BrokerUrlError(SagaError, ValueError):
+    """A broker URL (or list of them) that cannot be used; the message has no password."""
+
+
 class DeadLetterError(SagaError):
     """A dead-letter command cannot do what was asked (unknown service or message)."""

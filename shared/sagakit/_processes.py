@@ -24,7 +24,8 @@ from typing import NamedTuple
 import aiormq
 from aio_pika.abc import AbstractChannel, AbstractConnection
 
-from ._client import connect, redacted
+from ._broker_urls import redacted
+from ._client import connect
 from ._errors import BrokerUnavailable, SagaError
 from ._spec import SagaSpec
 from ._topology import queue_name
@@ -284,8 +285,15 @@ class ServiceProcesses:
             raise SagaError(f"unknown service {name!r}; known: {list(self._services)}") from None
 
     def _child_env(self, service: _Running) -> dict[str, str]:
+        # RABBITMQ_URL names the broker; a shared list or file inherited from our own
+        # environment would contradict it (and the settings refuse two of them).
+        inherited = {
+            key: value
+            for key, value in os.environ.items()
+            if key not in ("RABBITMQ_URLS", "RABBITMQ_URL_FILE")
+        }
         return {
-            **os.environ,
+            **inherited,
             "RABBITMQ_URL": self.url,
             "PYTHONUNBUFFERED": "1",
             **self.env,

@@ -11,9 +11,13 @@ from urllib.parse import unquote, urlsplit
 from pydantic import Field, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from ._broker_urls import broker_urls
 from ._topology import DELIVERY_LIMIT
 
 DEFAULT_RABBITMQ_URL = "amqp://guest:guest@127.0.0.1:5672/"
+
+SHARED_BROKER_VARIABLES = ("RABBITMQ_URL", "RABBITMQ_URL_FILE", "RABBITMQ_URLS")
+"""Where every service looks for the broker when its own variables name none."""
 
 ENVIRONMENT_VARIABLE = "SAGAKIT_ENV"
 LOCAL_DEVELOPMENT = "development"
@@ -28,6 +32,26 @@ development, a warning in it."""
 
 def _default_rabbitmq_url() -> str:
     return os.environ.get("RABBITMQ_URL", DEFAULT_RABBITMQ_URL)
+
+
+def shared_broker_url() -> str:
+    """The broker every service falls back on: ``RABBITMQ_URL``, ``RABBITMQ_URL_FILE`` or
+    ``RABBITMQ_URLS``, else the local default (for command-line tools)."""
+    return _shared_rabbitmq_url(_default_rabbitmq_url())
+
+
+def _shared_rabbitmq_url(default: str) -> str:
+    """The broker from the shared variables: RABBITMQ_URL, RABBITMQ_URL_FILE or RABBITMQ_URLS."""
+    given = [name for name in SHARED_BROKER_VARIABLES if os.environ.get(name)]
+    if len(given) == 2:
+        raise ValueError(f"set {given[0]} or {given[1]}, not both")
+    if len(given) > 2:
+        raise ValueError(f"set only one of {', '.join(given)}")
+    if given == ["RABBITMQ_URL_FILE"]:
+        return _read_secret(Path(os.environ["RABBITMQ_URL_FILE"]), variable="RABBITMQ_URL_FILE")
+    if given == ["RABBITMQ_URLS"]:
+        return os.environ["RABBITMQ_URLS"]
+    return default
 
 
 def _default_environment() -> str:
@@ -51,10 +75,17 @@ class ParticipantSettings(BaseSettings):
     is then read from ``<PREFIX><FIELD>``. The broker URL falls back to ``RABBITMQ_URL``
     so that all local services can share one.
 
+    A broker of several nodes (a cluster) is named in the comma form of the URL
+    (``amqp://user:pass@host1:5672,host2:5672/vhost``) or as a list,
+    ``<PREFIX>RABBITMQ_URLS`` (shared fallback ``RABBITMQ_URLS``): URLs separated by commas,
+    or a JSON list. The nodes must differ only in host and port; the service connects to
+    the first that answers and, when its connection is lost, goes on to the next.
+
     Credentials may come from files instead (Docker or Kubernetes secrets):
     ``<PREFIX>RABBITMQ_URL_FILE`` and ``<PREFIX>DATABASE_URL_FILE`` name a file whose
-    stripped contents are the URL; ``RABBITMQ_URL_FILE`` is the shared fallback. Setting a
-    variable and its ``_FILE`` twin together is an error.
+    stripped contents are the URL (any of the forms above); ``RABBITMQ_URL_FILE`` is the
+    shared fallback. Setting a variable and its ``_FILE`` twin together is an error, and so
+    is setting two of ``RABBITMQ_URL``, ``RABBITMQ_URL_FILE`` and ``RABBITMQ_URLS``.
 
     Outside local development (``SAGAKIT_ENV``, or ``<PREFIX>ENVIRONMENT``, set to anything
     but ``development``), a broker URL that logs in as ``guest``, or without a user name and
@@ -73,6 +104,7 @@ class ParticipantSettings(BaseSettings):
 
     rabbitmq_url: str = Field(default_factory=_default_rabbitmq_url)
     rabbitmq_url_file: Path | None = None
+    rabbitmq_urls: str = ""
     database_url: str = ""
     database_url_file: Path | None = None
     environment: str = Field(default_factory=_default_environment)
@@ -110,6 +142,8 @@ class ParticipantSettings(BaseSettings):
     def _resolve(self) -> ParticipantSettings:
         # One validator, so that the order is explicit: files, defaults, then the guard.
         self._read_credential_files()
+        # Parsed now, so that a bad address stops the service before it starts.
+        broker_urls(self.rabbitmq_url)
         if not self.database_url:
             self.database_url = f"sqlite+aiosqlite:///var/{self.service_name}.db"
         self.environment = self.environment.strip().lower()
@@ -133,19 +167,28 @@ class ParticipantSettings(BaseSettings):
     def _prefix(self) -> str:
         return str(self.model_config.get("env_prefix", ""))
 
+    @property
+    def broker_urls(self) -> tuple[str, ...]:
+        """One URL per broker node, in the order they are tried."""
+        return broker_urls(self.rabbitmq_url)
+
     def _read_credential_files(self) -> None:
         prefix = self._prefix
+        if self.rabbitmq_urls and "rabbitmq_url" in self.model_fields_set:
+            raise ValueError(f"set {prefix}RABBITMQ_URL or {prefix}RABBITMQ_URLS, not both")
         if self.rabbitmq_url_file is not None:
             self._refuse_both("rabbitmq_url")
+            if self.rabbitmq_urls:
+                raise ValueError(
+                    f"set {prefix}RABBITMQ_URL_FILE or {prefix}RABBITMQ_URLS, not both"
+                )
             self.rabbitmq_url = _read_secret(
                 self.rabbitmq_url_file, variable=f"{prefix}RABBITMQ_URL_FILE"
             )
+        elif self.rabbitmq_urls:
+            self.rabbitmq_url = self.rabbitmq_urls
         elif "rabbitmq_url" not in self.model_fields_set:
-            shared_file = os.environ.get("RABBITMQ_URL_FILE")
-            if shared_file:
-                if "RABBITMQ_URL" in os.environ:
-                    raise ValueError("set RABBITMQ_URL or RABBITMQ_URL_FILE, not both")
-                self.rabbitmq_url = _read_secret(Path(shared_file), variable="RABBITMQ_URL_FILE")
+            self.rabbitmq_url = _shared_rabbitmq_url(self.rabbitmq_url)
         if self.database_url_file is not None:
             self._refuse_both("database_url")
             self.database_url = _read_secret(
@@ -178,14 +221,16 @@ class ParticipantSettings(BaseSettings):
             )
 
     def _refuse_guest(self) -> None:
-        url = urlsplit(self.rabbitmq_url)
-        if url.scheme == "amqps" and "auth=external" in url.query.lower():
-            return  # the client certificate names the user
-        user = unquote(url.username or "")
-        if user in {"", "guest"} or not url.password:
-            raise ValueError(
-                f"{self._prefix}RABBITMQ_URL logs in as {user or 'guest (no credentials)'!r}, "
-                f"which only local development may do ({ENVIRONMENT_VARIABLE}="
-                f"{self.environment}): give the service its own broker user, by "
-                f"{self._prefix}RABBITMQ_URL or {self._prefix}RABBITMQ_URL_FILE"
-            )
+        for node in self.broker_urls:
+            url = urlsplit(node)
+            if url.scheme == "amqps" and "auth=external" in url.query.lower():
+                continue  # the client certificate names the user
+            user = unquote(url.username or "")
+            if user in {"", "guest"} or not url.password:
+                raise ValueError(
+                    f"{self._prefix}RABBITMQ_URL logs in as "
+                    f"{user or 'guest (no credentials)'!r}, which only local development may "
+                    f"do ({ENVIRONMENT_VARIABLE}={self.environment}): give the service its own "
+                    f"broker user, by {self._prefix}RABBITMQ_URL or "
+                    f"{self._prefix}RABBITMQ_URL_FILE"
+                )

@@ -1,8 +1,9 @@
 """Names and declarations of everything a participant owns on the broker.
 
 Per participant: one durable quorum queue per consumed event type, bound to the flow's topic
-exchange with the event type as routing key; a delay queue beside each, for retries; and a
-dead-letter exchange with its queue, where bad input and exhausted compensations are parked.
+exchange with the event type as routing key; a delay queue beside each (a quorum queue too),
+for retries; and a dead-letter exchange with its queue, where bad input and exhausted
+compensations are parked.
 
 Retries go through a direct exchange of the participant's own, never the default exchange:
 a broker user allowed to write to the default exchange can put a message into any queue,
@@ -106,14 +107,24 @@ class ParticipantTopology:
 
         Bound to the retry exchange under its own name; the work queue is bound to the same
         exchange under the work queue's name, where expired messages are dead-lettered.
+
+        A quorum queue, like the work queue (RabbitMQ 3.10 expires their messages by
+        per-message TTL): on a cluster, a retry waiting in it outlives the loss of a node,
+        and a service that reconnects to another node can declare it again, which a
+        classic queue whose node is down refuses. Expired messages are dead-lettered
+        at-least-once, so none is dropped when the work queue cannot take it at that moment.
         """
         work = queue_name(self.participant, event_type)
         return RabbitQueue(
             retry_queue_name(work),
             durable=True,
+            queue_type=QueueType.QUORUM,
             arguments={
                 "x-dead-letter-exchange": retry_exchange_name(self.participant),
                 "x-dead-letter-routing-key": work,
+                "x-dead-letter-strategy": "at-least-once",
+                # at-least-once dead-lettering requires it: a full queue refuses publishes.
+                "x-overflow": "reject-publish",
             },
         )
 

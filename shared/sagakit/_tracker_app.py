@@ -23,6 +23,7 @@ from pydantic_settings import SettingsConfigDict
 
 from ._context import utc_now
 from ._errors import InvalidMessage
+from ._failover import rabbit_broker
 from ._health import HttpEndpoint, broker_check, store_check
 from ._logging import BROKER_LOGGER
 from ._metrics import TRACKER_EVENTS, TRACKER_SAGAS, TRACKER_STUCK
@@ -102,8 +103,8 @@ def build_tracker(
         configure_logs: Set up the root logger from the settings when the app starts.
     """
     settings = settings or TrackerSettings()
-    broker = RabbitBroker(
-        settings.rabbitmq_url,
+    broker = rabbit_broker(
+        settings.broker_urls,
         default_channel=Channel(prefetch_count=settings.prefetch),
         app_id="tracker",
         graceful_timeout=15.0,

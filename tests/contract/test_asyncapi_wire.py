@@ -153,9 +153,12 @@ def test_each_work_queue_has_a_documented_delay_queue_that_leads_back_to_it(
         assert operation["action"] == "send"
         channel = _resolve(document, operation["channel"])
         assert channel["bindings"]["amqp"]["x-queue-arguments"] == {
-            "x-queue-type": "classic",
+            # Quorum, so that a retry outlives a node and can be declared on any node.
+            "x-queue-type": "quorum",
             "x-dead-letter-exchange": f"{participant}.retries",
             "x-dead-letter-routing-key": sub.queue,
+            "x-dead-letter-strategy": "at-least-once",
+            "x-overflow": "reject-publish",
         }
         assert _bound_to(channel) == {(f"{participant}.retries", "direct", f"{sub.queue}.retry")}
         (message,) = [_resolve(document, m) for m in operation["messages"]]

@@ -6,6 +6,7 @@ modules cannot see each other's messages or state.
 
 from __future__ import annotations
 
+import contextlib
 import uuid
 from collections.abc import AsyncIterator, Callable, Iterator, Mapping
 from pathlib import Path
@@ -118,20 +119,28 @@ def module_broker_url() -> Iterator[str]:
         yield url
 
 
+@contextlib.asynccontextmanager
+async def running_order_system(url: str, directory: Path) -> AsyncIterator[OrderSystem]:
+    """The order system at ``url`` on SQLite stores in ``directory``, until the block ends."""
+    databases = sqlite_databases(directory)
+    async with (
+        service_processes(url, directory, databases) as procs,
+        SagaClient(url, ORDER_SAGA, producer="e2e-test") as client,
+        client.watch() as watch,
+    ):
+        await procs.start(timeout=90)
+        yield OrderSystem(procs, client, watch, databases)
+
+
 @pytest_asyncio.fixture(scope="module", loop_scope="module")
 async def order_system(
     module_broker_url: str, tmp_path_factory: pytest.TempPathFactory
 ) -> AsyncIterator[OrderSystem]:
     """The order system on SQLite stores, started once for the module."""
-    directory = tmp_path_factory.mktemp("order-system")
-    databases = sqlite_databases(directory)
-    async with (
-        service_processes(module_broker_url, directory, databases) as procs,
-        SagaClient(module_broker_url, ORDER_SAGA, producer="e2e-test") as client,
-        client.watch() as watch,
-    ):
-        await procs.start(timeout=90)
-        yield OrderSystem(procs, client, watch, databases)
+    async with running_order_system(
+        module_broker_url, tmp_path_factory.mktemp("order-system")
+    ) as system:
+        yield system
 
 
 def new_id() -> str:

@@ -2,10 +2,11 @@
 deploy/rabbitmq/definitions.json.
 
 The committed definitions file is imported with ``rabbitmqctl import_definitions`` (so its
-password hashes are checked too) into two fresh virtual hosts, its users renamed with a
-suffix of this run; everything is deleted afterwards. In one virtual host the four services
-run as processes, each as its own user, and sagas complete and compensate; in the other,
-each account tries what it must not do, and the broker refuses.
+password hashes are checked too) into two fresh virtual hosts of the session's private
+RabbitMQ node (``private_rabbit``: its own name, ports and data; users are never added to
+the broker a developer runs), its users renamed with a suffix of this run. In one virtual
+host the four services run as processes, each as its own user, and sagas complete and
+compensate; in the other, each account tries what it must not do, and the broker refuses.
 """
 
 from __future__ import annotations
@@ -14,13 +15,11 @@ import asyncio
 import contextlib
 import json
 import os
-import shutil
-import socket
 import sqlite3
 import subprocess
 import sys
 import uuid
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -44,6 +43,7 @@ from sagakit._topology import (
     retry_queue_name,
 )
 from sagakit._tracker_app import TRACKER_QUEUE
+from sagakit_lab import RabbitNode
 
 from .conftest import PARTICIPANTS, event_types, service_processes, sqlite_databases
 
@@ -51,7 +51,6 @@ pytestmark = pytest.mark.e2e
 
 ROOT = Path(__file__).resolve().parents[2]
 DEFINITIONS = ROOT / "deploy" / "rabbitmq" / "definitions.json"
-HOST, PORT = "127.0.0.1", 5672
 EVENT_TYPES = sorted(ORDER_SAGA.events)
 
 Action = Callable[[AbstractChannel], Awaitable[object]]
@@ -86,22 +85,17 @@ class Accounts:
     services_vhost: str
     probe_vhost: str
     passwords: dict[str, str]
+    address: str  # host:port of the broker they are on
 
     def user(self, role: str) -> str:
         return f"{role}-{self.suffix}"
 
     def url(self, role: str, vhost: str) -> str:
         user, password = quote(self.user(role), safe=""), quote(self.passwords[role], safe="")
-        return f"amqp://{user}:{password}@{HOST}:{PORT}/{quote(vhost, safe='')}"
+        return f"amqp://{user}:{password}@{self.address}/{quote(vhost, safe='')}"
 
     def guest_url(self, vhost: str) -> str:
-        return f"amqp://guest:guest@{HOST}:{PORT}/{quote(vhost, safe='')}"
-
-
-def _unavailable(reason: str) -> None:
-    if os.environ.get("CI"):
-        pytest.fail(reason)
-    pytest.skip(reason)
+        return f"amqp://guest:guest@{self.address}/{quote(vhost, safe='')}"
 
 
 def _for_this_run(document: dict[str, Any], suffix: str, vhosts: list[str]) -> dict[str, Any]:
@@ -131,48 +125,23 @@ def _for_this_run(document: dict[str, Any], suffix: str, vhosts: list[str]) -> d
 
 
 @pytest.fixture(scope="module")
-def accounts() -> Iterator[Accounts]:
-    rabbitmqctl = shutil.which("rabbitmqctl")
-    if rabbitmqctl is None:
-        _unavailable("rabbitmqctl is needed to create broker users")
-    try:
-        socket.create_connection((HOST, PORT), timeout=1.0).close()
-    except OSError:
-        _unavailable(f"no RabbitMQ at {HOST}:{PORT}")
-    assert rabbitmqctl is not None
+def accounts(private_rabbit: RabbitNode) -> Accounts:
     document = json.loads(DEFINITIONS.read_text())
     suffix = uuid.uuid4().hex[:8]
     vhosts = [f"sagakit-security-{suffix}-services", f"sagakit-security-{suffix}-probe"]
-    for vhost in vhosts:
-        subprocess.run([rabbitmqctl, "-q", "add_vhost", vhost], check=True)
     generator = _generator()
-    try:
-        # From standard input: rabbitmqctl may run as another user, who cannot read our files.
-        subprocess.run(
-            [rabbitmqctl, "-q", "import_definitions"],
-            input=json.dumps(_for_this_run(document, suffix, vhosts)),
-            text=True,
-            check=True,
-        )
-        yield Accounts(
-            suffix=suffix,
-            services_vhost=vhosts[0],
-            probe_vhost=vhosts[1],
-            passwords={
-                u["name"]: generator.local_dev_password(u["name"]) for u in document["users"]
-            },
-        )
-    finally:
-        cleanup = [[rabbitmqctl, "-q", "delete_vhost", v] for v in vhosts]
-        cleanup += [
-            [rabbitmqctl, "-q", "delete_user", f"{u['name']}-{suffix}"] for u in document["users"]
-        ]
-        # One at a time, each call takes a second: in parallel instead.
-        for process in [
-            subprocess.Popen(c, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-            for c in cleanup
-        ]:
-            process.wait(timeout=60)
+    # From standard input: rabbitmqctl may run as another user, who cannot read our files.
+    # Nothing is deleted afterwards: the private node goes away with the session.
+    private_rabbit.ctl(
+        "import_definitions", input=json.dumps(_for_this_run(document, suffix, vhosts))
+    )
+    return Accounts(
+        suffix=suffix,
+        services_vhost=vhosts[0],
+        probe_vhost=vhosts[1],
+        passwords={u["name"]: generator.local_dev_password(u["name"]) for u in document["users"]},
+        address=private_rabbit.address,
+    )
 
 
 def _generator() -> Any:
@@ -294,7 +263,8 @@ async def _tracker_process(url: str, directory: Path, probe_url: str) -> AsyncIt
         "TRACKER_RABBITMQ_URL": url,
         "TRACKER_DATABASE_URL": f"sqlite+aiosqlite:///{directory}/tracker.db",
     }
-    env.pop("RABBITMQ_URL", None)
+    for shared in ("RABBITMQ_URL", "RABBITMQ_URLS", "RABBITMQ_URL_FILE"):
+        env.pop(shared, None)
     with (directory / "tracker.log").open("ab") as log:
         process = await asyncio.create_subprocess_exec(
             sys.executable,

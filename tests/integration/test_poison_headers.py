@@ -212,3 +212,6 @@ async def test_header_tables_up_to_the_clients_limit_never_close_the_services_co
             connection = service.broker._connection
             assert connection is not None
             assert connection.transport is transport
+        # The session's vhost is shared with the other integration tests, which count parked
+        # messages: leave nothing behind.
+        await dead_letters.purge()

@@ -20,6 +20,7 @@ import pytest
 import yaml
 from pydantic import ValidationError
 from sagakit import ParticipantSettings
+from sagakit._settings import SHARED_BROKER_VARIABLES
 
 ROOT = Path(__file__).resolve().parents[2]
 SERVICES = sorted(p.parent.name for p in (ROOT / "services").glob("*/pyproject.toml"))
@@ -44,7 +45,7 @@ def env(monkeypatch: pytest.MonkeyPatch) -> pytest.MonkeyPatch:
     """An environment with no broker, database or environment setting of any service."""
     prefixes = tuple(f"{s.upper()}_" for s in SERVICES)
     for key in list(os.environ):
-        if key.startswith(prefixes) or key in {"SAGAKIT_ENV", "RABBITMQ_URL", "RABBITMQ_URL_FILE"}:
+        if key.startswith(prefixes) or key in {"SAGAKIT_ENV", *SHARED_BROKER_VARIABLES}:
             monkeypatch.delenv(key)
     return monkeypatch
 

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import os
 from collections import defaultdict
 from collections.abc import Awaitable, Callable, Mapping
 from datetime import datetime
@@ -30,7 +29,7 @@ from sagakit._dlq import (
 )
 from sagakit._errors import BrokerUnavailable, SagaError
 from sagakit._redaction import redact_value, redacted_body
-from sagakit._settings import DEFAULT_RABBITMQ_URL
+from sagakit._settings import shared_broker_url
 
 from . import app
 from ._spec_ref import SpecOption, load_spec
@@ -43,7 +42,7 @@ app.add_typer(dlq_app, name="dlq")
 T = TypeVar("T")
 
 UrlOption = Annotated[
-    str | None, typer.Option("--url", help="broker URL (default: $RABBITMQ_URL or local)")
+    str | None, typer.Option("--url", help="broker URL (default: $RABBITMQ_URL[S], else local)")
 ]
 ServiceOption = Annotated[
     list[str] | None, typer.Option("--service", "-s", help="only this service (repeatable)")
@@ -108,7 +107,7 @@ def _run(
     names, required = _services(services, spec)
 
     async def run() -> tuple[T, list[str]]:
-        broker_url = url or os.environ.get("RABBITMQ_URL", DEFAULT_RABBITMQ_URL)
+        broker_url = url or shared_broker_url()
         async with DeadLetters(broker_url, services=names, required=required) as dead_letters:
             return await work(dead_letters), dead_letters.missing
 
