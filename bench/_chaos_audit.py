@@ -20,7 +20,7 @@ from _chaos_ledger import Ledger, Seen
 from _chaos_orders import INITIAL_STOCK, PlannedOrder
 from _chaos_stores import StoreState
 from sagakit import SagaSpec
-from sagakit._dlq import ParkedMessage
+from sagakit.client._dead_letters import ParkedMessage
 
 # Failures that are not the order's fault: the step gave up, as the design says it must.
 TRANSIENT_REASONS = frozenset({"retries_exhausted", "deadline_exceeded"})

@@ -47,8 +47,8 @@ from _chaos_report import print_report, report_dict
 from _chaos_stores import read_stores
 from order_contracts import ORDER_SAGA
 from sagakit import QueueProbe, SagaClient, ServiceProcesses, consumed_queues
-from sagakit._dlq import DeadLetters
-from sagakit._topology import retry_queue_name
+from sagakit.broker._topology import retry_queue_name
+from sagakit.client._dead_letters import DeadLetters
 from sagakit_lab import RabbitNode
 from tcp_proxy import TcpProxy
 

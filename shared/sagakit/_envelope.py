@@ -7,7 +7,7 @@ from typing import Any, ClassVar, Generic, TypeVar
 
 from pydantic import AwareDatetime, BaseModel, ConfigDict, Field
 
-from ._context import NAME_MAX_LENGTH, SagaContext, utc_now
+from sagakit._context import NAME_MAX_LENGTH, SagaContext, utc_now
 
 SAGA_ID_HEADER = "x-saga-id"
 CONTENT_TYPE = "application/json"

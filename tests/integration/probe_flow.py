@@ -31,8 +31,8 @@ from sagakit import (
     TransientError,
     build_service,
 )
-from sagakit._app import prepare_store
-from sagakit._runtime import _json_properties
+from sagakit.runtime._app import prepare_store
+from sagakit.runtime._runtime import _json_properties
 
 
 class Started(EventPayload):

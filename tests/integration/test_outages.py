@@ -22,8 +22,8 @@ import aio_pika
 import pytest
 from prometheus_client import REGISTRY
 from sagakit import SagaService
-from sagakit._breaker import Dependency
-from sagakit._health import _passes, consuming_check, publishing_check, store_check
+from sagakit.observability._health import _passes, consuming_check, publishing_check, store_check
+from sagakit.runtime._breaker import Dependency
 from sagakit_lab.postgres import ClusterError, PostgresCluster
 from sagakit_lab.volumes import SmallVolume, VolumeError
 from sqlalchemy import text

@@ -16,9 +16,9 @@ import pytest
 from aio_pika.abc import AbstractIncomingMessage
 from faststream.rabbit import Channel, RabbitBroker
 from sagakit import Store
-from sagakit._relay import OutboxRelay
-from sagakit._store import OutboxRow
-from sagakit._topology import flow_exchange
+from sagakit.broker._topology import flow_exchange
+from sagakit.runtime._relay import OutboxRelay
+from sagakit.store._store import OutboxRow
 
 pytestmark = pytest.mark.integration
 

@@ -27,7 +27,7 @@ from sagakit import (
     build_service,
     utc_now,
 )
-from sagakit._relay import Published
+from sagakit.runtime._relay import Published
 from sagakit.testing import ParticipantHarness
 from sqlalchemy import Column, Integer, MetaData, String, Table, func, insert, select
 
@@ -316,7 +316,7 @@ async def test_an_inbox_record_without_a_digest_is_taken_as_a_plain_duplicate(
     # Rows written before digests were kept: nothing to compare, nothing parked.
     started = harness.start_saga(Started(blob="a"))
     await harness.publish(started)
-    from sagakit._store import inbox
+    from sagakit.store._store import inbox
 
     async with harness.service.store.transaction() as session:
         await session.execute(inbox.update().values(body_digest=None))

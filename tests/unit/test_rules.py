@@ -7,7 +7,7 @@ import itertools
 import pytest
 from order_contracts import ORDER_SAGA
 from sagakit import StepStatus
-from sagakit._rules import (
+from sagakit.runtime._rules import (
     CompensationDecision,
     ForwardDecision,
     compensation_order,
