@@ -14,8 +14,8 @@ import aio_pika
 from _chaos_ledger import Ledger
 from _chaos_stores import read_stores
 from sagakit import QueueProbe, SagaSpec, consumed_queues
-from sagakit._dlq import DeadLetters
-from sagakit._topology import retry_queue_name
+from sagakit.broker._topology import retry_queue_name
+from sagakit.client._dead_letters import DeadLetters
 
 logger = logging.getLogger("chaos.settle")
 

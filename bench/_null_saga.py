@@ -41,7 +41,7 @@ EXCHANGE = "orders"
 ROUTING_KEYS = ("order.created", "null.hop1.done", "null.hop2.done", "null.hop3.done")
 TERMINAL = "order.fulfilled"
 HOPS = len(ROUTING_KEYS)
-# As the services' work queues (sagakit._topology.DELIVERY_LIMIT).
+# As the services' work queues (sagakit.broker._topology.DELIVERY_LIMIT).
 DELIVERY_LIMIT = 20
 
 

@@ -56,7 +56,7 @@ from _chaos_store_faults import StoreFaultHands, StoreFaults, placements
 from _chaos_stores import read_stores
 from order_contracts import ORDER_SAGA
 from sagakit import SagaClient, ServiceProcesses
-from sagakit._dlq import DeadLetters
+from sagakit.client._dead_letters import DeadLetters
 from sagakit_lab import ClusterError, RabbitNode, VolumeError
 from tcp_proxy import TcpProxy
 

@@ -66,7 +66,7 @@ from _profile import Profiler
 from order_contracts import ORDER_SAGA
 from order_contracts.samples import EXPECTED_FAILED_STEP, Scenario, sample_order
 from sagakit import Envelope, ParticipantSettings, SagaClient, ServiceProcesses
-from sagakit._processes import QueueProbe
+from sagakit.testing._processes import QueueProbe
 
 BENCH_DIR = Path(__file__).resolve().parent
 PARTICIPANTS = ("inventory", "payment", "shipping", "notification")

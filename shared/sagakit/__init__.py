@@ -1,11 +1,8 @@
 """sagakit: choreography-based sagas on FastStream and RabbitMQ."""
 
-from ._app import SagaService, build_service
-from ._checker import Gap, GapKind, check_choreography
-from ._client import EventNotRouted, EventWatch, SagaClient, WatchTimeout
-from ._context import SagaContext, StepOutcome, StepRecord, current_saga, saga_scope, utc_now
-from ._envelope import Envelope, EventPayload, derived_event_id
-from ._errors import (
+from sagakit._context import SagaContext, StepOutcome, StepRecord, current_saga, saga_scope, utc_now
+from sagakit._envelope import Envelope, EventPayload, derived_event_id
+from sagakit._exceptions import (
     BrokerUnavailable,
     BrokerUrlError,
     InvalidMessage,
@@ -14,21 +11,24 @@ from ._errors import (
     StepFailed,
     TransientError,
 )
-from ._participant import HandlerKind, Participant, StepContext, Subscription
-from ._processes import (
+from sagakit.client._client import EventNotRouted, EventWatch, SagaClient, WatchTimeout
+from sagakit.runtime._app import SagaService, build_service
+from sagakit.runtime._participant import HandlerKind, Participant, StepContext, Subscription
+from sagakit.runtime._settings import ParticipantSettings
+from sagakit.spec._checker import Gap, GapKind, check_choreography
+from sagakit.spec._spec import ReactionSpec, SagaSpec, StepSpec
+from sagakit.store._sql import Rows, Transaction
+from sagakit.store._store import StepStatus, Store
+from sagakit.testing._processes import (
     QueueProbe,
     ServiceApp,
     ServiceProcesses,
     ServiceStartError,
     consumed_queues,
 )
-from ._settings import ParticipantSettings
-from ._spec import ReactionSpec, SagaSpec, StepSpec
-from ._sql import Rows, Transaction
-from ._store import StepStatus, Store
-from ._tracker import SagaState, SagaView, StepView, TrackedEvent
-from ._tracker_app import TrackerService, TrackerSettings, build_tracker
-from ._tracker_store import TrackerStore
+from sagakit.tracker._app import TrackerService, TrackerSettings, build_tracker
+from sagakit.tracker._model import SagaState, SagaView, StepView, TrackedEvent
+from sagakit.tracker._store import TrackerStore
 
 __all__ = [
     "BrokerUnavailable",

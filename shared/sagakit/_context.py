@@ -25,16 +25,26 @@ class StepOutcome(StrEnum):
     COMPENSATED = "compensated"
 
 
+# Bounds of what travels in every event: a context is copied into each event a saga emits,
+# so nothing in it may grow without limit (a padded reason would otherwise be copied into
+# every later event, past the size any consumer takes).
+NAME_MAX_LENGTH = 100
+REASON_MAX_LENGTH = 200
+DETAIL_MAX_LENGTH = 1000
+"""A failure's human explanation (in failure events' payloads) is cut to this length."""
+STEPS_MAX_LENGTH = 256
+
+
 class StepRecord(BaseModel):
     """One entry of a saga's history: a step, who did it, how it ended, and when."""
 
     model_config = ConfigDict(frozen=True, extra="forbid")
 
-    step: str
-    participant: str
+    step: str = Field(min_length=1, max_length=NAME_MAX_LENGTH)
+    participant: str = Field(min_length=1, max_length=NAME_MAX_LENGTH)
     outcome: StepOutcome
     at: AwareDatetime
-    reason: str | None = None
+    reason: str | None = Field(default=None, max_length=REASON_MAX_LENGTH)
 
 
 class SagaContext(BaseModel):
@@ -43,10 +53,10 @@ class SagaContext(BaseModel):
     model_config = ConfigDict(frozen=True, extra="forbid")
 
     saga_id: uuid.UUID
-    saga_type: str
+    saga_type: str = Field(max_length=NAME_MAX_LENGTH)
     causation_id: uuid.UUID | None = None
     deadline: AwareDatetime | None = None
-    steps: tuple[StepRecord, ...] = Field(default_factory=tuple)
+    steps: tuple[StepRecord, ...] = Field(default_factory=tuple, max_length=STEPS_MAX_LENGTH)
 
     @classmethod
     def start(cls, saga_type: str, *, deadline: datetime | None = None) -> SagaContext:

@@ -7,7 +7,7 @@ from typing import Any, ClassVar, Generic, TypeVar
 
 from pydantic import AwareDatetime, BaseModel, ConfigDict, Field
 
-from ._context import SagaContext, utc_now
+from sagakit._context import NAME_MAX_LENGTH, SagaContext, utc_now
 
 SAGA_ID_HEADER = "x-saga-id"
 CONTENT_TYPE = "application/json"
@@ -45,10 +45,10 @@ class Envelope(BaseModel, Generic[PayloadT]):
     model_config = ConfigDict(frozen=True, extra="ignore")
 
     event_id: uuid.UUID
-    event_type: str = Field(min_length=1)
+    event_type: str = Field(min_length=1, max_length=200)
     schema_version: int = Field(ge=1)
     occurred_at: AwareDatetime
-    producer: str = Field(min_length=1)
+    producer: str = Field(min_length=1, max_length=NAME_MAX_LENGTH)
     context: SagaContext
     payload: PayloadT
 

@@ -10,10 +10,10 @@ from pathlib import Path
 
 import pytest
 from order_contracts import ORDER_SAGA
-from sagakit._asyncapi import DOCUMENTED_SERVER
 from sagakit.cli import app
 from sagakit.cli._check import load_services
 from sagakit.cli._contracts import ContractFile, asyncapi_files, schema_files, tracker_file
+from sagakit.spec._asyncapi import DOCUMENTED_SERVER
 from typer.testing import CliRunner
 
 CONTRACTS = Path(__file__).resolve().parents[2] / "contracts"

@@ -12,7 +12,7 @@ import pytest
 from order_contracts import ORDER_SAGA, Money, OrderEvent
 from pydantic import Field
 from sagakit import Envelope, EventPayload
-from sagakit._asyncapi import (
+from sagakit.spec._asyncapi import (
     DocumentedEvent,
     documented_events,
     incompatible_changes,

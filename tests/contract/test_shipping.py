@@ -230,8 +230,8 @@ async def test_a_second_compensation_request_announces_again_and_changes_nothing
     assert (unchanged.status, unchanged.cancelled_at) == ("cancelled", shipment.cancelled_at)
 
 
-async def test_compensating_a_shipment_never_booked_still_announces(
-    harness: ParticipantHarness, check_wire: WireCheck
+async def test_a_compensation_request_for_a_saga_never_seen_is_parked_as_unknown_saga(
+    harness: ParticipantHarness,
 ) -> None:
     order = sample_order()
     processed = processed_event(harness, order)
@@ -244,14 +244,13 @@ async def test_compensating_a_shipment_never_booked_still_announces(
 
     await harness.publish(backward)
 
-    [cancelled] = check_wire(
-        harness.emitted, ["shipment.cancelled"], producer="shipping", cause=backward, order=order
-    )
-    assert cancelled.payload.shipment_id is None
+    assert harness.emitted_types == []
+    [parked] = harness.parked
+    assert parked.reason.startswith("unknown_saga: notification.failed asks shipping to undo")
     assert await shipments(harness.service) == []
 
 
-async def test_payment_processed_after_compensation_does_not_ship(
+async def test_a_parked_strangers_request_does_not_hold_back_the_saga_it_names(
     harness: ParticipantHarness,
 ) -> None:
     order = sample_order()
@@ -261,13 +260,13 @@ async def test_payment_processed_after_compensation_does_not_ship(
         ShipmentCreated(order=order, shipment_id="s", tracking_number="SK0"),
         producer="shipping",
     )
-    # The backward path overtook the forward event (e.g. it waited in a retry queue).
     await harness.publish(notification_failed(harness, stand_in))
 
     await harness.publish(processed)
 
-    assert harness.emitted_types == ["shipment.cancelled"]
-    assert await shipments(harness.service) == []
+    assert harness.emitted_types == ["shipment.created"]
+    assert [p.reason.split(":")[0] for p in harness.parked] == ["unknown_saga"]
+    assert len(await shipments(harness.service)) == 1
 
 
 async def test_a_republished_payment_processed_after_cancellation_does_not_ship_again(

@@ -45,12 +45,12 @@ from sagakit import (
     build_tracker,
     utc_now,
 )
-from sagakit._topology import flow_exchange
-from sagakit._tracker_app import TRACKER_QUEUE, scan_once, tracker_queue
-from sagakit._tracker_store import tracker_store
+from sagakit.broker._topology import flow_exchange
 from sagakit.cli import app as saga_cli
 from sagakit.cli import load_plugins
 from sagakit.testing import ParticipantHarness
+from sagakit.tracker._app import TRACKER_QUEUE, scan_once, tracker_queue
+from sagakit.tracker._store import tracker_store
 from typer.testing import CliRunner
 
 EXCHANGE = flow_exchange(ORDER_SAGA.exchange)
@@ -360,7 +360,7 @@ async def test_the_tracker_is_rebuilt_from_a_participants_outbox(tmp_path: Any) 
 
 
 def _seed(url: str, *envelopes: Envelope[Any]) -> None:
-    from sagakit._tracker import decode_event
+    from sagakit.tracker._model import decode_event
 
     async def seed() -> None:
         async with tracker_store(url, spec=ORDER_SAGA) as store:

@@ -17,7 +17,7 @@ import pytest_asyncio
 from order_contracts import ORDER_SAGA
 from order_contracts.samples import Scenario, sample_order
 from sagakit import Envelope, EventPayload, SagaClient, ServiceProcesses
-from sagakit._client import EventWatch
+from sagakit.client._client import EventWatch
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import create_async_engine
 

@@ -28,7 +28,7 @@ import pytest_asyncio
 from order_contracts import ORDER_SAGA
 from order_contracts.samples import EXPECTED_FAILED_STEP, Scenario, sample_order
 from sagakit import SagaClient, consumed_queues
-from sagakit._client import connect
+from sagakit.client._client import connect
 from sagakit_lab import RabbitCluster, rabbitmq_missing
 
 from tests.brokers import unavailable

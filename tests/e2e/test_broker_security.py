@@ -32,8 +32,7 @@ from aio_pika.abc import AbstractChannel, AbstractConnection
 from order_contracts import ORDER_SAGA
 from order_contracts.samples import Scenario, sample_order
 from sagakit import SagaClient, consumed_queues
-from sagakit._processes import QueueProbe
-from sagakit._topology import (
+from sagakit.broker._topology import (
     REASON_HEADER,
     ParticipantTopology,
     dead_letter_exchange_name,
@@ -42,7 +41,8 @@ from sagakit._topology import (
     retry_exchange_name,
     retry_queue_name,
 )
-from sagakit._tracker_app import TRACKER_QUEUE
+from sagakit.testing._processes import QueueProbe
+from sagakit.tracker._app import TRACKER_QUEUE
 from sagakit_lab import RabbitNode
 
 from .conftest import PARTICIPANTS, event_types, service_processes, sqlite_databases

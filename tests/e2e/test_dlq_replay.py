@@ -18,9 +18,9 @@ import pytest
 from order_contracts import ORDER_SAGA
 from order_contracts.samples import Scenario, sample_order
 from sagakit import SagaClient, consumed_queues
-from sagakit._dlq import DeadLetters, ParkedMessage
-from sagakit._processes import QueueProbe, ServiceProcesses, ServiceStartError
 from sagakit.cli import app, load_plugins
+from sagakit.client._dead_letters import DeadLetters, ParkedMessage
+from sagakit.testing._processes import QueueProbe, ServiceProcesses, ServiceStartError
 from typer.testing import CliRunner, Result
 
 from .conftest import OrderSystem, event_types, service_processes, sqlite_databases

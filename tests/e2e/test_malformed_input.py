@@ -31,8 +31,8 @@ from hypothesis import strategies as st
 from order_contracts import ORDER_SAGA
 from order_contracts.samples import Scenario, sample_order
 from sagakit import SagaClient, consumed_queues
-from sagakit._processes import QueueProbe
-from sagakit._topology import REASON_HEADER, dead_letter_queue_name
+from sagakit.broker._topology import REASON_HEADER, dead_letter_queue_name
+from sagakit.testing._processes import QueueProbe
 
 from .conftest import PARTICIPANTS, service_processes, sqlite_databases
 

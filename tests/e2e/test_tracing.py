@@ -38,7 +38,7 @@ from opentelemetry.proto.trace.v1.trace_pb2 import Span, Status
 from order_contracts import ORDER_SAGA, Customer, OrderCreated, ShippingAddress
 from order_contracts.samples import Scenario, sample_order
 from sagakit import Envelope, QueueProbe, SagaClient, ServiceProcesses
-from sagakit._tracker_app import TRACKER_QUEUE
+from sagakit.tracker._app import TRACKER_QUEUE
 
 from tests.conftest import fresh_broker_url
 

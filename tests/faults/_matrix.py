@@ -40,7 +40,7 @@ from _chaos_stores import read_stores
 from order_contracts import ORDER_SAGA
 from order_contracts.samples import Scenario, sample_order
 from sagakit import Envelope, SagaClient, ServiceProcesses
-from sagakit._dlq import DeadLetters
+from sagakit.client._dead_letters import DeadLetters
 from sagakit_lab import free_port
 
 from tests.brokers import fresh_broker_url

@@ -10,7 +10,7 @@ import asyncio
 import json
 import os
 import signal
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Mapping
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -31,8 +31,8 @@ from sagakit import (
     TransientError,
     build_service,
 )
-from sagakit._app import prepare_store
-from sagakit._runtime import _json_properties
+from sagakit.runtime._app import prepare_store
+from sagakit.runtime._runtime import _json_properties
 
 
 class Started(EventPayload):
@@ -118,6 +118,8 @@ class Behaviour:
     second_transient: int = 0
     second_fails: bool = False
     undo_transient: int = 0
+    # When set, beta's step waits for it before doing anything (within the step timeout).
+    second_gate: asyncio.Event | None = None
     calls: dict[str, int] = field(default_factory=dict)
     script: dict[str, dict[str, list[str]]] = field(default_factory=dict)
     script_file: Path | None = None
@@ -151,7 +153,16 @@ class Behaviour:
             return calls.tell()
 
 
-def probe_services(url: str, tmp: str, behaviour: Behaviour, **settings: Any) -> list[SagaService]:
+def probe_services(
+    url: str,
+    tmp: str,
+    behaviour: Behaviour,
+    *,
+    databases: Mapping[str, str] | None = None,
+    **settings: Any,
+) -> list[SagaService]:
+    """alpha and beta, each with a SQLite file under ``tmp`` unless ``databases`` names
+    another store for it."""
     alpha = Participant("alpha", spec=PROBE)
     beta = Participant("beta", spec=PROBE)
 
@@ -171,6 +182,8 @@ def probe_services(url: str, tmp: str, behaviour: Behaviour, **settings: Any) ->
 
     @beta.on_step("second")
     async def second(event: AlphaDone, step: StepContext) -> Finished:
+        if behaviour.second_gate is not None:
+            await behaviour.second_gate.wait()
         behaviour.follow_script("second", step.saga_id)
         if behaviour.call("second") <= behaviour.second_transient:
             raise TimeoutError
@@ -189,7 +202,9 @@ def probe_services(url: str, tmp: str, behaviour: Behaviour, **settings: Any) ->
         build_service(
             participant,
             ParticipantSettings(
-                database_url=f"sqlite+aiosqlite:///{tmp}/{participant.name}.db",
+                database_url=(databases or {}).get(
+                    participant.name, f"sqlite+aiosqlite:///{tmp}/{participant.name}.db"
+                ),
                 **{**defaults, **settings},
             ),
             configure_logs=False,

@@ -8,15 +8,17 @@ import asyncio
 import uuid
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
+from datetime import timedelta
+from typing import Any
 
 import aio_pika
 import pytest
 from aio_pika.abc import AbstractIncomingMessage
-from faststream.rabbit import RabbitBroker
+from faststream.rabbit import Channel, RabbitBroker
 from sagakit import Store
-from sagakit._relay import OutboxRelay
-from sagakit._store import OutboxRow
-from sagakit._topology import flow_exchange
+from sagakit.broker._topology import flow_exchange
+from sagakit.runtime._relay import OutboxRelay
+from sagakit.store._store import OutboxRow
 
 pytestmark = pytest.mark.integration
 
@@ -148,3 +150,86 @@ async def test_a_row_whose_mark_failed_is_published_again_by_the_relay(
         assert await store.count_pending_outbox(session) == 0
     # the same event twice: consumers drop the copy by its id
     assert [m.message_id for m in await wire.received(2)] == [rows[0].event_id] * 2
+
+
+async def test_a_row_waiting_for_its_sent_mark_is_never_published_again_by_the_loop(
+    store: Store, wire: Wire, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    saga = str(uuid.uuid4())
+    async with store.transaction() as session:
+        rows = await store.add_to_outbox(session, [_row(saga, 1)])
+    marks_may_go = asyncio.Event()
+    mark_sent = store.mark_sent
+
+    async def slow_mark(*args: Any, **kwargs: Any) -> None:
+        await marks_may_go.wait()  # a store busy with other writes, under load
+        await mark_sent(*args, **kwargs)
+
+    monkeypatch.setattr(store, "mark_sent", slow_mark)
+    await wire.relay.publish(rows)  # confirmed: the handler acks; the mark is still to come
+
+    # The loop's pass, however old the row (older_than=None): it waits for its mark only.
+    assert await wire.relay.flush() == 0
+    marks_may_go.set()
+    await wire.relay.settle()
+    async with store.read() as session:
+        assert await store.count_pending_outbox(session) == 0
+    assert await wire.relay.flush() == 0
+
+    [received] = await wire.received(1)
+    assert received.message_id == rows[0].event_id
+    assert await wire.queue.get(fail=False) is None  # one copy on the wire, not two
+
+
+async def test_a_row_held_by_a_handler_between_commit_and_publish_is_left_alone(
+    store: Store, wire: Wire
+) -> None:
+    saga = str(uuid.uuid4())
+    async with store.transaction() as session:
+        [row] = await store.add_to_outbox(session, [_row(saga, 1)])
+    wire.relay.hold([row.event_id])  # as the runtime does when the handler writes it
+    assert wire.relay.in_hand(row.event_id)
+
+    assert await wire.relay.flush() == 0  # the handler publishes it right after its commit
+
+    wire.relay.release([row.event_id])  # the handler let go of it (its publish failed)
+    assert not wire.relay.in_hand(row.event_id)
+    assert await wire.relay.flush() == 1
+    assert [m.message_id for m in await wire.received(1)] == [row.event_id]
+
+
+async def test_a_row_whose_publish_failed_is_retried_at_the_next_pass_whatever_its_age(
+    store: Store, rabbitmq_url: str
+) -> None:
+    exchange = f"unbound-{uuid.uuid4().hex[:8]}"
+    # As services build theirs: a message the broker returns is an error.
+    broker = RabbitBroker(rabbitmq_url, default_channel=Channel(on_return_raises=True))
+    relay = OutboxRelay(store, broker, flow_exchange(exchange), participant="test", interval=60)
+    connection = await aio_pika.connect_robust(rabbitmq_url)
+    try:
+        channel = await connection.channel()
+        declared = await channel.declare_exchange(
+            exchange, aio_pika.ExchangeType.TOPIC, durable=False, auto_delete=True
+        )
+        await broker.start()
+        saga = str(uuid.uuid4())
+        async with store.transaction() as session:
+            rows = await store.add_to_outbox(session, [_row(saga, 1)])
+
+        published = await relay.publish(rows)  # no queue bound yet: returned, unroutable
+        assert published.unpublished == rows
+        assert published.refusal is None  # not the broker refusing: nothing is held
+        assert not relay.in_hand(rows[0].event_id)
+        assert await relay.flush(older_than=timedelta(minutes=1)) == 0  # young: not stale
+
+        queue = await channel.declare_queue(exclusive=True)
+        await queue.bind(declared, routing_key="#")
+        assert await relay.retry_failed() == 1  # the next pass, however young the row
+        message = await queue.get(timeout=5)
+        assert message.message_id == rows[0].event_id
+        async with store.read() as session:
+            assert await store.count_pending_outbox(session) == 0
+    finally:
+        await broker.stop()
+        await connection.close()
+        await relay.stop()

@@ -14,10 +14,10 @@ from datetime import datetime, timedelta
 
 import pytest
 from sagakit import StepStatus, Store, TrackedEvent, utc_now
-from sagakit._retention import participant_pruner, store_size
-from sagakit._settings import ParticipantSettings
-from sagakit._store import OutboxRow, inbox, outbox, saga_steps
-from sagakit._tracker_store import TrackerStore
+from sagakit.runtime._settings import ParticipantSettings
+from sagakit.store._retention import participant_pruner, store_size
+from sagakit.store._store import OutboxRow, inbox, outbox, saga_steps
+from sagakit.tracker._store import TrackerStore
 from sqlalchemy import inspect, text
 
 pytestmark = pytest.mark.integration

@@ -7,7 +7,7 @@ import uuid
 
 import pytest
 from sagakit import StepStatus, Store
-from sagakit._store import OutboxRow
+from sagakit.store._store import OutboxRow
 
 
 def _row(event_id: str, body: str = "{}") -> OutboxRow:

@@ -11,8 +11,8 @@ from typing import Any
 import pytest
 from payment_service.tables import Amount  # money: NUMERIC on PostgreSQL, a string on SQLite
 from sagakit import Store
-from sagakit import _sql as sql_module
-from sagakit._sql import Transaction
+from sagakit.store import _sql as sql_module
+from sagakit.store._sql import Transaction
 from sqlalchemy import (
     JSON,
     Column,

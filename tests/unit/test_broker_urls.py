@@ -11,9 +11,9 @@ import os
 import pytest
 from inventory_service.settings import InventorySettings
 from pydantic import ValidationError
-from sagakit._broker_urls import BrokerHost, broker_hosts, broker_urls, redacted
-from sagakit._errors import BrokerUrlError
-from sagakit._settings import SHARED_BROKER_VARIABLES
+from sagakit._exceptions import BrokerUrlError
+from sagakit.broker._urls import BrokerHost, broker_hosts, broker_urls, redacted
+from sagakit.runtime._settings import SHARED_BROKER_VARIABLES
 
 THREE = (
     "amqp://user:pw@node1:5672/vh",

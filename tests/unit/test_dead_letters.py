@@ -11,8 +11,8 @@ import pytest
 from order_contracts.events import InventoryReserved
 from order_contracts.samples import sample_order
 from sagakit import Envelope, SagaContext
-from sagakit._dlq import Selection, death_history, read_parked
-from sagakit._redaction import REDACTED, redact_text, redacted_body
+from sagakit.client._dead_letters import Selection, death_history, read_parked
+from sagakit.client._redaction import REDACTED, redact_text, redacted_body
 
 SAGA = SagaContext.start("order_fulfilment")
 EARLY = datetime(2026, 11, 24, 10, 0, 0, tzinfo=UTC)

@@ -1,4 +1,4 @@
-"""What sagakit._failover relies on in FastStream and aio-pika, checked without a broker.
+"""What sagakit.broker._failover relies on in FastStream and aio-pika, checked without a broker.
 
 FastStream's RabbitBroker takes one URL and has no connection factory; sagakit puts a
 ``connection_class`` into the keyword arguments it hands to ``aio_pika.connect_robust``.
@@ -15,8 +15,8 @@ from typing import Any
 import aio_pika
 import faststream.rabbit.broker.broker as faststream_broker
 import pytest
-from sagakit._broker_urls import BrokerHost
-from sagakit._failover import FailoverConnection, rabbit_broker
+from sagakit.broker._failover import FailoverConnection, rabbit_broker
+from sagakit.broker._urls import BrokerHost
 from yarl import URL
 
 NODES = "amqp://user:pw@node1:5672,node2:5673,node3/vh"

@@ -17,7 +17,7 @@ from faststream.rabbit import RabbitBroker, RabbitExchange, RabbitQueue, TestRab
 from faststream.rabbit.annotations import RabbitMessage
 from opentelemetry.sdk.trace import TracerProvider
 from sagakit import SagaContext, saga_scope
-from sagakit._logging import (
+from sagakit.observability._logging import (
     BROKER_LOGGER,
     FASTSTREAM_LOGGERS,
     _handling,
@@ -256,7 +256,7 @@ def test_configure_logging_routes_faststreams_loggers_through_the_root_handler()
 def test_debug_logging_never_prints_sql_parameters() -> None:
     import logging as stdlib_logging
 
-    from sagakit._logging import configure_logging
+    from sagakit.observability._logging import configure_logging
 
     root = stdlib_logging.getLogger()
     saved_handlers, saved_level = root.handlers[:], root.level

@@ -6,7 +6,7 @@ import json
 import uuid
 
 import pytest
-from sagakit._identity import identify, peek_envelope
+from sagakit.broker._identity import identify, peek_envelope
 
 SAGA_ID = str(uuid.uuid4())
 

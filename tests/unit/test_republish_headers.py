@@ -8,7 +8,7 @@ import aio_pika
 import pytest
 from pamqp import encode
 from pamqp.header import ContentHeader
-from sagakit._headers import (
+from sagakit.broker._headers import (
     DEFAULT_FRAME_MAX,
     HEADROOM_BYTES,
     bounded_headers,

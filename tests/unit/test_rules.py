@@ -7,7 +7,7 @@ import itertools
 import pytest
 from order_contracts import ORDER_SAGA
 from sagakit import StepStatus
-from sagakit._rules import (
+from sagakit.runtime._rules import (
     CompensationDecision,
     ForwardDecision,
     compensation_order,
@@ -34,8 +34,12 @@ def test_forward_work_past_the_deadline_fails_the_step() -> None:
 def test_only_what_was_done_is_undone_and_only_once() -> None:
     assert on_compensation(StepStatus.COMPLETED) is CompensationDecision.UNDO
     assert on_compensation(StepStatus.COMPENSATED) is CompensationDecision.ANNOUNCE_AGAIN
-    assert on_compensation(None) is CompensationDecision.NOTHING_TO_UNDO
+    assert on_compensation(StepStatus.RUNNING) is CompensationDecision.NOTHING_TO_UNDO
     assert on_compensation(StepStatus.FAILED) is CompensationDecision.IGNORE
+
+
+def test_a_compensation_for_a_saga_never_seen_here_is_not_guessed_at() -> None:
+    assert on_compensation(None) is CompensationDecision.UNKNOWN_SAGA
 
 
 @pytest.mark.parametrize(

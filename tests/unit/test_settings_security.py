@@ -20,7 +20,7 @@ import pytest
 import yaml
 from pydantic import ValidationError
 from sagakit import ParticipantSettings
-from sagakit._settings import SHARED_BROKER_VARIABLES
+from sagakit.runtime._settings import SHARED_BROKER_VARIABLES
 
 ROOT = Path(__file__).resolve().parents[2]
 SERVICES = sorted(p.parent.name for p in (ROOT / "services").glob("*/pyproject.toml"))

@@ -10,8 +10,8 @@ from opentelemetry.propagators.composite import CompositePropagator
 from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.trace import StatusCode
 from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
-from sagakit._observability import otlp_protocol, tracing_enabled
-from sagakit._tracing import (
+from sagakit.observability._setup import otlp_protocol, tracing_enabled
+from sagakit.observability._tracing import (
     SagaTracePropagator,
     record_outcome,
     record_step_failure,

@@ -12,7 +12,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 from order_contracts import ORDER_SAGA
 from sagakit import InvalidMessage, SagaState, TrackedEvent
-from sagakit._tracker import decode_event, stuck_reason, summarize, trace_id_from
+from sagakit.tracker._model import decode_event, stuck_reason, summarize, trace_id_from
 
 T0 = datetime(2026, 11, 1, 12, 0, tzinfo=UTC)
 SAGA = str(uuid.uuid4())

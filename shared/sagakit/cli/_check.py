@@ -9,11 +9,11 @@ from typing import Annotated
 
 import typer
 
-from sagakit._app import SagaService
-from sagakit._checker import check_choreography
-from sagakit._errors import SpecError
-from sagakit._participant import Subscription
-from sagakit._spec import SagaSpec
+from sagakit._exceptions import SpecError
+from sagakit.runtime._app import SagaService
+from sagakit.runtime._participant import Subscription
+from sagakit.spec._checker import check_choreography
+from sagakit.spec._spec import SagaSpec
 
 from . import app
 from ._spec_ref import SpecOption, load_spec

@@ -10,7 +10,7 @@ from typing import Annotated
 
 import typer
 
-from sagakit._asyncapi import (
+from sagakit.spec._asyncapi import (
     DOCUMENTED_SERVER,
     TRACKER_DOCUMENT,
     asyncapi_document,
@@ -20,8 +20,8 @@ from sagakit._asyncapi import (
     schema_file_name,
     tracker_document,
 )
-from sagakit._spec import SagaSpec
-from sagakit._tracker_app import TrackerSettings, build_tracker
+from sagakit.spec._spec import SagaSpec
+from sagakit.tracker._app import TrackerSettings, build_tracker
 
 from . import app
 from ._check import SERVICE_FACTORY, LoadedService, load_services

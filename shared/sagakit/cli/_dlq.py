@@ -20,16 +20,16 @@ from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
-from sagakit._dlq import (
+from sagakit._exceptions import BrokerUnavailable, SagaError
+from sagakit.client._dead_letters import (
     DeadLetters,
     ParkedMessage,
     ReplayFailed,
     UnknownMessages,
     UnknownService,
 )
-from sagakit._errors import BrokerUnavailable, SagaError
-from sagakit._redaction import redact_value, redacted_body
-from sagakit._settings import shared_broker_url
+from sagakit.client._redaction import redact_value, redacted_body
+from sagakit.runtime._settings import shared_broker_url
 
 from . import app
 from ._spec_ref import SpecOption, load_spec

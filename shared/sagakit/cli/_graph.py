@@ -9,8 +9,8 @@ from typing import Annotated
 import typer
 from rich.console import Console
 
-from sagakit._checker import FlowPath, Hop, Move, all_paths
-from sagakit._spec import SagaSpec
+from sagakit.spec._checker import FlowPath, Hop, Move, all_paths
+from sagakit.spec._spec import SagaSpec
 
 from . import app
 from ._spec_ref import SpecOption, load_spec

@@ -9,8 +9,8 @@ from typing import Annotated
 
 import typer
 
-from sagakit._errors import SpecError
-from sagakit._spec import SagaSpec
+from sagakit._exceptions import SpecError
+from sagakit.spec._spec import SagaSpec
 
 SPEC_ENV = "SAGA_SPEC"
 

@@ -18,9 +18,9 @@ from rich.table import Table
 from sqlalchemy.engine import make_url
 
 from sagakit._context import utc_now
-from sagakit._spec import SagaSpec
-from sagakit._tracker import SagaState, SagaView, view_as_dict
-from sagakit._tracker_store import DEFAULT_TRACKER_DATABASE_URL, SagaRow, tracker_store
+from sagakit.spec._spec import SagaSpec
+from sagakit.tracker._model import SagaState, SagaView, view_as_dict
+from sagakit.tracker._store import DEFAULT_TRACKER_DATABASE_URL, SagaRow, tracker_store
 
 from . import app
 from ._spec_ref import SpecOption, load_spec

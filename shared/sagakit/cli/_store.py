@@ -23,12 +23,12 @@ from rich.table import Table
 from sqlalchemy import inspect
 from sqlalchemy.engine import make_url
 
-from sagakit._retention import StoreSize, store_size, vacuum
-from sagakit._settings import MIN_SAFE_RETENTION_DAYS, ParticipantSettings
-from sagakit._spec import SagaSpec
-from sagakit._store import Store, inbox, outbox, saga_steps
-from sagakit._tracker_app import TrackerSettings
-from sagakit._tracker_store import TrackerStore, tracked_events, tracked_sagas
+from sagakit.runtime._settings import MIN_SAFE_RETENTION_DAYS, ParticipantSettings
+from sagakit.spec._spec import SagaSpec
+from sagakit.store._retention import StoreSize, store_size, vacuum
+from sagakit.store._store import Store, inbox, outbox, saga_steps
+from sagakit.tracker._app import TrackerSettings
+from sagakit.tracker._store import TrackerStore, tracked_events, tracked_sagas
 
 from . import app
 from ._spec_ref import SpecOption, load_spec

@@ -1,0 +1,3 @@
+"""Running a participant: the participant API, the runtime that enforces the saga rules, retries,
+parking, the breaker and the outbox relay.
+"""

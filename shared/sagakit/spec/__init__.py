@@ -1,0 +1,1 @@
+"""The choreography spec, its checker, and the AsyncAPI documents derived from it."""

@@ -1,0 +1,28 @@
+"""In-memory testing of participants: FastStream's TestRabbitBroker plus saga-aware helpers.
+
+Example:
+    ```python
+    async with ParticipantHarness(create_service(settings)) as harness:
+        created = harness.start_saga(order)
+        await harness.publish(created)
+        assert harness.emitted_types == ["inventory.reserved"]
+    ```
+"""
+
+from sagakit.testing._harness import (
+    INJECTED_REASON,
+    FlowHarness,
+    FlowRun,
+    ParkedMessage,
+    ParticipantHarness,
+    assert_all_or_nothing,
+)
+
+__all__ = [
+    "FlowHarness",
+    "FlowRun",
+    "INJECTED_REASON",
+    "ParkedMessage",
+    "ParticipantHarness",
+    "assert_all_or_nothing",
+]
