@@ -11,6 +11,7 @@ from sagakit._exceptions import (
     StepFailed,
     TransientError,
 )
+from sagakit._system_events import CancelledEvent, CompensatedEvent, FailureEvent
 from sagakit.client._client import EventNotRouted, EventWatch, SagaClient, WatchTimeout
 from sagakit.runtime._app import SagaService, build_service
 from sagakit.runtime._participant import HandlerKind, Participant, StepContext, Subscription
@@ -33,10 +34,13 @@ from sagakit.tracker._store import TrackerStore
 __all__ = [
     "BrokerUnavailable",
     "BrokerUrlError",
+    "CancelledEvent",
+    "CompensatedEvent",
     "Envelope",
     "EventNotRouted",
     "EventPayload",
     "EventWatch",
+    "FailureEvent",
     "Gap",
     "GapKind",
     "HandlerKind",

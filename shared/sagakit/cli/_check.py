@@ -88,11 +88,21 @@ def check(
 
     Exits 0 and prints "no gap" when every promise holds, 1 with one line per gap otherwise.
     """
-    flow = load_spec(spec)
+    try:
+        flow = load_spec(spec)
+    except SpecError as error:
+        # A spec that sagakit could not run is refused when it is built (its module does
+        # not even import): say what to change, as for any gap.
+        typer.echo(f"the spec is refused: {error}")
+        raise typer.Exit(1) from None
     subscriptions = None
     against = "the spec"
     if with_services:
-        services = load_services(flow, factory=factory)
+        try:
+            services = load_services(flow, factory=factory)
+        except SpecError as error:
+            typer.echo(f"{flow.saga_type}: a service is refused: {error}")
+            raise typer.Exit(1) from None
         subscriptions = service_subscriptions(services)
         against += " and the subscriptions of " + ", ".join(s.participant for s in services)
     gaps = check_choreography(flow, subscriptions)

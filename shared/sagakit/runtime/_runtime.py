@@ -643,7 +643,7 @@ class SagaRuntime:
             )
             failed = self._envelope(payload, cause=envelope, record=record)
             events = [failed]
-            if self.spec.is_first(step):
+            if self.spec.ends_backward_path(step):
                 events.append(self._cancellation(failed, step.name, reason))
             await self.store.set_step_status(
                 transaction,
@@ -705,7 +705,7 @@ class SagaRuntime:
             )
             compensated = self._envelope(result, cause=envelope, record=record)
             events = [compensated]
-            if self.spec.is_first(step):
+            if self.spec.ends_backward_path(step):
                 failure = envelope.context.last_failure()
                 events.append(
                     self._cancellation(
