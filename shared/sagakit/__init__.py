@@ -5,6 +5,7 @@ from sagakit._envelope import Envelope, EventPayload, derived_event_id
 from sagakit._exceptions import (
     BrokerUnavailable,
     BrokerUrlError,
+    HandlerError,
     InvalidMessage,
     SagaError,
     SpecError,
@@ -43,6 +44,7 @@ __all__ = [
     "FailureEvent",
     "Gap",
     "GapKind",
+    "HandlerError",
     "HandlerKind",
     "InvalidMessage",
     "Participant",

@@ -43,6 +43,22 @@ class InvalidMessage(SagaError):
         self.reason = reason
 
 
+class HandlerError(InvalidMessage):
+    """A programming error: a handler returned the wrong type, raised ``TypeError``,
+    ``AttributeError``, ``NameError`` or a ``ValidationError`` on its own code path, or an
+    event sagakit has to build does not validate.
+
+    Retrying cannot fix it and it is not the saga's fault: the message is parked with the
+    reason ``handler_error`` and the error's summary (nothing committed, the saga neither
+    retried nor cancelled); redrive it once the code is fixed. The test harnesses raise it
+    at once.
+    """
+
+    def __init__(self, summary: str) -> None:
+        super().__init__(f"handler_error: {summary}")
+        self.summary = summary
+
+
 class SpecError(SagaError):
     """The choreography spec, or a participant's registration against it, is inconsistent."""
 

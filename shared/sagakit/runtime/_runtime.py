@@ -10,9 +10,11 @@ import json
 import logging
 import random
 import time
+import traceback
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from contextvars import ContextVar
 from datetime import datetime, timedelta
+from pathlib import Path
 from typing import Any
 
 import aio_pika
@@ -30,7 +32,7 @@ from sagakit._context import (
     utc_now,
 )
 from sagakit._envelope import SAGA_ID_HEADER, Envelope, EventPayload, derived_event_id
-from sagakit._exceptions import InvalidMessage, StepFailed
+from sagakit._exceptions import HandlerError, InvalidMessage, StepFailed
 from sagakit.broker._headers import DEFAULT_FRAME_MAX, bounded_headers, frame_max_of, header_budget
 from sagakit.broker._topology import (
     ATTEMPT_HEADER,
@@ -583,7 +585,7 @@ class SagaRuntime:
                 if decision is rules.ForwardDecision.FAIL_DEADLINE:
                     raise StepFailed("deadline_exceeded", detail="the saga's deadline has passed")
                 result = await self._call(sub, envelope, transaction, attempt)
-                self._expect(result, step.success)
+                self._expect(result, step.success, sub)
                 record = self._record(step, StepOutcome.COMPLETED)
                 success = self._envelope(result, cause=envelope, record=record)
                 await self.store.set_step_status(
@@ -693,7 +695,7 @@ class SagaRuntime:
             record = self._record(step, StepOutcome.COMPENSATED)
             if decision is rules.CompensationDecision.UNDO:
                 result = await self._call(sub, envelope, transaction, attempt)
-                self._expect(result, step.compensated)
+                self._expect(result, step.compensated, sub)
                 crash_point(CrashPoint.MID_COMPENSATION, sub.event_type)
             else:
                 # Nothing to undo, but the backward path must go on: announce the compensated
@@ -733,9 +735,12 @@ class SagaRuntime:
     ) -> Any:
         # asyncio.timeout rather than wait_for, which runs every handler in a task of its own.
         async with asyncio.timeout(self.settings.step_timeout_seconds):
-            return await sub.handler(
-                envelope.payload, self._step_context(transaction, envelope, attempt)
-            )
+            try:
+                return await sub.handler(
+                    envelope.payload, self._step_context(transaction, envelope, attempt)
+                )
+            except _PROGRAMMING_ERRORS as error:
+                raise HandlerError(_summary(sub, error)) from error
 
     # -- building events ---------------------------------------------------------------
 
@@ -798,11 +803,12 @@ class SagaRuntime:
             step=step.name, participant=self.name, outcome=outcome, at=utc_now(), reason=reason
         )
 
-    def _expect(self, result: object, event_type: str) -> None:
+    def _expect(self, result: object, event_type: str, sub: Subscription) -> None:
         expected = self.spec.model_for(event_type)
         if not isinstance(result, expected):
-            raise TypeError(
-                f"handler returned {type(result).__name__}, expected {expected.__name__}"
+            raise HandlerError(
+                f"{sub.kind.value} handler of {sub.name!r} returned {type(result).__name__},"
+                f" expected {expected.__name__} ({event_type})"
             )
 
     def _carried(self, envelope: Envelope[Any]) -> dict[str, Any]:
@@ -818,7 +824,14 @@ class SagaRuntime:
         self, event_type: str, envelope: Envelope[Any], **fields: Any
     ) -> EventPayload:
         model = self.spec.model_for(event_type)
-        return model.model_validate({**self._carried(envelope), **fields})
+        try:
+            return model.model_validate({**self._carried(envelope), **fields})
+        except ValidationError as error:
+            # The spec checks what it can when built; what is left is a bug, not a retry.
+            raise HandlerError(
+                f"sagakit cannot build {model.__name__} ({event_type}): "
+                + _describe(error).removeprefix("schema_invalid: ")
+            ) from error
 
     def _envelope(
         self, payload: EventPayload, *, cause: Envelope[Any], record: StepRecord | None
@@ -980,6 +993,29 @@ class SagaRuntime:
         return self.topology.work_queue(routing_key or "unknown").name
 
 
+# Raised by a handler's own code, these are bugs: retrying cannot fix them, and failing the
+# step would cancel sagas for a fault of the service.
+_PROGRAMMING_ERRORS = (TypeError, AttributeError, NameError, ValidationError)
+_NOT_OWN_CODE = str(Path(__file__).resolve().parents[1])
+
+
+def _summary(sub: Subscription, error: BaseException) -> str:
+    """The error, and where in the handler's code it was raised."""
+    # The last line of the service's own code: not sagakit's, not a library's.
+    own = [
+        frame
+        for frame in traceback.extract_tb(error.__traceback__)
+        if not frame.filename.startswith(_NOT_OWN_CODE) and "site-packages" not in frame.filename
+    ]
+    where = f" at {Path(own[-1].filename).name}:{own[-1].lineno}" if own else ""
+    text = (
+        _describe(error).removeprefix("unprocessable: ")
+        if isinstance(error, ValidationError)
+        else f"{type(error).__name__}: {str(error)[:300]}"
+    )
+    return f"{sub.kind.value} handler of {sub.name!r} raised {text}{where}"
+
+
 async def _decode_json(message: StreamMessage[Any]) -> Any:
     # The body is JSON whatever content type a foreign client did or did not set.
     return json.loads(message.body)
@@ -1080,4 +1116,5 @@ async def _park_logged(
     # The id as it came on the wire: FastStream makes one up for a message without any.
     message_id = getattr(msg.raw_message, "message_id", None)
     logger.warning("parking message %.80r from %s: %s", message_id, queue, reason)
-    await runtime.park(msg, queue=queue, reason=reason, kind="bad_input")
+    kind = "handler_error" if reason.startswith("handler_error:") else "bad_input"
+    await runtime.park(msg, queue=queue, reason=reason, kind=kind)

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import contextlib
 import uuid
-from collections.abc import Awaitable, Callable, Iterator, Sequence
+from collections.abc import Awaitable, Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from types import TracebackType
@@ -25,7 +25,7 @@ from pydantic import ValidationError
 
 from sagakit._context import SagaContext, StepOutcome, StepRecord, utc_now
 from sagakit._envelope import SAGA_ID_HEADER, Envelope, EventPayload
-from sagakit._exceptions import StepFailed
+from sagakit._exceptions import HandlerError, StepFailed
 from sagakit.broker._topology import REASON_HEADER, flow_exchange
 from sagakit.observability._tracing import current_trace_headers
 from sagakit.runtime._app import SagaService, prepare_store
@@ -138,8 +138,14 @@ class ParticipantHarness:
         return Envelope.new(payload, context=context, producer=producer)
 
     async def publish(self, envelope: Envelope[Any]) -> None:
-        """Publish ``envelope`` on the flow exchange exactly as it goes on the wire."""
+        """Publish ``envelope`` on the flow exchange exactly as it goes on the wire.
+
+        Raises:
+            HandlerError: A handler has a bug (``handler_error``): the runtime parked the
+                message, as it would in production.
+        """
         self._published_ids.add(envelope.event_id)
+        parked = len(self.parked)
         await self.service.broker.publish(
             envelope.encode(),
             exchange=self.service.runtime.exchange,
@@ -147,6 +153,7 @@ class ParticipantHarness:
             headers={**envelope.amqp_headers(), **current_trace_headers()},
             **_json_properties(envelope),
         )
+        _raise_handler_errors(self.parked[parked:])
 
     async def publish_raw(
         self, body: bytes, *, routing_key: str, headers: dict[str, Any] | None = None
@@ -253,6 +260,13 @@ class FlowRun:
         assert history == expected_history, (
             f"the saga's history reads {history}, expected {expected_history}"
         )
+
+
+def _raise_handler_errors(parked: Iterable[ParkedMessage]) -> None:
+    """A bug in a handler fails the test at once, with the summary the runtime parked."""
+    for message in parked:
+        if message.reason.startswith("handler_error:"):
+            raise HandlerError(message.reason.removeprefix("handler_error: "))
 
 
 def _assert_terminal(run: FlowRun, event_type: str, *, absent: str) -> Envelope[Any]:
@@ -389,6 +403,9 @@ class FlowHarness:
                 **_json_properties(start),
             )
         saga_id = start.context.saga_id
+        _raise_handler_errors(
+            p for p in self._parked if p.headers.get(SAGA_ID_HEADER) == str(saga_id)
+        )
         return FlowRun(
             spec=self.spec,
             saga_id=saga_id,
