@@ -22,6 +22,7 @@ from sagakit.observability._health import (
 )
 from sagakit.observability._logging import BROKER_LOGGER
 from sagakit.observability._setup import observe
+from sagakit.runtime import _step_results as step_results
 from sagakit.runtime._participant import Participant
 from sagakit.runtime._runtime import SagaRuntime
 from sagakit.runtime._settings import ParticipantSettings
@@ -69,7 +70,8 @@ def build_service(
     )
     store = Store(
         settings.database_url,
-        metadata=[participant.tables] if participant.tables is not None else [],
+        # sagakit's step results (_step_results.py) beside the service's own tables.
+        metadata=[step_results.metadata, *filter(None, [participant.tables])],
     )
     runtime = SagaRuntime(participant, broker=broker, store=store, settings=settings)
     # The app's first line ("starting") comes before logging is configured: a logger of

@@ -95,11 +95,17 @@ class Events:
             ) from error
 
     def envelope(
-        self, payload: EventPayload, *, cause: Envelope[Any], record: StepRecord | None
+        self,
+        payload: EventPayload,
+        *,
+        cause: Envelope[Any],
+        record: StepRecord | None,
+        data: Mapping[str, Any] | None = None,
     ) -> Envelope[Any]:
-        """The envelope of ``payload``, caused by ``cause``; its id is derived, so that the
-        same event announced again has the same id."""
-        context = cause.context.followed_by(cause.event_id, record)
+        """The envelope of ``payload``, caused by ``cause``, with ``data`` added to the
+        saga's data bag; its id is derived, so that the same event announced again has the
+        same id."""
+        context = cause.context.followed_by(cause.event_id, record, data=data)
         return Envelope.new(
             payload,
             context=context,

@@ -11,17 +11,23 @@ Example:
 
 from sagakit.testing._harness import (
     INJECTED_REASON,
+    EffectProbe,
+    Fault,
     FlowHarness,
     FlowRun,
+    Injection,
     ParkedMessage,
     ParticipantHarness,
     assert_all_or_nothing,
 )
 
 __all__ = [
+    "INJECTED_REASON",
+    "EffectProbe",
+    "Fault",
     "FlowHarness",
     "FlowRun",
-    "INJECTED_REASON",
+    "Injection",
     "ParkedMessage",
     "ParticipantHarness",
     "assert_all_or_nothing",
