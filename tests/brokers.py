@@ -37,7 +37,7 @@ from typing import Any, NoReturn, TypeVar
 from urllib.parse import quote, unquote, urlsplit, urlunsplit
 
 import pytest
-from sagakit.broker._urls import broker_urls, redacted
+from sagakit.broker import broker_urls, redacted
 from sagakit_lab import RabbitNode, rabbitmq_missing
 
 LOCAL_URL = "amqp://guest:guest@127.0.0.1:5672/"

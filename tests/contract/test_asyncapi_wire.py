@@ -17,10 +17,10 @@ from order_contracts.samples import sample_order
 from sagakit import Envelope, SagaContext
 from sagakit.broker import _topology as topology
 from sagakit.cli._check import load_services
-from sagakit.runtime._participant import Subscription
+from sagakit.runtime import Subscription
+from sagakit.spec import emitted_events
 from sagakit.spec._asyncapi_wire import DOCUMENTED_HEADERS
-from sagakit.spec._checker import emitted_events
-from sagakit.tracker._app import tracker_queue
+from sagakit.tracker import tracker_queue
 
 ROOT = Path(__file__).resolve().parents[2]
 ASYNCAPI = ROOT / "contracts" / "asyncapi"

@@ -33,24 +33,21 @@ from order_contracts import (
 )
 from order_contracts.samples import sample_order
 from prometheus_client import REGISTRY
-from sagakit import (
-    Envelope,
-    EventPayload,
-    SagaContext,
-    SagaState,
-    StepOutcome,
-    StepRecord,
-    TrackerService,
-    TrackerSettings,
-    build_tracker,
-    utc_now,
-)
-from sagakit.broker._topology import flow_exchange
+from sagakit import Envelope, EventPayload, SagaContext, StepOutcome, StepRecord, utc_now
+from sagakit.broker import flow_exchange
 from sagakit.cli import app as saga_cli
 from sagakit.cli import load_plugins
 from sagakit.testing import ParticipantHarness
-from sagakit.tracker._app import TRACKER_QUEUE, scan_once, tracker_queue
-from sagakit.tracker._store import tracker_store
+from sagakit.tracker import (
+    TRACKER_QUEUE,
+    SagaState,
+    TrackerService,
+    TrackerSettings,
+    build_tracker,
+    tracker_queue,
+    tracker_store,
+)
+from sagakit.tracker._app import scan_once
 from typer.testing import CliRunner
 
 EXCHANGE = flow_exchange(ORDER_SAGA.exchange)
@@ -360,7 +357,7 @@ async def test_the_tracker_is_rebuilt_from_a_participants_outbox(tmp_path: Any) 
 
 
 def _seed(url: str, *envelopes: Envelope[Any]) -> None:
-    from sagakit.tracker._model import decode_event
+    from sagakit.tracker import decode_event
 
     async def seed() -> None:
         async with tracker_store(url, spec=ORDER_SAGA) as store:

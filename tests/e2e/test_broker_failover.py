@@ -27,8 +27,8 @@ import pytest
 import pytest_asyncio
 from order_contracts import ORDER_SAGA
 from order_contracts.samples import EXPECTED_FAILED_STEP, Scenario, sample_order
-from sagakit import SagaClient, consumed_queues
-from sagakit.client._client import connect
+from sagakit.client import SagaClient, connect
+from sagakit.testing import consumed_queues
 from sagakit_lab import RabbitCluster, rabbitmq_missing
 
 from tests.brokers import unavailable

@@ -31,8 +31,7 @@ import pytest
 from aio_pika.abc import AbstractChannel, AbstractConnection
 from order_contracts import ORDER_SAGA
 from order_contracts.samples import Scenario, sample_order
-from sagakit import SagaClient, consumed_queues
-from sagakit.broker._topology import (
+from sagakit.broker import (
     REASON_HEADER,
     ParticipantTopology,
     dead_letter_exchange_name,
@@ -41,8 +40,9 @@ from sagakit.broker._topology import (
     retry_exchange_name,
     retry_queue_name,
 )
-from sagakit.testing._processes import QueueProbe
-from sagakit.tracker._app import TRACKER_QUEUE
+from sagakit.client import SagaClient
+from sagakit.testing import QueueProbe, consumed_queues
+from sagakit.tracker import TRACKER_QUEUE
 from sagakit_lab import RabbitNode
 
 from .conftest import PARTICIPANTS, event_types, service_processes, sqlite_databases

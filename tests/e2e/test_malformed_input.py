@@ -30,9 +30,9 @@ from hypothesis import HealthCheck, Phase, given, settings
 from hypothesis import strategies as st
 from order_contracts import ORDER_SAGA
 from order_contracts.samples import Scenario, sample_order
-from sagakit import SagaClient, consumed_queues
-from sagakit.broker._topology import REASON_HEADER, dead_letter_queue_name
-from sagakit.testing._processes import QueueProbe
+from sagakit.broker import REASON_HEADER, dead_letter_queue_name
+from sagakit.client import SagaClient
+from sagakit.testing import QueueProbe, consumed_queues
 
 from .conftest import PARTICIPANTS, service_processes, sqlite_databases
 

@@ -37,8 +37,10 @@ from opentelemetry.proto.common.v1.common_pb2 import AnyValue
 from opentelemetry.proto.trace.v1.trace_pb2 import Span, Status
 from order_contracts import ORDER_SAGA, Customer, OrderCreated, ShippingAddress
 from order_contracts.samples import Scenario, sample_order
-from sagakit import Envelope, QueueProbe, SagaClient, ServiceProcesses
-from sagakit.tracker._app import TRACKER_QUEUE
+from sagakit import Envelope
+from sagakit.client import SagaClient
+from sagakit.testing import QueueProbe, ServiceProcesses
+from sagakit.tracker import TRACKER_QUEUE
 
 from tests.conftest import fresh_broker_url
 

@@ -39,8 +39,9 @@ from _chaos_store_faults import Placement, StoreFaults
 from _chaos_stores import read_stores
 from order_contracts import ORDER_SAGA
 from order_contracts.samples import Scenario, sample_order
-from sagakit import Envelope, SagaClient, ServiceProcesses
-from sagakit.client._dead_letters import DeadLetters
+from sagakit import Envelope
+from sagakit.client import DeadLetters, SagaClient
+from sagakit.testing import ServiceProcesses
 from sagakit_lab import free_port
 
 from tests.brokers import fresh_broker_url

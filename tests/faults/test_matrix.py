@@ -53,7 +53,7 @@ from _chaos_orders import ANY_STEP, PlannedOrder
 from _chaos_store_faults import Placement, StoreFault
 from order_contracts import OrderCreated
 from order_contracts.samples import Scenario, sample_order
-from sagakit import SagaClient
+from sagakit.client import SagaClient
 from sagakit_lab import ClusterError, SmallVolume, VolumeUnavailable, postgres_bin_dir
 
 from tests.brokers import unavailable

@@ -12,11 +12,12 @@ from pathlib import Path
 
 import aio_pika
 import pytest
-from sagakit import SagaContext, ServiceProcesses, consumed_queues
+from sagakit import SagaContext
 from sagakit.cli import app, load_plugins
-from sagakit.client._dead_letters import DeadLetters, ParkedMessage
-from sagakit.observability._logging import saga_log_handler, unwatch_deliveries, watch_deliveries
-from sagakit.testing._processes import QueueProbe, ServiceStartError
+from sagakit.client import DeadLetters, ParkedMessage
+from sagakit.observability import saga_log_handler
+from sagakit.observability._logging import unwatch_deliveries, watch_deliveries
+from sagakit.testing import QueueProbe, ServiceProcesses, ServiceStartError, consumed_queues
 from typer.testing import CliRunner, Result
 
 from tests.conftest import fresh_broker_url

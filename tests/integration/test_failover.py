@@ -22,8 +22,8 @@ import pytest
 import pytest_asyncio
 from faststream.rabbit import RabbitQueue
 from sagakit import BrokerUnavailable
-from sagakit.broker._failover import FailoverConnection, rabbit_broker
-from sagakit.client._client import connect
+from sagakit.broker import FailoverConnection, rabbit_broker
+from sagakit.client import connect
 
 pytestmark = pytest.mark.integration
 

@@ -15,10 +15,9 @@ import aio_pika
 import pytest
 from aio_pika.abc import AbstractIncomingMessage
 from faststream.rabbit import Channel, RabbitBroker
-from sagakit import Store
-from sagakit.broker._topology import flow_exchange
-from sagakit.runtime._relay import OutboxRelay
-from sagakit.store._store import OutboxRow
+from sagakit.broker import flow_exchange
+from sagakit.runtime import OutboxRelay
+from sagakit.store import OutboxRow, Store
 
 pytestmark = pytest.mark.integration
 

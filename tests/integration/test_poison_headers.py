@@ -21,9 +21,9 @@ from pamqp import encode
 from pamqp.header import ContentHeader
 from prometheus_client import REGISTRY
 from sagakit import Envelope, SagaContext, utc_now
+from sagakit.broker import ORIGIN_QUEUE_HEADER, PARKED_AT_HEADER, REASON_HEADER
 from sagakit.broker._headers import frame_max_of
-from sagakit.broker._topology import ORIGIN_QUEUE_HEADER, PARKED_AT_HEADER, REASON_HEADER
-from sagakit.client._dead_letters import DeadLetters, ParkedMessage
+from sagakit.client import DeadLetters, ParkedMessage
 from sagakit.runtime._runtime import _json_properties
 
 from .probe_flow import Behaviour, Started, Watch, probe_services, running

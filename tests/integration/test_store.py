@@ -6,8 +6,7 @@ import asyncio
 import uuid
 
 import pytest
-from sagakit import StepStatus, Store
-from sagakit.store._store import OutboxRow
+from sagakit.store import OutboxRow, StepStatus, Store
 
 
 def _row(event_id: str, body: str = "{}") -> OutboxRow:

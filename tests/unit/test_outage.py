@@ -10,7 +10,8 @@ from aiormq.abc import DeliveredMessage
 from aiormq.exceptions import ChannelInvalidStateError, DeliveryError, PublishError
 from pamqp import commands
 from sagakit import StepFailed, TransientError
-from sagakit.runtime._outage import StoreUnavailable, Verdict, broker_refused, causes, store_verdict
+from sagakit.runtime import StoreUnavailable
+from sagakit.runtime._outage import Verdict, broker_refused, causes, store_verdict
 from sqlalchemy import exc as sa_exc
 
 
