@@ -22,6 +22,7 @@ import asyncio
 import atexit
 import base64
 import contextlib
+import functools
 import json
 import os
 import shutil
@@ -216,7 +217,7 @@ def throwaway_vhost(url: str, *, private: RabbitNode | None = None) -> Iterator[
             tried.append(f"{type(maker).__name__} failed: {exc}")
             continue
         fresh = with_vhost(url, vhost)
-        if not call(lambda fresh=fresh: _amqp_reaches(fresh)):
+        if not call(functools.partial(_amqp_reaches, fresh)):
             # rabbitmqctl reached another node than the URL's broker: leave no trace there.
             maker.delete(vhost)
             tried.append(f"the virtual host {type(maker).__name__} made is not at that broker")

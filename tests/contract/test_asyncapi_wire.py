@@ -9,7 +9,7 @@ import re
 import uuid
 from collections.abc import Iterator, Mapping
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import pytest
 from order_contracts import ORDER_SAGA
@@ -65,7 +65,7 @@ def _queue_channel(document: Mapping[str, Any], queue: str) -> dict[str, Any]:
         for c in document["channels"].values()
         if c["bindings"]["amqp"].get("queue", {}).get("name") == queue
     ]
-    return channel
+    return cast(dict[str, Any], channel)
 
 
 def _bound_to(channel: Mapping[str, Any]) -> set[tuple[str, str, str]]:

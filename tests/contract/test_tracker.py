@@ -65,7 +65,7 @@ class Saga:
             context=SagaContext.start(ORDER_SAGA.saga_type, deadline=deadline),
             producer="client",
         )
-        self.last = self.created
+        self.last: Envelope[Any] = self.created
 
     @property
     def saga_id(self) -> str:
@@ -207,6 +207,7 @@ async def test_a_fulfilled_saga_moves_from_started_to_completed(tracker: Tracker
         view = await store.view(saga.saga_id)
         assert view is not None
         states.append(view.state)
+    assert view is not None
     assert states == [
         SagaState.STARTED,
         SagaState.PENDING,
@@ -232,6 +233,7 @@ async def test_a_declined_saga_compensates_then_fails(tracker: Tracker) -> None:
         view = await store.view(saga.saga_id)
         assert view is not None
         states.append(view.state)
+    assert view is not None
     assert states == [
         SagaState.STARTED,
         SagaState.PENDING,

@@ -295,7 +295,7 @@ async def test_unknown_services_and_ids_are_errors_with_exit_codes(
             # Parked from a queue the service does not have: a replay cannot send it back,
             # says so and leaves it parked; a selective purge removes only what it selects.
             async with Watch(rabbitmq_url) as watch:
-                dlx = await watch.exchange.channel.get_exchange("alpha.dlx", ensure=False)
+                dlx = await watch.channel.get_exchange("alpha.dlx", ensure=False)
                 origins = ("alpha.gone", "alpha.gone", "alpha.probe.started")
                 for number, origin in enumerate(origins):
                     await dlx.publish(

@@ -35,10 +35,10 @@ def _row(saga_id: str, n: int, body: str = "{}") -> OutboxRow:
 
 
 @pytest.fixture
-async def store(store_url: str) -> Store:
+async def store(store_url: str) -> AsyncIterator[Store]:
     store = Store(store_url)
     await store.create_schema()
-    yield store  # type: ignore[misc]
+    yield store
     await store.dispose()
 
 

@@ -173,7 +173,7 @@ async def test_header_tables_up_to_the_clients_limit_never_close_the_services_co
                 PARKED_AT_HEADER: utc_now().isoformat(),
             },
         )
-        dlx = await watch.exchange.channel.get_exchange("alpha.dlx", ensure=False)
+        dlx = await watch.channel.get_exchange("alpha.dlx", ensure=False)
         await dlx.publish(many_small(parked_before, frame_max), routing_key="alpha.probe.started")
 
         entries = await _parked(dead_letters, [*poisoned_bad, replayed])

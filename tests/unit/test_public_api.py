@@ -56,7 +56,7 @@ def _python_files(*folders: str) -> list[Path]:
 
 def _private_imports(path: Path) -> list[tuple[int, str, str]]:
     """``(line, module, name)`` for each name imported from a private sagakit module."""
-    found = []
+    found: list[tuple[int, str, str]] = []
     for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
         if not isinstance(node, ast.ImportFrom) or node.level or not node.module:
             continue

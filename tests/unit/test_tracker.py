@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import uuid
+from collections.abc import Sequence
 from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 
@@ -39,7 +40,7 @@ FAILED_AT_SHIPPING = [
 
 
 def events(
-    script: list[tuple[str, str, str | None, str | None]],
+    script: Sequence[tuple[str, str, str | None, str | None]],
     *,
     traced_from: int = 0,
     deadline: datetime | None = None,
