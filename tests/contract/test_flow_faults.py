@@ -42,12 +42,11 @@ def services(tmp_path: Path) -> list[SagaService]:
     def db(name: str) -> str:
         return f"sqlite+aiosqlite:///{tmp_path}/{name}.db"
 
-    budgets = {"step_retry_budget": 2, "compensation_retry_budget": 2}
     return [
-        create_inventory(InventorySettings(database_url=db("inventory"), **budgets)),
-        create_payment(PaymentSettings(database_url=db("payment"), **budgets)),
-        create_shipping(ShippingSettings(database_url=db("shipping"), **budgets)),
-        create_notification(NotificationSettings(database_url=db("notification"), **budgets)),
+        create_inventory(InventorySettings(database_url=db("inventory"))),
+        create_payment(PaymentSettings(database_url=db("payment"))),
+        create_shipping(ShippingSettings(database_url=db("shipping"))),
+        create_notification(NotificationSettings(database_url=db("notification"))),
     ]
 
 
@@ -55,7 +54,7 @@ def holding(table: type[DeclarativeBase], status: str) -> EffectProbe:
     """How many rows of ``table`` hold ``status`` for the saga."""
 
     async def probe(service: SagaService, saga_id: uuid.UUID) -> object:
-        column = table.__table__.c  # type: ignore[attr-defined]
+        column = table.__table__.c
         query = select(func.count()).where(column.saga_id == str(saga_id), column.status == status)
         async with service.store.transaction() as session:
             return (await session.execute(query)).scalar_one()

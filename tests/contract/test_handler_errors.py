@@ -106,9 +106,9 @@ def services(tmp_path: Path, *, bug: str) -> list[SagaService]:
         if bug == "wrong_type":
             return Triaged(severity=1)
         if bug == "attribute":
-            return Fixed(note=event.title)  # type: ignore[attr-defined]
+            return Fixed(note=event.title)  # type: ignore[attr-defined,call-arg]
         if bug == "type":
-            return Fixed(x=event.severity + "1")  # type: ignore[operator]
+            return Fixed(x=event.severity + "1")  # type: ignore[operator,call-arg]
         return Fixed()
 
     return [

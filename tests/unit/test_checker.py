@@ -9,20 +9,11 @@ from typing import Any, ClassVar
 import pytest
 import typer
 from order_contracts import ORDER_SAGA, OrderEvent
-from sagakit import (
-    EventPayload,
-    Gap,
-    GapKind,
-    Participant,
-    ReactionSpec,
-    SagaSpec,
-    SpecError,
-    StepContext,
-    Subscription,
-    check_choreography,
-)
+from sagakit import EventPayload, Participant, ReactionSpec, SagaSpec, SpecError, StepContext
 from sagakit.cli import app, load_plugins
-from sagakit.spec._checker import Move, all_paths
+from sagakit.runtime import Subscription
+from sagakit.spec import Gap, GapKind, all_paths, check_choreography
+from sagakit.spec._checker import Move
 from typer.testing import CliRunner
 
 

@@ -20,15 +20,27 @@ from sagakit.testing._harness import (
     ParticipantHarness,
     assert_all_or_nothing,
 )
+from sagakit.testing._processes import (
+    QueueProbe,
+    ServiceApp,
+    ServiceProcesses,
+    ServiceStartError,
+    consumed_queues,
+)
 
 __all__ = [
-    "INJECTED_REASON",
     "EffectProbe",
     "Fault",
     "FlowHarness",
     "FlowRun",
+    "INJECTED_REASON",
     "Injection",
     "ParkedMessage",
     "ParticipantHarness",
+    "QueueProbe",
+    "ServiceApp",
+    "ServiceProcesses",
+    "ServiceStartError",
     "assert_all_or_nothing",
+    "consumed_queues",
 ]
