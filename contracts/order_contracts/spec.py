@@ -12,7 +12,7 @@ ORDER_SAGA = SagaSpec(
     start_event="order.created",
     completed_event="order.fulfilled",
     cancelled_event="order.cancelled",
-    carry="order",
+    start_field="order",
     steps=(
         StepSpec(
             name="reserve_stock",

@@ -20,6 +20,7 @@ from sagakit._envelope import Envelope, EventPayload, derived_event_id
 from sagakit._exceptions import (
     BrokerUnavailable,
     BrokerUrlError,
+    BusinessFailure,
     DeadLetterError,
     HandlerError,
     InvalidMessage,
@@ -41,6 +42,7 @@ from sagakit.spec import ReactionSpec, SagaSpec, StepSpec
 __all__ = [
     "BrokerUnavailable",
     "BrokerUrlError",
+    "BusinessFailure",
     "CancelledEvent",
     "CompensatedEvent",
     "DeadLetterError",

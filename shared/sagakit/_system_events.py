@@ -1,8 +1,8 @@
 """The events sagakit builds on its own, as base models a flow extends.
 
-sagakit announces a step's failure (from ``StepFailed``), a compensation that had nothing
+sagakit announces a step's failure (from ``BusinessFailure``), a compensation that had nothing
 to undo, and the saga's cancellation itself. It fills the fields these bases declare, and
-the field the spec names in ``SagaSpec.carry``; any other field of such an event must have a
+the field the spec names in ``SagaSpec.start_field``; any other field of such an event must have a
 default. ``SagaSpec`` checks this when it is built.
 """
 
@@ -15,7 +15,7 @@ class FailureEvent(EventPayload):
     """Base of a step's failure event: sagakit fills ``reason`` and ``detail``.
 
     Attributes:
-        reason: The machine-readable code of ``StepFailed`` (or one of sagakit's own:
+        reason: The machine-readable code of ``BusinessFailure`` (or one of sagakit's own:
             ``retries_exhausted``, ``deadline_exceeded``, ``event_too_large``).
         detail: The human explanation, cut to 1000 characters.
     """

@@ -9,6 +9,7 @@ from typing import Any, ClassVar
 
 import pytest
 from sagakit import (
+    BusinessFailure,
     CancelledEvent,
     CompensatedEvent,
     EventPayload,
@@ -20,7 +21,6 @@ from sagakit import (
     SagaService,
     SagaSpec,
     StepContext,
-    StepFailed,
     StepSpec,
     build_service,
 )
@@ -149,7 +149,7 @@ def services(tmp_path: Path, *, fail: str | None = None) -> list[SagaService]:
         step.undo(refund, charge_id=charge_id, amount=step.data["amount"])
         outside.append(f"charge {charge_id}")
         if fail == "charge_after_effect":
-            raise StepFailed("gateway_review", detail="held for review after charging")
+            raise BusinessFailure("gateway_review", detail="held for review after charging")
         step.add_data(charge_id=charge_id)
         return Charged(charge_id=charge_id)
 
@@ -163,7 +163,7 @@ def services(tmp_path: Path, *, fail: str | None = None) -> list[SagaService]:
         step.undo(unsend, message_id="m-1")
         outside.append("send m-1")
         if fail == "send_after_effect":
-            raise StepFailed("bounced")
+            raise BusinessFailure("bounced")
         return Sent()
 
     return [

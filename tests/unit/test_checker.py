@@ -62,7 +62,7 @@ def subscriptions_of(spec: SagaSpec) -> list[Subscription]:
                     participant.on_compensation(step.name)(handler)
         for reaction in spec.reactions:
             if reaction.participant == name:
-                participant.on_event(reaction.trigger)(handler)
+                participant.on_reaction(reaction.name)(handler)
         subs.extend(participant.subscriptions())
     return subs
 

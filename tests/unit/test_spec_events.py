@@ -78,7 +78,7 @@ def spec_with(*models: type[EventPayload], carry: str | None = "ticket") -> Saga
         start_event="ticket.opened",
         completed_event="ticket.closed",
         cancelled_event="ticket.cancelled",
-        carry=carry,
+        start_field=carry,
         steps=(
             StepSpec(
                 name="book",

@@ -69,7 +69,7 @@ class Events:
             )
 
     def _carried(self, envelope: Envelope[Any]) -> dict[str, Any]:
-        carry = self.spec.carry
+        carry = self.spec.start_field
         if carry is None:
             return {}
         if envelope.event_type == self.spec.start_event:

@@ -9,7 +9,7 @@ from typing import Any
 
 from sagakit._context import DETAIL_MAX_LENGTH, REASON_MAX_LENGTH, StepOutcome
 from sagakit._envelope import Envelope
-from sagakit._exceptions import InvalidMessage, StepFailed
+from sagakit._exceptions import BusinessFailure, InvalidMessage
 from sagakit.observability._tracing import record_step_failure
 from sagakit.runtime import _rules as rules
 from sagakit.runtime import _step_results as step_results
@@ -62,7 +62,9 @@ class ForwardStep:
                     logger.info("step already %s: forward event ignored", status)
                     return Handled(Outcome.IGNORED)
                 if decision is rules.ForwardDecision.FAIL_DEADLINE:
-                    raise StepFailed("deadline_exceeded", detail="the saga's deadline has passed")
+                    raise BusinessFailure(
+                        "deadline_exceeded", detail="the saga's deadline has passed"
+                    )
                 result = await call_handler(
                     sub,
                     envelope,
@@ -81,7 +83,7 @@ class ForwardStep:
                 kept = StepResult(payload=result.model_dump_json(), undos=tuple(run.undos))
                 await step_results.save(transaction, step=step.name, saga_id=saga_id, result=kept)
                 return Handled(Outcome.COMPLETED, await self.events.emit(transaction, [success]))
-        except StepFailed as failure:
+        except BusinessFailure as failure:
             await self._undo_attempt(run)
             return await self.record_failure(sub, step, envelope, failure, digest)
         except EventTooLarge as too_large:
@@ -89,7 +91,7 @@ class ForwardStep:
             # the step fails so that the saga is undone instead of stranded.
             logger.warning("the step's event is too large, failing the step: %s", too_large)
             await self._undo_attempt(run)
-            oversized = StepFailed("event_too_large", detail=str(too_large))
+            oversized = BusinessFailure("event_too_large", detail=str(too_large))
             return await self.record_failure(sub, step, envelope, oversized, digest)
         except Exception:
             # Rolled back (a transient error, a bug, an outage): what the step did outside
@@ -117,7 +119,7 @@ class ForwardStep:
         sub: Subscription,
         step: StepSpec,
         envelope: Envelope[Any],
-        failure: StepFailed,
+        failure: BusinessFailure,
         digest: str,
     ) -> Handled:
         """In a fresh transaction (the step's own writes are gone): mark failed, emit failure."""

@@ -171,7 +171,8 @@ class Participant:
         async def reserve(order: OrderCreated, step: StepContext) -> InventoryReserved: ...
 
         @inventory.on_compensation("reserve_stock")
-        async def release(event: EventPayload, step: StepContext) -> InventoryReleased: ...
+        async def release(done: InventoryReserved, step: StepContext) -> InventoryReleased:
+            ...
         ```
     """
 
@@ -230,15 +231,18 @@ class Participant:
 
         return register
 
-    def on_event(self, event_type: str) -> Callable[[HandlerT], HandlerT]:
-        """Register a reaction: a side effect on ``event_type`` that emits nothing."""
-        if not any(
-            r.participant == self.name and r.trigger == event_type for r in self.spec.reactions
-        ):
-            raise SpecError(f"the spec gives {self.name!r} no reaction to {event_type!r}")
+    def on_reaction(self, reaction: str) -> Callable[[HandlerT], HandlerT]:
+        """Register the handler of ``reaction``: a side effect on its trigger event that
+        emits nothing (e.g. sending a cancellation notice)."""
+        if not any(r.participant == self.name and r.name == reaction for r in self.spec.reactions):
+            mine = [r.name for r in self.spec.reactions if r.participant == self.name]
+            raise SpecError(
+                f"the spec gives {self.name!r} no reaction {reaction!r} (its reactions: "
+                f"{', '.join(mine) or 'none'})"
+            )
 
         def register(handler: HandlerT) -> HandlerT:
-            self._reactions[event_type] = handler
+            self._reactions[reaction] = handler
             return handler
 
         return register
@@ -275,9 +279,12 @@ class Participant:
                 )
         for reaction in self.spec.reactions:
             if reaction.participant == self.name:
-                handler_r = self._reactions.get(reaction.trigger)
+                handler_r = self._reactions.get(reaction.name)
                 if handler_r is None:
-                    raise SpecError(f"{self.name!r} has no handler for {reaction.trigger!r}")
+                    raise SpecError(
+                        f"{self.name!r} has no handler for its reaction {reaction.name!r}: "
+                        f"register one with @{self.name}.on_reaction({reaction.name!r})"
+                    )
                 subs.append(
                     Subscription(
                         self.name, reaction.trigger, HandlerKind.REACTION, reaction.name, handler_r

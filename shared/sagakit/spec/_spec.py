@@ -64,9 +64,12 @@ class SagaSpec(BaseModel):
     """A whole flow: its steps in order, its terminal events, and its event models.
 
     Attributes:
-        carry: The payload field that every event after the start event carries (the start
-            event's payload itself), so that sagakit can fill it into the events it builds
-            on its own: failures, no-op compensations and the cancellation.
+        start_field: The field in which every event after the start event holds the start
+            event's payload (``order`` in the order flow), so that sagakit fills it into the
+            events it builds on its own: failures, no-op compensations and the
+            cancellation. Data the steps gather on the way travels in the saga's data bag
+            (``StepContext.add_data``), not here.
+        steps: The steps in order; each one's ``compensate_on`` is derived from it.
     """
 
     model_config = ConfigDict(frozen=True, extra="forbid", arbitrary_types_allowed=True)
@@ -78,7 +81,7 @@ class SagaSpec(BaseModel):
     cancelled_event: str
     steps: tuple[StepSpec, ...]
     reactions: tuple[ReactionSpec, ...] = ()
-    carry: str | None = None
+    start_field: str | None = None
     events: Mapping[str, type[EventPayload]] = Field(default_factory=dict, exclude=True)
 
     @model_validator(mode="after")
@@ -184,7 +187,7 @@ class SagaSpec(BaseModel):
                     f"{where} has no field {name!r}: sagakit fills it when it builds the "
                     f"event; extend sagakit.{base.__name__}"
                 )
-        carried = self.carry if self.carry in model.model_fields else None
+        carried = self.start_field if self.start_field in model.model_fields else None
         for name, info in model.model_fields.items():
             if info.is_required() and name not in filled and name != carried:
                 yield (
@@ -199,9 +202,9 @@ class SagaSpec(BaseModel):
     def _carry_problems(
         self, model: type[EventPayload], where: str, sources: tuple[str, ...]
     ) -> Iterator[str]:
-        assert self.carry is not None
+        assert self.start_field is not None
         start = self.events.get(self.start_event)
-        annotation: Any = model.model_fields[self.carry].annotation
+        annotation: Any = model.model_fields[self.start_field].annotation
         if (
             start is not None
             and inspect.isclass(annotation)
@@ -209,22 +212,22 @@ class SagaSpec(BaseModel):
             and not issubclass(start, annotation)
         ):
             yield (
-                f"{where}: its field {self.carry!r} is a {annotation.__name__}, but sagakit "
+                f"{where}: its field {self.start_field!r} is a {annotation.__name__}, but sagakit "
                 f"fills it with the start event {start.__name__}: make {start.__name__} a "
                 f"{annotation.__name__}, or type the field as {start.__name__}"
             )
-        if not model.model_fields[self.carry].is_required():
+        if not model.model_fields[self.start_field].is_required():
             return
         for source in sources:
             source_model = self.events.get(source)
             if (
                 source != self.start_event
                 and source_model is not None
-                and self.carry not in source_model.model_fields
+                and self.start_field not in source_model.model_fields
             ):
                 yield (
-                    f"{where} requires {self.carry!r}, which sagakit copies from {source}, "
-                    f"but {source_model.__name__} has no field {self.carry!r}: add it"
+                    f"{where} requires {self.start_field!r}, which sagakit copies from {source}, "
+                    f"but {source_model.__name__} has no field {self.start_field!r}: add it"
                 )
 
     def _cancel_causes(self) -> tuple[str, ...]:
@@ -234,6 +237,11 @@ class SagaSpec(BaseModel):
         if earliest is not None and earliest.compensated is not None:
             causes.append(earliest.compensated)
         return tuple(dict.fromkeys(causes))
+
+    @property
+    def carry(self) -> str | None:
+        """The old name of ``start_field``; removed before the first release."""
+        return self.start_field
 
     def step(self, name: str) -> StepSpec:
         """The step called ``name``."""

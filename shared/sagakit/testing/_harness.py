@@ -28,7 +28,7 @@ from pydantic import ValidationError
 
 from sagakit._context import SagaContext, StepOutcome, StepRecord, utc_now
 from sagakit._envelope import SAGA_ID_HEADER, Envelope, EventPayload
-from sagakit._exceptions import HandlerError, StepFailed, TransientError
+from sagakit._exceptions import BusinessFailure, HandlerError, TransientError
 from sagakit.broker._topology import REASON_HEADER, flow_exchange, retry_queue_name
 from sagakit.observability._tracing import current_trace_headers
 from sagakit.runtime._app import SagaService, prepare_store
@@ -165,12 +165,12 @@ class ParticipantHarness:
         model = spec.model_for(event_type)
         if payload is None:
             carried = {}
-            if spec.carry is not None and spec.carry in model.model_fields:
+            if spec.start_field is not None and spec.start_field in model.model_fields:
                 source = after.payload
                 if after.event_type != spec.start_event:
-                    source = getattr(after.payload, spec.carry, None)
+                    source = getattr(after.payload, spec.start_field, None)
                 if source is not None:
-                    carried = {spec.carry: source.model_dump(mode="json")}
+                    carried = {spec.start_field: source.model_dump(mode="json")}
             payload = model.model_validate({**carried, **fields})
         for step in spec.steps:
             roles = {
@@ -226,7 +226,7 @@ class Fault(StrEnum):
     """A kind of failure ``FlowHarness`` injects into a handler."""
 
     BUSINESS = "business"
-    """``StepFailed``: the step fails, the saga is undone (steps only)."""
+    """``BusinessFailure``: the step fails, the saga is undone (steps only)."""
     TRANSIENT = "transient"
     """``TransientError``: retried with backoff (in memory: at once), then the step fails
     (``retries_exhausted``) or the compensation is parked."""
@@ -655,7 +655,7 @@ def _injecting(
             if injection.times is None or calls[0] <= injection.times:
                 detail = "failure injected by sagakit.testing"
                 if injection.fault is Fault.BUSINESS:
-                    raise StepFailed(injection.reason, detail=detail)
+                    raise BusinessFailure(injection.reason, detail=detail)
                 if injection.fault is Fault.TRANSIENT:
                     raise TransientError(detail)
                 raise TimeoutError(detail)
