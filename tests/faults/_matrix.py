@@ -263,7 +263,7 @@ class FaultSystem:
             service_env[participant] = env
         service_env["inventory"]["INVENTORY_STOCK"] = json.dumps(INITIAL_STOCK)
         self.procs = ServiceProcesses(
-            {name: (name, f"{name}_service.main:app") for name in PARTICIPANTS},
+            {name: (name, f"{name}_service.main:create_app") for name in PARTICIPANTS},
             spec=SPEC,
             url=self.url,
             log_dir=self.workdir,

@@ -175,7 +175,7 @@ async def run_chaos(options: ChaosOptions) -> dict[str, Any]:
             }
             service_env["inventory"]["INVENTORY_STOCK"] = json.dumps(INITIAL_STOCK)
             procs = ServiceProcesses(
-                {name: (name, f"{name}_service.main:app") for name in PARTICIPANTS},
+                {name: (name, f"{name}_service.main:create_app") for name in PARTICIPANTS},
                 spec=ORDER_SAGA,
                 url=url,  # readiness is checked straight at the broker ...
                 log_dir=workdir,
