@@ -32,7 +32,7 @@ from sagakit import (
     build_service,
 )
 from sagakit.runtime._app import prepare_store
-from sagakit.runtime._runtime import _json_properties
+from sagakit.runtime._events import json_properties as _json_properties
 
 
 class Started(EventPayload):

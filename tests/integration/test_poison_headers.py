@@ -24,7 +24,7 @@ from sagakit import Envelope, SagaContext, utc_now
 from sagakit.broker import ORIGIN_QUEUE_HEADER, PARKED_AT_HEADER, REASON_HEADER
 from sagakit.broker._headers import frame_max_of
 from sagakit.client import DeadLetters, ParkedMessage
-from sagakit.runtime._runtime import _json_properties
+from sagakit.runtime._events import json_properties as _json_properties
 
 from .probe_flow import Behaviour, Started, Watch, probe_services, running
 
