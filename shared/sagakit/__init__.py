@@ -20,7 +20,6 @@ from sagakit._envelope import Envelope, EventPayload, derived_event_id
 from sagakit._exceptions import (
     BrokerUnavailable,
     BrokerUrlError,
-    DeadLetterError,
     InvalidMessage,
     SagaError,
     SpecError,
@@ -39,7 +38,6 @@ from sagakit.spec import ReactionSpec, SagaSpec, StepSpec
 __all__ = [
     "BrokerUnavailable",
     "BrokerUrlError",
-    "DeadLetterError",
     "Envelope",
     "EventPayload",
     "InvalidMessage",
