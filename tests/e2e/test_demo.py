@@ -168,7 +168,7 @@ async def test_a_killed_service_restarts_and_consumes_again(
 async def test_a_service_that_cannot_start_is_reported_with_its_log(
     tmp_path: Path, module_broker_url: str
 ) -> None:
-    services = {"inventory": ServiceApp("inventory", "inventory_service.no_such_module:app")}
+    services = {"inventory": ServiceApp("inventory", "inventory_service.no_such_module:create_app")}
     async with ServiceProcesses(
         services, spec=ORDER_SAGA, url=module_broker_url, log_dir=tmp_path
     ) as procs:
