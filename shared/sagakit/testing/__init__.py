@@ -9,6 +9,7 @@ Example:
     ```
 """
 
+from sagakit._exceptions import ServiceStartError
 from sagakit.testing._harness import (
     INJECTED_REASON,
     EffectProbe,
@@ -20,13 +21,7 @@ from sagakit.testing._harness import (
     ParticipantHarness,
     assert_all_or_nothing,
 )
-from sagakit.testing._processes import (
-    QueueProbe,
-    ServiceApp,
-    ServiceProcesses,
-    ServiceStartError,
-    consumed_queues,
-)
+from sagakit.testing._processes import QueueProbe, ServiceApp, ServiceProcesses, consumed_queues
 
 __all__ = [
     "EffectProbe",
