@@ -16,8 +16,8 @@ from collections import Counter
 from pathlib import Path
 
 import pytest
+from order_cli._demo import scenarios_for
 from order_contracts import ORDER_SAGA
-from order_contracts._cli_demo import scenarios_for
 from order_contracts.samples import EXPECTED_FAILED_STEP, Scenario, sample_order
 from sagakit import SagaClient, ServiceApp, ServiceProcesses, ServiceStartError
 

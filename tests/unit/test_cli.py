@@ -11,6 +11,9 @@ from typing import Any
 
 import pytest
 import typer
+from order_cli._common import SagaEnd, describe, parse_duration, parse_item
+from order_cli._demo import DemoReport, DemoSaga, demo_services, scenarios_for
+from order_cli._order import build_order
 from order_contracts import (
     ORDER_SAGA,
     InventoryReservationFailed,
@@ -18,9 +21,6 @@ from order_contracts import (
     OrderCancelled,
     OrderFulfilled,
 )
-from order_contracts._cli_common import SagaEnd, describe, parse_duration, parse_item
-from order_contracts._cli_demo import DemoReport, DemoSaga, demo_services, scenarios_for
-from order_contracts._cli_order import build_order
 from order_contracts.samples import EXPECTED_FAILED_STEP, Scenario, sample_order
 from sagakit import Envelope, SagaContext, StepOutcome, StepRecord, consumed_queues, utc_now
 from sagakit.cli import app, load_plugins

@@ -9,11 +9,10 @@ from datetime import timedelta
 from typing import Annotated, Any
 
 import typer
+from order_contracts.events import OrderCancelled, OrderLine
+from order_contracts.spec import ORDER_SAGA
 from pydantic import ValidationError
 from sagakit import BrokerUnavailable, Envelope, StepRecord
-
-from .events import OrderCancelled, OrderLine
-from .spec import ORDER_SAGA
 
 DEFAULT_URL = "amqp://guest:guest@127.0.0.1:5672/"
 

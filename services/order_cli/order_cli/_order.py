@@ -9,6 +9,9 @@ from pathlib import Path
 from typing import Annotated, Any
 
 import typer
+from order_contracts.events import OrderCreated
+from order_contracts.samples import Scenario, sample_order
+from order_contracts.spec import ORDER_SAGA
 from pydantic import ValidationError
 from rich.console import Console
 from rich.table import Table
@@ -21,7 +24,7 @@ from sagakit import (
     utc_now,
 )
 
-from ._cli_common import (
+from ._common import (
     DEFAULT_URL,
     EXIT_BROKER_UNAVAILABLE,
     SagaEnd,
@@ -31,9 +34,6 @@ from ._cli_common import (
     parse_duration,
     parse_item,
 )
-from .events import OrderCreated
-from .samples import Scenario, sample_order
-from .spec import ORDER_SAGA
 
 EXIT_FULFILLED, EXIT_CANCELLED, EXIT_TIMEOUT = 0, 1, 2
 

@@ -15,6 +15,8 @@ from pathlib import Path
 from typing import Annotated, Any
 
 import typer
+from order_contracts.samples import EXPECTED_FAILED_STEP, Scenario, sample_order
+from order_contracts.spec import ORDER_SAGA
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
@@ -31,15 +33,13 @@ from sagakit import (
     consumed_queues,
 )
 
-from ._cli_common import (
+from ._common import (
     DEFAULT_URL,
     EXIT_BROKER_UNAVAILABLE,
     SagaEnd,
     UrlOption,
     broker_unavailable_line,
 )
-from .samples import EXPECTED_FAILED_STEP, Scenario, sample_order
-from .spec import ORDER_SAGA
 
 # Orders in flight while publishing: enough to hide the confirm round trips.
 _PUBLISH_CONCURRENCY = 64
