@@ -25,7 +25,10 @@ UrlOption = Annotated[
     ),
 ]
 
+# Exit codes of the order commands, one per kind of trouble (2 is a usage error: Typer's).
 EXIT_BROKER_UNAVAILABLE = 3
+EXIT_BROKER_REFUSED = 4
+EXIT_IN_USE = 5
 
 _DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([smh]?)\s*$")
 _UNIT_SECONDS = {"": 1, "s": 1, "m": 60, "h": 3600}
