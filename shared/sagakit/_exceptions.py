@@ -51,6 +51,11 @@ class BrokerUnavailable(SagaError):
     """No RabbitMQ broker answered at the configured URL."""
 
 
+class BrokerRefused(BrokerUnavailable):
+    """A broker answered but refused the login: wrong user or password, or a virtual host
+    that does not exist or the user may not use. The message names which, without password."""
+
+
 class BrokerUrlError(SagaError, ValueError):
     """A broker URL (or list of them) that cannot be used; the message has no password."""
 

@@ -5,14 +5,16 @@ from __future__ import annotations
 import os
 from datetime import timedelta
 from pathlib import Path
-from typing import ClassVar, Literal
+from typing import Any, ClassVar, Literal
 from urllib.parse import unquote, urlsplit
 
-from pydantic import Field, model_validator
+from pydantic import Field, ModelWrapValidatorHandler, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from sagakit._exceptions import BrokerUrlError
 from sagakit.broker._topology import DELIVERY_LIMIT
 from sagakit.broker._urls import broker_urls
+from sagakit.observability._startup import watch_startup
 
 DEFAULT_RABBITMQ_URL = "amqp://guest:guest@127.0.0.1:5672/"
 
@@ -138,18 +140,46 @@ class ParticipantSettings(BaseSettings):
     step_log_retention_days: float | None = Field(default=None, gt=0)
     prune_interval_seconds: float = Field(default=3600.0, gt=0)
 
+    @model_validator(mode="wrap")
+    @classmethod
+    def _short_errors(cls, data: Any, handler: ModelWrapValidatorHandler[Any]) -> Any:
+        # Reading a service's settings means a service is starting: from here on, a bad
+        # setting, a refusing broker or a port in use prints a line or two, not a traceback.
+        prefix = str(cls.model_config.get("env_prefix", ""))
+        watch_startup(name=cls.service_name, prefix=prefix, broker_url="", ports={})
+        return handler(data)
+
     @model_validator(mode="after")
     def _resolve(self) -> ParticipantSettings:
         # One validator, so that the order is explicit: files, defaults, then the guard.
         self._read_credential_files()
         # Parsed now, so that a bad address stops the service before it starts.
-        broker_urls(self.rabbitmq_url)
+        try:
+            broker_urls(self.rabbitmq_url)
+        except BrokerUrlError as exc:
+            raise ValueError(
+                f"{self._prefix}RABBITMQ_URL (or RABBITMQ_URL, …_FILE, …_URLS): {exc}"
+            ) from None
         if not self.database_url:
             self.database_url = f"sqlite+aiosqlite:///var/{self.service_name}.db"
         self.environment = self.environment.strip().lower()
         if self.environment != LOCAL_DEVELOPMENT:
             self._refuse_guest()
         self._check_retention()
+        ports = {
+            port: name
+            for port, name in (
+                (self.health_port, "HEALTH_PORT"),
+                (self.metrics_port, "METRICS_PORT"),
+            )
+            if port is not None
+        }
+        watch_startup(
+            name=self.service_name,
+            prefix=self._prefix,
+            broker_url=self.broker_urls[0],
+            ports=ports,
+        )
         return self
 
     @property

@@ -26,9 +26,9 @@ from sagakit import (
 
 from ._common import (
     DEFAULT_URL,
-    EXIT_BROKER_UNAVAILABLE,
     SagaEnd,
     UrlOption,
+    broker_exit_code,
     broker_unavailable_line,
     describe,
     parse_duration,
@@ -221,7 +221,7 @@ def order_command(
         )
     except BrokerUnavailable as exc:
         errors.print(broker_unavailable_line(exc), highlight=False, soft_wrap=True)
-        raise typer.Exit(EXIT_BROKER_UNAVAILABLE) from None
+        raise typer.Exit(broker_exit_code(exc)) from None
     except EventNotRouted as exc:
         errors.print(str(exc), highlight=False, soft_wrap=True)
         raise typer.Exit(1) from None

@@ -34,13 +34,13 @@ from sagakit import (
     consumed_queues,
 )
 from sagakit.broker._vhosts import throwaway_vhost, vhost_of
+from sagakit.cli import EXIT_IN_USE
 
 from ._common import (
     DEFAULT_URL,
-    EXIT_BROKER_UNAVAILABLE,
-    EXIT_IN_USE,
     SagaEnd,
     UrlOption,
+    broker_exit_code,
     broker_unavailable_line,
 )
 
@@ -422,7 +422,7 @@ def demo_command(
         )
     except BrokerUnavailable as exc:
         status.print(broker_unavailable_line(exc), highlight=False, soft_wrap=True)
-        raise typer.Exit(EXIT_BROKER_UNAVAILABLE) from None
+        raise typer.Exit(broker_exit_code(exc)) from None
     except QueuesInUse as exc:
         status.print(str(exc), style="red", highlight=False, markup=False, soft_wrap=True)
         raise typer.Exit(EXIT_IN_USE) from None
