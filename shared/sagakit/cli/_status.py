@@ -1,7 +1,8 @@
 """``saga status``, ``saga list`` and ``saga tracker rebuild``: the tracker's read model.
 
-They read the tracker's database (``TRACKER_DATABASE_URL``, SQLite ``var/tracker.db`` by
-default) and never touch the broker.
+They read the tracker's database (``TRACKER_DATABASE_URL``, else SQLite ``tracker.db`` in the
+data directory: ``$SAGAKIT_DATA_DIR``, else ``./var``) and never touch the broker; a SQLite
+file that does not exist is refused, not created.
 """
 
 from __future__ import annotations
@@ -10,6 +11,7 @@ import asyncio
 import json
 import os
 from datetime import datetime, timedelta
+from pathlib import Path
 from typing import Annotated
 
 import typer
@@ -18,9 +20,10 @@ from rich.table import Table
 from sqlalchemy.engine import make_url
 
 from sagakit._context import utc_now
+from sagakit.runtime._settings import DATA_DIR_ENV, default_database_url
 from sagakit.spec._spec import SagaSpec
 from sagakit.tracker._model import SagaState, SagaView, view_as_dict
-from sagakit.tracker._store import DEFAULT_TRACKER_DATABASE_URL, SagaRow, tracker_store
+from sagakit.tracker._store import SagaRow, tracker_store
 
 from . import app
 from ._spec_ref import SpecOption, load_spec
@@ -35,7 +38,11 @@ app.add_typer(tracker_app, name="tracker")
 
 DbOption = Annotated[
     str | None,
-    typer.Option("--db", help=f"tracker database URL (default: ${DATABASE_ENV} or var/tracker.db)"),
+    typer.Option(
+        "--db",
+        help=f"tracker database URL (default: ${DATABASE_ENV}, else tracker.db in "
+        f"${DATA_DIR_ENV} or ./var)",
+    ),
 ]
 JsonOption = Annotated[bool, typer.Option("--json", help="print JSON")]
 StuckAfterOption = Annotated[
@@ -47,8 +54,24 @@ StuckAfterOption = Annotated[
 ]
 
 
-def _database(url: str | None) -> str:
-    return url or os.environ.get(DATABASE_ENV) or DEFAULT_TRACKER_DATABASE_URL
+def _database(url: str | None, *, must_exist: bool = True) -> str:
+    """The tracker's database URL; a SQLite file that does not exist is refused (exit 2)
+    rather than created empty, which would answer every question with "nothing"."""
+    chosen = url or os.environ.get(DATABASE_ENV) or default_database_url("tracker")
+    parsed = make_url(chosen)
+    if must_exist and parsed.get_backend_name() == "sqlite":
+        path = Path(parsed.database or "").resolve()
+        if not path.is_file():
+            given = "--db" if url else DATABASE_ENV if os.environ.get(DATABASE_ENV) else None
+            hint = (
+                f"check {given}"
+                if given
+                else f"the tracker keeps it in its data directory (${DATA_DIR_ENV}, else ./var "
+                f"where it runs): run this there, set {DATABASE_ENV} or pass --db"
+            )
+            typer.echo(f"no tracker database at {path}: {hint}", err=True)
+            raise typer.Exit(2)
+    return chosen
 
 
 def _stuck_after(seconds: float | None) -> timedelta:
@@ -230,13 +253,13 @@ def rebuild(
     """
     flow = load_spec(spec)
     urls = sources or [
-        os.environ.get(f"{name.upper()}_DATABASE_URL") or f"sqlite+aiosqlite:///var/{name}.db"
+        os.environ.get(f"{name.upper()}_DATABASE_URL") or default_database_url(name)
         for name in flow.participants()
     ]
 
     async def run() -> list[tuple[str, str, str]]:
         done = []
-        async with tracker_store(_database(db), spec=flow) as store:
+        async with tracker_store(_database(db, must_exist=False), spec=flow) as store:
             for url in urls:
                 try:
                     read, new = await store.rebuild_from_outbox(url)

@@ -17,6 +17,7 @@ import re
 import sys
 from dataclasses import dataclass
 from types import TracebackType
+from urllib.parse import unquote, urlsplit
 
 import aiormq
 from pydantic import ValidationError
@@ -36,9 +37,11 @@ class _Service:
     prefix: str
     broker_url: str
     ports: dict[int, str]
+    database_url: str = ""
 
 
 _service: _Service | None = None
+_services: dict[str, _Service] = {}
 _previous_hook = sys.excepthook
 
 
@@ -56,10 +59,20 @@ def describe_settings_error(error: ValidationError, *, prefix: str) -> str:
     return "\n".join(lines)
 
 
-def watch_startup(*, name: str, prefix: str, broker_url: str, ports: dict[int, str]) -> None:
+def watch_startup(
+    *, name: str, prefix: str, broker_url: str, ports: dict[int, str], database_url: str = ""
+) -> None:
     """Make configuration errors of service ``name`` print short (idempotent)."""
     global _service, _previous_hook
-    _service = _Service(name=name, prefix=prefix, broker_url=broker_url, ports=dict(ports))
+    _service = _Service(
+        name=name,
+        prefix=prefix,
+        broker_url=broker_url,
+        ports=dict(ports),
+        database_url=database_url,
+    )
+    if broker_url:
+        _services[name] = _service
     if sys.excepthook is not _hook:
         _previous_hook = sys.excepthook
         sys.excepthook = _hook
@@ -103,6 +116,32 @@ def startup_error(error: BaseException) -> tuple[str, int] | None:
                 EXIT_BROKER_UNAVAILABLE,
             )
     return None
+
+
+def where_line(name: str) -> str | None:
+    """What service ``name`` uses: broker host, virtual host and user (never the password),
+    and its database; None when its settings were not read in this process."""
+    service = _services.get(name)
+    if service is None:
+        return None
+    parts = urlsplit(service.broker_url)
+    vhost = unquote(parts.path[1:]) if len(parts.path) > 1 else "/"
+    host = f"{parts.hostname}:{parts.port or (5671 if parts.scheme == 'amqps' else 5672)}"
+    user = unquote(parts.username or "guest")
+    return (
+        f"{name} uses broker {parts.scheme}://{host} virtual host {vhost!r} as user {user!r}; "
+        f"database {describe_database(service.database_url)}"
+    )
+
+
+def describe_database(url: str) -> str:
+    """A database URL for people: the absolute file of SQLite, else the URL without password."""
+    from sqlalchemy.engine import make_url
+
+    parsed = make_url(url)
+    if parsed.get_backend_name() == "sqlite":
+        return f"SQLite file {os.path.abspath(parsed.database or '')}"
+    return parsed.render_as_string(hide_password=True)
 
 
 def _leaves(error: BaseException) -> list[BaseException]:

@@ -32,6 +32,25 @@ from the dead-letter queue, a producer's restart after an outage): refused outsi
 development, a warning in it."""
 
 
+DATA_DIR_ENV = "SAGAKIT_DATA_DIR"
+"""Where services keep their SQLite stores when no database URL is given: ``./var`` under
+the directory a service (or a ``saga`` command) runs in, unless this variable names one."""
+
+
+def data_dir() -> Path:
+    """The data directory, absolute: ``$SAGAKIT_DATA_DIR``, else ``var`` in the current one."""
+    return Path(os.environ.get(DATA_DIR_ENV) or "var").expanduser().resolve()
+
+
+def default_database_url(service: str) -> str:
+    """The SQLite store of ``service`` in the data directory, as an absolute URL.
+
+    ``sqlite+aiosqlite:///var/x.db`` (three slashes) is a path relative to the current
+    directory, which reads like ``/var``; the URL returned here has four (an absolute path).
+    """
+    return f"sqlite+aiosqlite:///{data_dir() / f'{service}.db'}"
+
+
 def _default_rabbitmq_url() -> str:
     return os.environ.get("RABBITMQ_URL", DEFAULT_RABBITMQ_URL)
 
@@ -161,7 +180,7 @@ class ParticipantSettings(BaseSettings):
                 f"{self._prefix}RABBITMQ_URL (or RABBITMQ_URL, …_FILE, …_URLS): {exc}"
             ) from None
         if not self.database_url:
-            self.database_url = f"sqlite+aiosqlite:///var/{self.service_name}.db"
+            self.database_url = default_database_url(self.service_name)
         self.environment = self.environment.strip().lower()
         if self.environment != LOCAL_DEVELOPMENT:
             self._refuse_guest()
@@ -179,6 +198,7 @@ class ParticipantSettings(BaseSettings):
             prefix=self._prefix,
             broker_url=self.broker_urls[0],
             ports=ports,
+            database_url=self.database_url,
         )
         return self
 
