@@ -315,7 +315,7 @@ async def test_a_saga_that_stops_moving_is_stuck(
         reported = await scan_once(store, timedelta(seconds=0), set())
     assert reported == {moving.saga_id, stalled.saga_id}
     assert REGISTRY.get_sample_value("sagakit_tracker_stuck_sagas") == 2
-    assert REGISTRY.get_sample_value("sagakit_tracker_sagas", {"state": "completed"}) == 1
+    assert REGISTRY.get_sample_value("sagakit_tracker_sagas", {"state": "fulfilled"}) == 1
     warned = {r.saga_id for r in caplog.records if r.getMessage().startswith("saga is stuck")}  # type: ignore[attr-defined]
     assert warned == reported
     caplog.clear()
@@ -391,14 +391,14 @@ def test_saga_status_and_saga_list_read_the_tracker_database(
 
     status = runner.invoke(saga_cli, ["status", done.saga_id])
     assert status.exit_code == 0, status.output
-    assert "failed" in status.output
+    assert "cancelled" in status.output
     assert TRACE_ID in status.output
     assert "charge_payment: card_declined" in status.output
     for event_type in expected_timeline:
         assert event_type in status.output
 
     as_json = json.loads(runner.invoke(saga_cli, ["status", done.saga_id, "--json"]).output)
-    assert as_json["state"] == "failed"
+    assert as_json["state"] == "cancelled"
     assert as_json["trace_id"] == TRACE_ID
     assert [e["event_type"] for e in as_json["timeline"]] == expected_timeline
 
@@ -407,7 +407,7 @@ def test_saga_status_and_saga_list_read_the_tracker_database(
 
     listed = json.loads(runner.invoke(saga_cli, ["list", "--json"]).output)
     assert {r["saga_id"] for r in listed} == {done.saga_id, stalled.saga_id}
-    failed = json.loads(runner.invoke(saga_cli, ["list", "--state", "failed", "--json"]).output)
+    failed = json.loads(runner.invoke(saga_cli, ["list", "--state", "cancelled", "--json"]).output)
     assert [r["saga_id"] for r in failed] == [done.saga_id]
     assert json.loads(runner.invoke(saga_cli, ["list", "--stuck", "--json"]).output) == []
     stuck = json.loads(
