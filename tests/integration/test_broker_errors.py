@@ -6,10 +6,13 @@ import os
 import shutil
 import subprocess
 import sys
+import time
 from pathlib import Path
 from urllib.parse import urlsplit, urlunsplit
 
 import pytest
+
+from tests.brokers import fresh_broker_url
 
 pytestmark = pytest.mark.integration
 
@@ -71,3 +74,14 @@ def test_a_service_refused_by_the_broker_says_why_in_two_lines(
     assert "wrong user name or password" in result.stderr
     assert "Traceback" not in result.stderr
     assert "wrong-pw" not in result.stderr
+
+
+def test_order_wait_with_nothing_bound_says_so_at_once() -> None:
+    with fresh_broker_url() as empty:
+        began = time.monotonic()
+        result = _run(_command("saga"), "order", "--wait", "--url", empty)
+        took = time.monotonic() - began
+    assert result.returncode == 1, result.stderr
+    assert "nothing is bound to 'order.created'" in result.stderr
+    assert "start the services" in result.stderr
+    assert took < 25  # not the 30 s wait for a saga nobody handles
