@@ -14,8 +14,7 @@ from order_contracts.samples import sample_order
 from sagakit import Envelope
 from sagakit.cli import app as saga_cli
 from sagakit.cli import load_plugins
-from sagakit.tracker._model import decode_event
-from sagakit.tracker._store import tracker_store
+from sagakit.tracker import decode_event, tracker_store
 from typer.testing import CliRunner
 
 from tests.contract.test_tracker import TRACEPARENT, Saga

@@ -25,16 +25,10 @@ import pytest
 from order_cli._demo import scenarios_for
 from order_contracts import ORDER_SAGA
 from order_contracts.samples import EXPECTED_FAILED_STEP, Scenario, sample_order
-from sagakit import (
-    BrokerUnavailable,
-    SagaClient,
-    ServiceApp,
-    ServiceProcesses,
-    ServiceStartError,
-    consumed_queues,
-)
-from sagakit.broker._vhosts import with_vhost
-from sagakit.client._client import connect
+from sagakit import BrokerUnavailable
+from sagakit.broker import with_vhost
+from sagakit.client import SagaClient, connect
+from sagakit.testing import ServiceApp, ServiceProcesses, ServiceStartError, consumed_queues
 
 NO_module_broker_url = "amqp://guest:guest@127.0.0.1:1/"
 

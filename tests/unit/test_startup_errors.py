@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 from inventory_service.settings import InventorySettings
 from pydantic import ValidationError
-from sagakit._exceptions import BrokerRefused, BrokerUnavailable, SpecError
+from sagakit import BrokerRefused, BrokerUnavailable, SpecError
 from sagakit.cli import error_line
 from sagakit.observability._startup import startup_error
 

@@ -19,7 +19,7 @@ from typing import Annotated
 
 import typer
 
-from sagakit._exceptions import BrokerRefused, BrokerUnavailable, SagaError
+from sagakit import _exceptions as _errors
 
 from ._spec_ref import load_spec
 
@@ -29,6 +29,9 @@ __all__ = [
     "EXIT_IN_USE",
     "EXIT_USAGE",
     "app",
+    "debugging",
+    "error_line",
+    "load_plugins",
     "load_spec",
     "main",
 ]
@@ -100,9 +103,9 @@ def error_line(error: BaseException) -> tuple[str, int]:
     """The one or two lines an error prints, and the command's exit code for it."""
     text = str(error).strip() or type(error).__name__
     text = text[:1].upper() + text[1:]
-    if isinstance(error, BrokerRefused):
+    if isinstance(error, _errors.BrokerRefused):
         return text, EXIT_BROKER_REFUSED
-    if isinstance(error, BrokerUnavailable):
+    if isinstance(error, _errors.BrokerUnavailable):
         return (
             f"{text}. Start one with `rabbitmq-server -detached` (or `docker compose up -d "
             "rabbitmq`), or point --url / RABBITMQ_URL at one.",
@@ -119,7 +122,7 @@ def main() -> None:
     _debug = "--debug" in sys.argv[1:]
     try:
         app()
-    except SagaError as error:
+    except _errors.SagaError as error:
         if debugging():
             raise
         text, code = error_line(error)

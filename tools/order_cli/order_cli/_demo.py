@@ -20,21 +20,17 @@ from order_contracts.spec import ORDER_SAGA
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
-from sagakit import (
-    BrokerUnavailable,
-    Envelope,
-    EventWatch,
+from sagakit import BrokerUnavailable, Envelope, SagaError
+from sagakit.broker import throwaway_vhost, vhost_of
+from sagakit.cli import EXIT_IN_USE
+from sagakit.client import EventWatch, SagaClient, WatchTimeout
+from sagakit.testing import (
     QueueProbe,
-    SagaClient,
-    SagaError,
     ServiceApp,
     ServiceProcesses,
     ServiceStartError,
-    WatchTimeout,
     consumed_queues,
 )
-from sagakit.broker._vhosts import throwaway_vhost, vhost_of
-from sagakit.cli import EXIT_IN_USE
 
 from ._common import (
     DEFAULT_URL,

@@ -16,17 +16,10 @@ from order_contracts.spec import ORDER_SAGA
 from pydantic import ValidationError
 from rich.console import Console
 from rich.table import Table
-from sagakit import (
-    BrokerUnavailable,
-    Envelope,
-    EventNotRouted,
-    QueueProbe,
-    SagaClient,
-    WatchTimeout,
-    utc_now,
-)
-from sagakit.broker._topology import queue_name
-from sagakit.broker._urls import redacted
+from sagakit import BrokerUnavailable, Envelope, utc_now
+from sagakit.broker import queue_name, redacted
+from sagakit.client import EventNotRouted, SagaClient, WatchTimeout
+from sagakit.testing import QueueProbe
 
 from ._common import (
     DEFAULT_URL,
