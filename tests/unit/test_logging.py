@@ -18,11 +18,10 @@ from faststream.rabbit.annotations import RabbitMessage
 from opentelemetry.sdk.trace import TracerProvider
 from sagakit import SagaContext
 from sagakit._context import DeliveryScope
+from sagakit.observability import configure_logging, saga_log_handler
 from sagakit.observability._logging import (
     BROKER_LOGGER,
     FASTSTREAM_LOGGERS,
-    configure_logging,
-    saga_log_handler,
     unwatch_deliveries,
     watch_deliveries,
 )
@@ -248,7 +247,7 @@ def test_configure_logging_routes_faststreams_loggers_through_the_root_handler()
 def test_debug_logging_never_prints_sql_parameters() -> None:
     import logging as stdlib_logging
 
-    from sagakit.observability._logging import configure_logging
+    from sagakit.observability import configure_logging
 
     root = stdlib_logging.getLogger()
     saved_handlers, saved_level = root.handlers[:], root.level

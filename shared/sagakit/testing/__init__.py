@@ -20,6 +20,13 @@ from sagakit.testing._harness import (
     ParticipantHarness,
     assert_all_or_nothing,
 )
+from sagakit.testing._processes import (
+    QueueProbe,
+    ServiceApp,
+    ServiceProcesses,
+    ServiceStartError,
+    consumed_queues,
+)
 
 __all__ = [
     "FlowHarness",
@@ -28,5 +35,10 @@ __all__ = [
     "ParkedMessage",
     "ParticipantConformance",
     "ParticipantHarness",
+    "QueueProbe",
+    "ServiceApp",
+    "ServiceProcesses",
+    "ServiceStartError",
     "assert_all_or_nothing",
+    "consumed_queues",
 ]
