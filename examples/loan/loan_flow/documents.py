@@ -45,7 +45,7 @@ def create_service(settings: DocumentsSettings | None = None) -> SagaService:
         if booked.application.currency not in settings.currencies:
             raise BusinessFailure("currency_not_supported")
         contract_id = str(uuid.uuid4())
-        row = {"contract_id": contract_id, "loan_id": step.data["loan_id"], "status": "signed"}
+        row = {"contract_id": contract_id, "loan_id": booked.loan_id, "status": "signed"}
         await step.execute(_SIGN, row)
         return ContractSigned(application=booked.application, contract_id=contract_id)
 

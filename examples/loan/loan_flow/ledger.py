@@ -35,7 +35,7 @@ _UNBOOK = update(loans).values(status="unbooked")
 class LedgerSettings(ParticipantSettings, participant="ledger"):
     """``LEDGER_FUNDS``: how much may be lent out at once."""
 
-    funds: Decimal = Decimal("1000000.00")
+    funds: Decimal = Decimal("100000.00")
 
 
 def create_service(settings: LedgerSettings | None = None) -> SagaService:
@@ -51,7 +51,7 @@ def create_service(settings: LedgerSettings | None = None) -> SagaService:
         loan_id = str(uuid.uuid4())
         row = {"loan_id": loan_id, "saga_id": str(step.saga_id), "amount": amount}
         await step.execute(_BOOK, {**row, "status": "booked"})
-        step.add_data(loan_id=loan_id)  # documents puts it on the contract
+        step.add_data(loan_id=loan_id)  # payout records it with the transfer
         return LoanBooked(application=vetted.application, loan_id=loan_id)
 
     @ledger.on_compensation("book")

@@ -26,6 +26,7 @@ payouts = Table(
     tables,
     Column("saga_id", String(36), primary_key=True),
     Column("transfer_id", String(36), nullable=False),
+    Column("loan_id", String(36), nullable=False),
 )
 _RECORD = insert(payouts)
 
@@ -54,7 +55,9 @@ def create_service(settings: PayoutSettings | None = None) -> SagaService:
         transfer = bank.transfer(key=key, iban=loan.iban, amount=loan.amount)
         if transfer.status == "held":
             raise BusinessFailure("held_for_review", detail="the bank holds the transfer")
-        await step.execute(_RECORD, {"saga_id": key, "transfer_id": transfer.transfer_id})
+        # The loan's id comes in the saga's data, where ledger added it.
+        row = {"saga_id": key, "transfer_id": transfer.transfer_id, "loan_id": step.data["loan_id"]}
+        await step.execute(_RECORD, row)
         return LoanDisbursed(application=loan, transfer_id=transfer.transfer_id)
 
     return build_service(payout, settings)

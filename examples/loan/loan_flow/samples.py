@@ -21,7 +21,7 @@ class Case(StrEnum):
 
 def sample_loan(case: Case = Case.DISBURSED) -> LoanRequested:
     """A fresh application (new ids) that ends as ``case`` says."""
-    amount = {Case.OVER_LIMIT: "75000.00", Case.NO_FUNDS: "2000000.00"}.get(case, "1200.00")
+    amount = {Case.OVER_LIMIT: "300000.00", Case.NO_FUNDS: "150000.00"}.get(case, "1200.00")
     return LoanRequested(
         application_id=str(uuid.uuid4()),
         applicant_id="applicant-1",

@@ -21,7 +21,7 @@ from .contracts import LOAN_SAGA, LoanRequested, LoanVetted
 class VettingSettings(ParticipantSettings, participant="vetting"):
     """``VETTING_LIMIT``: the largest loan paid out; ``VETTING_BLOCKED`` (JSON list)."""
 
-    limit: Decimal = Decimal("50000.00")
+    limit: Decimal = Decimal("250000.00")
     blocked: tuple[str, ...] = ("applicant-blocked",)
 
 

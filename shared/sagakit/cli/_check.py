@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import importlib
+import json
 import os
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -124,6 +125,7 @@ def check(
             f"{SERVICE_FACTORY})",
         ),
     ] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="print JSON")] = False,
 ) -> None:
     """Check the choreography: compensations, paths, producers and consumers, subscriptions.
 
@@ -147,6 +149,17 @@ def check(
         subscriptions = service_subscriptions(services)
         against += " and the subscriptions of " + ", ".join(s.participant for s in services)
     gaps = check_choreography(flow, subscriptions)
+    if as_json:
+        document = {
+            "saga_type": flow.saga_type,
+            "checked": against,
+            "ok": not gaps,
+            "gaps": [{"kind": gap.kind.value, "message": gap.message} for gap in gaps],
+        }
+        typer.echo(json.dumps(document, indent=2))
+        if gaps:
+            raise typer.Exit(1)
+        return
     if not gaps:
         typer.echo(f"{flow.saga_type}: no gap ({against})")
         return

@@ -113,10 +113,18 @@ class ParticipantHarness:
         return [e.event_type for e in self.emitted]
 
     def start_saga(
-        self, payload: EventPayload, *, deadline: datetime | None = None, producer: str = "test"
+        self,
+        payload: EventPayload,
+        *,
+        deadline: datetime | None = None,
+        producer: str = "test",
+        data: Mapping[str, Any] | None = None,
     ) -> Envelope[Any]:
-        """The start event of a new saga, as a client would publish it."""
+        """The start event of a new saga, as a client would publish it; ``data`` is what
+        the saga's data bag holds (as if earlier steps had added it)."""
         context = SagaContext.start(self.service.runtime.spec.saga_type, deadline=deadline)
+        if data:
+            context = context.model_copy(update={"data": dict(data)})
         return Envelope.new(payload, context=context, producer=producer)
 
     def event_after(
