@@ -1,12 +1,11 @@
 """The loan-disbursement flow: its events and its spec, written down once."""
 
-from __future__ import annotations
-
 from decimal import Decimal
 from typing import ClassVar
 
 from pydantic import BaseModel, Field
 from sagakit import CancelledEvent, CompensatedEvent, EventPayload, FailureEvent, SagaSpec, StepSpec
+from sagakit.spec import event_models
 
 
 class Application(BaseModel):
@@ -81,13 +80,13 @@ class LoanCancelled(CancelledEvent, LoanEvent):
 
 
 def _step(name: str, participant: str, trigger: str, success: str, undone: str = "") -> StepSpec:
-    failure = f"{participant}.failed"
+    """A step whose failure event is ``<participant>.failed``."""
     return StepSpec(
         name=name,
         participant=participant,
         trigger=trigger,
         success=success,
-        failure=failure,
+        failure=f"{participant}.failed",
         compensated=undone or None,
     )
 
@@ -100,28 +99,24 @@ LOAN_SAGA = SagaSpec(
     cancelled_event="loan.cancelled",
     start_field="application",
     steps=(
-        # vet has no effect, so nothing to undo; disburse's effect is outside its database:
-        # it registers its own undo. Each compensate_on is derived from this order.
+        # vet has nothing to undo; disburse registers its own undo (outside its database).
         _step("vet", "vetting", "loan.requested", "loan.vetted"),
         _step("book", "ledger", "loan.vetted", "loan.booked", undone="loan.unbooked"),
         _step("sign", "documents", "loan.booked", "contract.signed", undone="contract.voided"),
         _step("disburse", "payout", "contract.signed", "loan.disbursed"),
     ),
-    events={
-        model.event_type: model
-        for model in (
-            LoanRequested,
-            LoanVetted,
-            LoanBooked,
-            ContractSigned,
-            LoanDisbursed,
-            VettingFailed,
-            LedgerFailed,
-            DocumentsFailed,
-            PayoutFailed,
-            LoanUnbooked,
-            ContractVoided,
-            LoanCancelled,
-        )
-    },
+    events=event_models(
+        LoanRequested,
+        LoanVetted,
+        LoanBooked,
+        ContractSigned,
+        LoanDisbursed,
+        VettingFailed,
+        LedgerFailed,
+        DocumentsFailed,
+        PayoutFailed,
+        LoanUnbooked,
+        ContractVoided,
+        LoanCancelled,
+    ),
 )

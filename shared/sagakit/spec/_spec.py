@@ -70,6 +70,8 @@ class SagaSpec(BaseModel):
             cancellation. Data the steps gather on the way travels in the saga's data bag
             (``StepContext.add_data``), not here.
         steps: The steps in order; each one's ``compensate_on`` is derived from it.
+        events: The payload model of every event, by event type (``event_models`` makes
+            the mapping from the models).
     """
 
     model_config = ConfigDict(frozen=True, extra="forbid", arbitrary_types_allowed=True)
@@ -278,3 +280,8 @@ class SagaSpec(BaseModel):
     def terminal_events(self) -> frozenset[str]:
         """The events after which a saga has ended."""
         return frozenset({self.completed_event, self.cancelled_event})
+
+
+def event_models(*models: type[EventPayload]) -> dict[str, type[EventPayload]]:
+    """``models`` by their event type, for ``SagaSpec.events``."""
+    return {model.event_type: model for model in models}
