@@ -223,7 +223,11 @@ class Participant:
         """
         spec = self._own_step(step)
         if not spec.has_compensation:
-            raise SpecError(f"step {step!r} declares no compensated event")
+            raise SpecError(
+                f"step {step!r} declares no compensated event, so nothing would ever call "
+                "this compensation: give the step a compensated event in the spec (if a later "
+                "step can fail), or undo an effect outside the database with StepContext.undo"
+            )
 
         def register(handler: HandlerT) -> HandlerT:
             self._compensations[spec.name] = handler
