@@ -18,6 +18,7 @@ exceptions. Everything else is imported from its subpackage:
 from sagakit._context import SagaContext, StepOutcome, StepRecord, current_saga, utc_now
 from sagakit._envelope import Envelope, EventPayload, derived_event_id
 from sagakit._exceptions import (
+    BrokerRefused,
     BrokerUnavailable,
     BrokerUrlError,
     InvalidMessage,
@@ -36,6 +37,7 @@ from sagakit.runtime import (
 from sagakit.spec import ReactionSpec, SagaSpec, StepSpec
 
 __all__ = [
+    "BrokerRefused",
     "BrokerUnavailable",
     "BrokerUrlError",
     "Envelope",
