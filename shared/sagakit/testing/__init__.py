@@ -1,4 +1,6 @@
-"""In-memory testing of participants: FastStream's TestRabbitBroker plus saga-aware helpers.
+"""In-memory testing of participants: FastStream's TestRabbitBroker plus saga-aware helpers,
+and the saga rules every participant keeps as a test class to subclass
+(``ParticipantConformance``).
 
 Example:
     ```python
@@ -10,6 +12,7 @@ Example:
 """
 
 from sagakit._exceptions import ServiceStartError
+from sagakit.testing._conformance import ParticipantConformance
 from sagakit.testing._harness import (
     INJECTED_REASON,
     FlowHarness,
@@ -25,6 +28,7 @@ __all__ = [
     "FlowRun",
     "INJECTED_REASON",
     "ParkedMessage",
+    "ParticipantConformance",
     "ParticipantHarness",
     "QueueProbe",
     "ServiceApp",
