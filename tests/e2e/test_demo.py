@@ -135,7 +135,7 @@ def test_without_a_broker_the_demo_says_so_in_one_line_and_starts_nothing(
 async def test_a_killed_service_restarts_and_consumes_again(
     tmp_path: Path, module_broker_url: str
 ) -> None:
-    services = {"inventory": ServiceApp("inventory", "inventory_service.main:app")}
+    services = {"inventory": ServiceApp("inventory", "inventory_service.main:create_app")}
     database = {"INVENTORY_DATABASE_URL": f"sqlite+aiosqlite:///{tmp_path}/inventory.db"}
     async with (
         ServiceProcesses(
@@ -176,7 +176,7 @@ async def test_a_killed_service_restarts_and_consumes_again(
 async def test_a_service_that_cannot_start_is_reported_with_its_log(
     tmp_path: Path, module_broker_url: str
 ) -> None:
-    services = {"inventory": ServiceApp("inventory", "inventory_service.no_such_module:app")}
+    services = {"inventory": ServiceApp("inventory", "inventory_service.no_such_module:create_app")}
     async with ServiceProcesses(
         services, spec=ORDER_SAGA, url=module_broker_url, log_dir=tmp_path
     ) as procs:
