@@ -267,7 +267,10 @@ class SagaSpec(BaseModel):
         try:
             return self.events[event_type]
         except KeyError:
-            raise SpecError(f"no payload model registered for {event_type!r}") from None
+            raise SpecError(
+                f"no payload model registered for {event_type!r}: add its model to the "
+                f"spec's events ({self.saga_type})"
+            ) from None
 
     def participants(self) -> tuple[str, ...]:
         """Every participant named by a step or a reaction, in flow order, once each."""
