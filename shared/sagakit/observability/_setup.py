@@ -25,6 +25,7 @@ from importlib.metadata import PackageNotFoundError, version
 
 from faststream import FastStream
 from faststream.rabbit import RabbitBroker
+from faststream.rabbit.prometheus import RabbitPrometheusMiddleware
 from opentelemetry import trace
 from opentelemetry.sdk.resources import SERVICE_NAME, SERVICE_VERSION, Resource
 from opentelemetry.sdk.trace import TracerProvider
@@ -38,6 +39,7 @@ from sagakit.observability._logging import (
     watch_deliveries,
 )
 from sagakit.observability._messaging import instrument_aio_pika
+from sagakit.observability._metrics import ServiceKind, service_registry
 from sagakit.observability._startup import where_line
 from sagakit.observability._tracing import SagaIdGenerator, install_saga_propagator
 
@@ -155,6 +157,8 @@ def observe(
     metrics_port: int | None,
     health_port: int | None,
     configure_logs: bool = True,
+    metrics: ServiceKind = "participant",
+    broker_metrics: bool = False,
 ) -> tuple[HttpEndpoint, ...]:
     """Give ``app`` logs, traces, metrics and health; call before registering other hooks.
 
@@ -174,12 +178,22 @@ def observe(
         metrics_port: Where ``/metrics`` listens, or None for no endpoint.
         health_port: Where ``/livez`` and ``/readyz`` listen, or None for no endpoint.
         configure_logs: Set up the root logger (off when the caller manages logging).
+        metrics: Which series ``/metrics`` serves: a participant's or the tracker's (each
+            with the store's and the process'), from a registry of the service's own.
+        broker_metrics: Add FastStream's Prometheus middleware (``faststream_*`` series:
+            messages received and published, sizes, processing times, by queue) to that
+            registry.
 
     Returns:
         The HTTP endpoints that will listen (their ``port`` is real once started).
     """
+    registry = service_registry(metrics)
+    if broker_metrics:
+        broker.add_middleware(RabbitPrometheusMiddleware(registry=registry, app_name=service))
     endpoints = tuple(
-        endpoints_for(health_port=health_port, metrics_port=metrics_port, checks=checks)
+        endpoints_for(
+            health_port=health_port, metrics_port=metrics_port, checks=checks, registry=registry
+        )
     )
     watching: list[Callable[[], Delivery | None]] = []
 
