@@ -19,7 +19,7 @@ from typing import Any
 from opentelemetry.instrumentation.aio_pika.span_builder import SpanBuilder
 from opentelemetry.sdk.trace import SpanProcessor, TracerProvider
 from opentelemetry.semconv.trace import MessagingOperationValues
-from sagakit.observability._messaging import MessagingSpanBuilder
+from sagakit.observability import MessagingSpanBuilder
 from yarl import URL
 
 
