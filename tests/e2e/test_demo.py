@@ -16,7 +16,7 @@ import sys
 import tempfile
 import time
 from collections import Counter
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
 import aio_pika
@@ -137,7 +137,7 @@ def test_without_a_broker_the_demo_says_so_in_one_line_and_starts_nothing(
 async def test_a_killed_service_restarts_and_consumes_again(
     tmp_path: Path, module_broker_url: str
 ) -> None:
-    services = {"inventory": ServiceApp("inventory", "inventory_service.main:app")}
+    services = {"inventory": ServiceApp("inventory", "inventory_service.main:create_app")}
     database = {"INVENTORY_DATABASE_URL": f"sqlite+aiosqlite:///{tmp_path}/inventory.db"}
     async with (
         ServiceProcesses(
@@ -178,7 +178,7 @@ async def test_a_killed_service_restarts_and_consumes_again(
 async def test_a_service_that_cannot_start_is_reported_with_its_log(
     tmp_path: Path, module_broker_url: str
 ) -> None:
-    services = {"inventory": ServiceApp("inventory", "inventory_service.no_such_module:app")}
+    services = {"inventory": ServiceApp("inventory", "inventory_service.no_such_module:create_app")}
     async with ServiceProcesses(
         services, spec=ORDER_SAGA, url=module_broker_url, log_dir=tmp_path
     ) as procs:
@@ -186,6 +186,14 @@ async def test_a_service_that_cannot_start_is_reported_with_its_log(
             await procs.start(timeout=60)
     assert "no_such_module" in str(failure.value)
     assert not procs.alive("inventory")
+
+
+@pytest.fixture
+def own_broker_url() -> Iterator[str]:
+    """A virtual host of the test's own: the foreign consumer declares the demo's first queue
+    as a stranger would, plainly, which a queue the module's other tests declared refuses."""
+    with fresh_broker_url() as url:
+        yield url
 
 
 @contextlib.asynccontextmanager
@@ -209,27 +217,30 @@ async def foreign_consumer(url: str) -> AsyncIterator[list[bytes]]:
 
 
 @pytest.mark.e2e
-async def test_the_demo_runs_on_a_vhost_of_its_own_beside_other_consumers() -> None:
-    # A vhost of this test's own: the module's may hold the queue as the services declare it.
-    with fresh_broker_url() as url:
-        async with foreign_consumer(url) as taken:
-            result = await asyncio.to_thread(
-                run_saga, "demo", "--orders", "6", "--json", url=url, timeout=110
-            )
+async def test_the_demo_runs_on_a_vhost_of_its_own_beside_other_consumers(
+    own_broker_url: str,
+) -> None:
+    async with foreign_consumer(own_broker_url) as taken:
+        result = await asyncio.to_thread(
+            run_saga, "demo", "--orders", "6", "--json", url=own_broker_url, timeout=110
+        )
     assert result.returncode == 0, result.stderr[-3000:]
     assert taken == []  # none of the demo's orders went to the other consumer
     assert json.loads(result.stdout)["summary"]["unexpected"] == 0
     [vhost] = re.findall(r"virtual host (saga-demo-[0-9a-f]{8}) of its own", result.stderr)
     # Deleted at the end: logging in to it is refused.
     with pytest.raises(BrokerUnavailable):
-        await connect(with_vhost(url, vhost), connect_timeout=5, robust=False)
+        await connect(with_vhost(own_broker_url, vhost), connect_timeout=5, robust=False)
 
 
 @pytest.mark.e2e
-async def test_on_a_shared_vhost_the_demo_refuses_to_start_beside_other_consumers() -> None:
-    with fresh_broker_url() as url:
-        async with foreign_consumer(url) as taken:
-            result = await asyncio.to_thread(run_saga, "demo", "--shared", url=url, timeout=60)
+async def test_on_a_shared_vhost_the_demo_refuses_to_start_beside_other_consumers(
+    own_broker_url: str,
+) -> None:
+    async with foreign_consumer(own_broker_url) as taken:
+        result = await asyncio.to_thread(
+            run_saga, "demo", "--shared", url=own_broker_url, timeout=60
+        )
     assert result.returncode == 5, result.stderr
     assert result.stdout == ""
     message = " ".join(result.stderr.split())
@@ -237,4 +248,6 @@ async def test_on_a_shared_vhost_the_demo_refuses_to_start_beside_other_consumer
     assert f"refusing to start: {queue} has 1 consumer(s)" in message
     assert "--no-start" in message
     assert taken == []
-    assert "starting" not in result.stderr  # refused before any service was started
+    # Refused before any service started (other runs on the machine may make temporary
+    # directories meanwhile: they are not counted).
+    assert "starting" not in result.stderr
