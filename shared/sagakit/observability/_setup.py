@@ -8,12 +8,13 @@ protocol is ``OTEL_EXPORTER_OTLP_TRACES_PROTOCOL`` or ``OTEL_EXPORTER_OTLP_PROTO
 The aio-pika instrumentation carries the trace across RabbitMQ (it wraps ``Queue.consume``
 and ``Exchange.publish``, which FastStream uses): one producer span per publish and one
 consumer span per delivery, no more. FastStream's own telemetry middleware is deliberately
-not used, as it would add a second span for every message (docs/design.md §5). The instrumentation still names
-its attributes after the messaging conventions of 2023 (``messaging.destination`` as
-``"exchange,routing key"``, ``messaging.operation: receive`` for a push consumer,
-``messaging.temp_destination`` on every publish): sagakit gives it a span builder that
-writes the current ones instead (``MessagingSpanBuilder``). Spans carry ``service.name`` and
-``service.version`` (the service's distribution), and anything in ``OTEL_RESOURCE_ATTRIBUTES``.
+not used, as it would add a second span for every message (docs/design.md §5). The
+instrumentation still names its attributes after the messaging conventions of 2023
+(``messaging.destination`` as ``"exchange,routing key"``, ``messaging.operation: receive``
+for a push consumer, ``messaging.temp_destination`` on every publish): sagakit gives it a
+span builder that writes the current ones instead (``MessagingSpanBuilder``). Spans carry
+``service.name`` and ``service.version`` (the service's distribution), and anything in
+``OTEL_RESOURCE_ATTRIBUTES``.
 """
 
 from __future__ import annotations
