@@ -17,8 +17,9 @@ from sagakit.runtime._participant import HandlerKind, Participant, StepContext, 
 from sagakit.runtime._settings import ParticipantSettings
 from sagakit.spec._checker import Gap, GapKind, check_choreography
 from sagakit.spec._spec import ReactionSpec, SagaSpec, StepSpec
-from sagakit.store._sql import Rows, Transaction
-from sagakit.store._store import StepStatus, Store
+from sagakit.store._prepared import Prepared, Rows
+from sagakit.store._recorder import StepStatus, Transaction
+from sagakit.store._store import Store
 from sagakit.testing._processes import (
     QueueProbe,
     ServiceApp,
@@ -43,6 +44,7 @@ __all__ = [
     "InvalidMessage",
     "Participant",
     "ParticipantSettings",
+    "Prepared",
     "QueueProbe",
     "ReactionSpec",
     "Rows",

@@ -71,9 +71,9 @@ from sagakit.runtime._relay import OutboxRelay
 from sagakit.runtime._settings import ParticipantSettings
 from sagakit.spec._checker import emitted_events
 from sagakit.spec._spec import StepSpec
+from sagakit.store._recorder import OutboxRow, Remembered, StepStatus, Transaction
 from sagakit.store._retention import participant_pruner
-from sagakit.store._sql import Transaction
-from sagakit.store._store import OutboxRow, StepStatus, Store, body_digest
+from sagakit.store._store import Store, body_digest
 
 logger = logging.getLogger("sagakit.runtime")
 
@@ -568,12 +568,14 @@ class SagaRuntime:
     ) -> tuple[list[OutboxRow], str]:
         step = sub.step
         assert step is not None
-        saga_id = envelope.context.saga_id
         try:
             async with self.store.write() as transaction:
-                if not await self._first_delivery(transaction, sub, envelope, digest):
+                remembered = await self._first_delivery(
+                    transaction, sub, envelope, digest, step=step.name
+                )
+                if not remembered.first:
                     return await self._unsent(transaction, envelope), "duplicate"
-                status = await self.store.claim_step(transaction, step=step.name, saga_id=saga_id)
+                status = remembered.status
                 decision = rules.on_forward(
                     status, past_deadline=envelope.context.is_past_deadline()
                 )
@@ -586,10 +588,10 @@ class SagaRuntime:
                 self._expect(result, step.success)
                 record = self._record(step, StepOutcome.COMPLETED)
                 success = self._envelope(result, cause=envelope, record=record)
-                await self.store.set_step_status(
-                    transaction, step=step.name, saga_id=saga_id, status=StepStatus.COMPLETED
+                emitted = await self._emit(
+                    transaction, [success], step=step.name, status=StepStatus.COMPLETED
                 )
-                return await self._emit(transaction, [success]), "completed"
+                return emitted, "completed"
         except StepFailed as failure:
             return await self._record_failure(sub, step, envelope, failure, digest)
         except _EventTooLarge as too_large:
@@ -630,12 +632,13 @@ class SagaRuntime:
         detail: str,
         digest: str,
     ) -> tuple[list[OutboxRow], str]:
-        saga_id = envelope.context.saga_id
         async with self.store.write() as transaction:
-            if not await self._first_delivery(transaction, sub, envelope, digest):
+            remembered = await self._first_delivery(
+                transaction, sub, envelope, digest, step=step.name
+            )
+            if not remembered.first:
                 return await self._unsent(transaction, envelope), "duplicate"
-            claimed = await self.store.claim_step(transaction, step=step.name, saga_id=saga_id)
-            if claimed is not None:
+            if remembered.status is not None:
                 return [], "ignored"
             record = self._record(step, StepOutcome.FAILED, reason=reason)
             payload = self._system_payload(
@@ -645,14 +648,9 @@ class SagaRuntime:
             events = [failed]
             if self.spec.is_first(step):
                 events.append(self._cancellation(failed, step.name, reason))
-            await self.store.set_step_status(
-                transaction,
-                step=step.name,
-                saga_id=saga_id,
-                status=StepStatus.FAILED,
-                reason=reason,
+            rows = await self._emit(
+                transaction, events, step=step.name, status=StepStatus.FAILED, reason=reason
             )
-            rows = await self._emit(transaction, events)
             logger.info("step failed: %s", reason)
             record_step_failure(reason)
             return rows, "failed"
@@ -677,10 +675,12 @@ class SagaRuntime:
         assert step.compensated is not None
         saga_id = envelope.context.saga_id
         async with self.store.write() as transaction:
-            if not await self._first_delivery(transaction, sub, envelope, digest):
+            remembered = await self._first_delivery(
+                transaction, sub, envelope, digest, step=step.name
+            )
+            if not remembered.first:
                 return await self._unsent(transaction, envelope), "duplicate"
-            status = await self.store.claim_step(transaction, step=step.name, saga_id=saga_id)
-            decision = rules.on_compensation(status)
+            decision = rules.on_compensation(remembered.status)
             if decision is rules.CompensationDecision.UNKNOWN_SAGA:
                 # Rolled back with the claim: the saga stays unknown here (_rules.py says why).
                 raise InvalidMessage(
@@ -714,16 +714,16 @@ class SagaRuntime:
                         (failure.reason or "unknown") if failure else "unknown",
                     )
                 )
-            await self.store.set_step_status(
-                transaction, step=step.name, saga_id=saga_id, status=StepStatus.COMPENSATED
+            emitted = await self._emit(
+                transaction, events, step=step.name, status=StepStatus.COMPENSATED
             )
-            return await self._emit(transaction, events), outcome
+            return emitted, outcome
 
     async def _run_reaction(
         self, sub: Subscription, envelope: Envelope[Any], attempt: int, digest: str
     ) -> tuple[list[OutboxRow], str]:
         async with self.store.write() as transaction:
-            if not await self._first_delivery(transaction, sub, envelope, digest):
+            if not (await self._first_delivery(transaction, sub, envelope, digest)).first:
                 return [], "duplicate"
             await self._call(sub, envelope, transaction, attempt)
         return [], "handled"
@@ -740,30 +740,37 @@ class SagaRuntime:
     # -- building events ---------------------------------------------------------------
 
     async def _first_delivery(
-        self, transaction: Transaction, sub: Subscription, envelope: Envelope[Any], digest: str
-    ) -> bool:
+        self,
+        transaction: Transaction,
+        sub: Subscription,
+        envelope: Envelope[Any],
+        digest: str,
+        *,
+        step: str | None = None,
+    ) -> Remembered:
+        """Record the delivery (and, the first time, claim ``step``): in one statement
+        where the store allows."""
         message_id = str(envelope.event_id)
-        first = await self.store.remember_message(
+        remembered = await self.store.remember(
             transaction,
             consumer=sub.queue,
             message_id=message_id,
             saga_id=envelope.context.saga_id,
             body_digest=digest,
+            step=step,
         )
-        if first:
-            return True
+        if remembered.first:
+            return remembered
         # Every copy sagakit sends of an event (a retry, a re-announcement, a replay) is
         # the same bytes: another body under a known id is another event, not a duplicate.
-        recorded = await self.store.remembered_digest(
-            transaction, consumer=sub.queue, message_id=message_id
-        )
+        recorded = remembered.digest
         if recorded is not None and recorded != digest:
             raise InvalidMessage(
                 f"conflicting_duplicate: event {message_id} was handled before with another"
                 " body; this one was not applied"
             )
         logger.info("duplicate delivery of %s ignored", envelope.event_id)
-        return False
+        return remembered
 
     async def _unsent(self, transaction: Transaction, envelope: Envelope[Any]) -> list[OutboxRow]:
         """On a duplicate delivery, the saga's events still unmarked: when the first delivery
@@ -838,8 +845,16 @@ class SagaRuntime:
         return self._envelope(payload, cause=cause, record=None)
 
     async def _emit(
-        self, transaction: Transaction, events: Sequence[Envelope[Any]]
+        self,
+        transaction: Transaction,
+        events: Sequence[Envelope[Any]],
+        *,
+        step: str,
+        status: StepStatus,
+        reason: str | None = None,
     ) -> list[OutboxRow]:
+        """Queue ``events`` and move ``step`` to ``status``, in one statement where the
+        store allows."""
         trace_headers = current_trace_headers()
         rows = [
             OutboxRow(
@@ -854,7 +869,10 @@ class SagaRuntime:
         ]
         for row in rows:
             self._check_size(row)
-        queued = await self.store.add_to_outbox(transaction, rows)
+        saga_id = events[0].context.saga_id
+        queued = await self.store.finish(
+            transaction, saga_id=saga_id, step=step, status=status, reason=reason, rows=rows
+        )
         # From now until the delivery is done with them, the relay loop leaves these alone.
         written = _written.get()
         if written is not None:
