@@ -111,7 +111,7 @@ class OutboxRelay:
         """Publish these just-committed outbox rows now; they are marked sent soon after.
 
         Returns once the broker has confirmed them, or with the rows that did not go out.
-        The rows are those the transaction wrote (``Store.add_to_outbox`` returns them), so
+        The rows are those the transaction wrote (``Store.finish`` returns them), so
         they go out without being read back; they are marked sent in the background, with
         other handlers' rows.
         """

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 from collections.abc import AsyncIterator, Mapping, Sequence
 from datetime import datetime
 from typing import Any
@@ -178,6 +179,15 @@ async def _no_reset(_connection: Any) -> None:
     """The pool's reset on release: nothing (every transaction ended before it)."""
 
 
+async def _json_codecs(connection: Any) -> None:
+    # JSON in and out as SQLAlchemy's asyncpg dialect sets it up: its JSON types serialise
+    # values themselves, and read what this codec decodes.
+    for name in ("json", "jsonb"):
+        await connection.set_type_codec(
+            name, encoder=str, decoder=json.loads, schema="pg_catalog", format="text"
+        )
+
+
 class PostgresRecorder(Recorder):
     """sagakit's records in a PostgreSQL database.
 
@@ -206,6 +216,7 @@ class PostgresRecorder(Recorder):
                     min_size=1,
                     max_size=self._pool_size,
                     reset=_no_reset,
+                    init=_json_codecs,
                     timeout=10,
                 )
         return self._pool

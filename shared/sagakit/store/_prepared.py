@@ -276,6 +276,14 @@ def compile_plan(
                 )
             if element.callable is not None:
                 raise StatementRefused(f"{statement}: a callable parameter ({element.key!r})")
+            if element.unique and element.type.dialect_impl(dialect).bind_processor(dialect):
+                # An anonymous parameter (a literal in the statement) gets its name when
+                # compiled: its value is sent as it is, which a type with a bind processor
+                # (a time on SQLite, JSON) would store differently from SQLAlchemy.
+                raise StatementRefused(
+                    f"{statement}: a literal of type {element.type} needs processing; give it"
+                    " as a named bindparam"
+                )
             binds[element.key] = element
     target = getattr(statement, "table", None) if isinstance(statement, Insert | Update) else None
     if isinstance(target, Table):
@@ -322,13 +330,7 @@ def compile_plan(
         value = params[name]
         if bind is None and column_keys is not None and name in column_keys:
             default: Any = _MISSING
-        elif bind is None:
-            # An anonymous parameter (a literal): its value is fixed here.
-            if processor is not None:
-                raise StatementRefused(
-                    f"{statement}: a literal of type {type_} needs processing; give it as a"
-                    " named bindparam"
-                )
+        elif bind is None:  # an anonymous parameter (a literal): its value is fixed here
             default = value
         elif bind.value is not None or not bind.required:
             default = bind.value
