@@ -15,12 +15,12 @@ from collections.abc import AsyncIterator, Callable
 from datetime import timedelta
 from decimal import Decimal
 from pathlib import Path
+from typing import Any
 
 import pytest
 from payment_service.tables import Amount  # money: NUMERIC on PostgreSQL, a string on SQLite
-from sagakit import Prepared, Store, utc_now
-from sagakit.store._prepared import StatementRefused
-from sagakit.store._recorder import OutboxRow, StepStatus
+from sagakit import StatementRefused, utc_now
+from sagakit.store import OutboxRow, Prepared, StepStatus, Store
 from sagakit.store._store import inbox, outbox, saga_steps
 from sqlalchemy import (
     Column,
@@ -304,7 +304,7 @@ class RecorderSuite:
             await asyncio.gather(*(s.dispose() for s in stores))
 
 
-def _charge(saga: uuid.UUID | str) -> dict[str, object]:
+def _charge(saga: uuid.UUID | str) -> dict[str, Any]:
     return {
         "saga_id": str(saga),
         "amount": Decimal("12.30"),

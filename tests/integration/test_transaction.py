@@ -12,9 +12,8 @@ from typing import Any
 
 import pytest
 from payment_service.tables import Amount  # money: NUMERIC on PostgreSQL, a string on SQLite
-from sagakit import Prepared, Store
-from sagakit.store._prepared import StatementRefused
-from sagakit.store._recorder import Transaction
+from sagakit import StatementRefused
+from sagakit.store import Prepared, Store, Transaction
 from sqlalchemy import (
     JSON,
     Column,
@@ -179,7 +178,7 @@ async def test_sqlalchemy_writes_read_back_identically_through_the_driver(
     assert everything.all() == expected
     assert [type(value) for value in everything.all()[0]] == [type(v) for v in expected[0]]
     assert everything.keys() == ("id", "name", "amount", "data", "at", "count")
-    assert everything.first().amount == expected[0][2]
+    assert everything.all()[0].amount == expected[0][2]
     assert second.mappings().one() == _as_stored(store, THINGS[1])
 
 

@@ -8,7 +8,8 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import pytest
-from sagakit.store._prepared import Prepared, Rows, StatementRefused
+from sagakit import StatementRefused
+from sagakit.store import Prepared, Rows
 from sqlalchemy import (
     JSON,
     Column,

@@ -28,17 +28,11 @@ from sqlalchemy.sql import ClauseElement, Delete, Executable, Insert, Select, Up
 from sqlalchemy.sql.elements import BindParameter
 from sqlalchemy.types import NullType
 
-from sagakit._exceptions import SagaError
-
-__all__ = ("Prepared", "Rows", "StatementRefused")
+from sagakit._exceptions import StatementRefused
 
 _Processor = Callable[[Any], Any] | None
 _MISSING = object()
 _PLACEHOLDER = re.compile(r"%\(([^)]+)\)s|%%")
-
-
-class StatementRefused(SagaError):
-    """A statement the store's driver cannot run as compiled (raised at start-up)."""
 
 
 def _dialect(backend: str) -> Dialect:
