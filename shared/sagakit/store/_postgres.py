@@ -44,6 +44,9 @@ from sagakit.store._recorder import (
 
 BACKEND = "postgresql"
 POOL_SIZE = 10
+# As SQLAlchemy's pool_timeout: a pool that gives no connection this long is a store that
+# stopped answering (the breaker then asks it with a probe).
+_ACQUIRE_SECONDS = 30.0
 _CLOSE_SECONDS = 5.0
 
 
@@ -176,7 +179,8 @@ SELECT (SELECT count(*) FROM {INBOX}), (SELECT count(*) FROM {OUTBOX}),
 
 
 async def _no_reset(_connection: Any) -> None:
-    """The pool's reset on release: nothing (every transaction ended before it)."""
+    """The pool's reset on release: no reset query (a round trip per transaction); asyncpg
+    still rolls back a transaction left open, and the recorder sets no session state."""
 
 
 async def _json_codecs(connection: Any) -> None:
@@ -224,7 +228,7 @@ class PostgresRecorder(Recorder):
     @contextlib.asynccontextmanager
     async def transaction(self) -> AsyncIterator[PostgresTransaction]:
         pool = await self._connections()
-        async with pool.acquire() as connection:
+        async with pool.acquire(timeout=_ACQUIRE_SECONDS) as connection:
             transaction = connection.transaction()
             await transaction.start()
             try:

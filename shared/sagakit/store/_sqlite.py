@@ -179,11 +179,13 @@ class SQLiteRecorder(Recorder):
             statement.plan(BACKEND, statement.start_up_keys())
 
     async def close(self) -> None:
-        for connection in (self._writer, self._reader):
-            if connection is not None:
-                with contextlib.suppress(sqlite3.Error):
-                    connection.close()
-        self._writer = self._reader = None
+        # The writer only between transactions: another delivery's may be open on it.
+        async with self._lock:
+            for connection in (self._writer, self._reader):
+                if connection is not None:
+                    with contextlib.suppress(sqlite3.Error):
+                        connection.close()
+            self._writer = self._reader = None
 
     # -- in a transaction --------------------------------------------------------------
 
