@@ -98,7 +98,7 @@ async def one_run(
 ) -> dict[str, Any]:
     queue = f"{service}.{CONSUMES[service]}"
     procs = ServiceProcesses(
-        {service: (service, f"{service}_service.main:app")},
+        {service: (service, f"{service}_service.main:create_app")},
         spec=ORDER_SAGA,
         url=url,
         log_dir=work_dir / "logs",

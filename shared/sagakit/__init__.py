@@ -18,9 +18,9 @@ exceptions. Everything else is imported from its subpackage:
 from sagakit._context import SagaContext, StepOutcome, StepRecord, current_saga, utc_now
 from sagakit._envelope import Envelope, EventPayload, derived_event_id
 from sagakit._exceptions import (
+    BrokerRefused,
     BrokerUnavailable,
     BrokerUrlError,
-    DeadLetterError,
     InvalidMessage,
     SagaError,
     SpecError,
@@ -39,9 +39,9 @@ from sagakit.spec import ReactionSpec, SagaSpec, StepSpec
 from sagakit.store import Prepared
 
 __all__ = [
+    "BrokerRefused",
     "BrokerUnavailable",
     "BrokerUrlError",
-    "DeadLetterError",
     "Envelope",
     "EventPayload",
     "InvalidMessage",

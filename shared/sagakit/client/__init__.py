@@ -1,17 +1,18 @@
 """Talking to a flow from outside: starting and watching sagas, and the dead-letter tool."""
 
-from sagakit.client._client import EventNotRouted, EventWatch, SagaClient, WatchTimeout, connect
-from sagakit.client._dead_letters import (
-    DeadLetters,
-    Death,
-    ParkedMessage,
+from sagakit._exceptions import (
+    DeadLetterError,
+    EventNotRouted,
     ReplayFailed,
-    Selection,
     UnknownMessages,
     UnknownService,
+    WatchTimeout,
 )
+from sagakit.client._client import EventWatch, SagaClient, connect
+from sagakit.client._dead_letters import DeadLetters, Death, ParkedMessage, Selection
 
 __all__ = [
+    "DeadLetterError",
     "DeadLetters",
     "Death",
     "EventNotRouted",

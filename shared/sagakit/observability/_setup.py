@@ -7,7 +7,7 @@ protocol is ``OTEL_EXPORTER_OTLP_TRACES_PROTOCOL`` or ``OTEL_EXPORTER_OTLP_PROTO
 
 The aio-pika instrumentation carries the trace across RabbitMQ (it wraps ``Queue.consume``
 and ``Exchange.publish``, which FastStream uses); FastStream's own telemetry middleware is
-deliberately not used, as it would add a second span for every message (DESIGN.md §5).
+deliberately not used, as it would add a second span for every message (docs/design.md §5).
 """
 
 from __future__ import annotations
@@ -31,6 +31,7 @@ from sagakit.observability._logging import (
     unwatch_deliveries,
     watch_deliveries,
 )
+from sagakit.observability._startup import where_line
 from sagakit.observability._tracing import install_saga_propagator
 
 logger = logging.getLogger("sagakit.observability")
@@ -169,6 +170,9 @@ def observe(
     async def start_observing() -> None:
         if configure_logs:
             configure_logging(service=service, log_format=log_format, level=log_level)
+        where = where_line(service)
+        if where is not None:
+            logger.info("%s", where)
         setup_tracing(service)
         watching.append(watch_deliveries(broker.context, queues))
         for endpoint in endpoints:

@@ -1,4 +1,6 @@
-"""In-memory testing of participants: FastStream's TestRabbitBroker plus saga-aware helpers.
+"""In-memory testing of participants: FastStream's TestRabbitBroker plus saga-aware helpers,
+and the saga rules every participant keeps as a test class to subclass
+(``ParticipantConformance``).
 
 Example:
     ```python
@@ -9,6 +11,8 @@ Example:
     ```
 """
 
+from sagakit._exceptions import ServiceStartError
+from sagakit.testing._conformance import ParticipantConformance
 from sagakit.testing._harness import (
     INJECTED_REASON,
     FlowHarness,
@@ -17,19 +21,14 @@ from sagakit.testing._harness import (
     ParticipantHarness,
     assert_all_or_nothing,
 )
-from sagakit.testing._processes import (
-    QueueProbe,
-    ServiceApp,
-    ServiceProcesses,
-    ServiceStartError,
-    consumed_queues,
-)
+from sagakit.testing._processes import QueueProbe, ServiceApp, ServiceProcesses, consumed_queues
 
 __all__ = [
     "FlowHarness",
     "FlowRun",
     "INJECTED_REASON",
     "ParkedMessage",
+    "ParticipantConformance",
     "ParticipantHarness",
     "QueueProbe",
     "ServiceApp",
