@@ -21,6 +21,8 @@ from sagakit._exceptions import (
     BrokerRefused,
     BrokerUnavailable,
     BrokerUrlError,
+    BusinessFailure,
+    HandlerError,
     InvalidMessage,
     SagaError,
     SpecError,
@@ -28,6 +30,7 @@ from sagakit._exceptions import (
     StepFailed,
     TransientError,
 )
+from sagakit._system_events import CancelledEvent, CompensatedEvent, FailureEvent
 from sagakit.runtime import (
     Participant,
     ParticipantSettings,
@@ -42,8 +45,13 @@ __all__ = [
     "BrokerRefused",
     "BrokerUnavailable",
     "BrokerUrlError",
+    "BusinessFailure",
+    "CancelledEvent",
+    "CompensatedEvent",
     "Envelope",
     "EventPayload",
+    "FailureEvent",
+    "HandlerError",
     "InvalidMessage",
     "Participant",
     "ParticipantSettings",
