@@ -26,7 +26,6 @@ from sagakit._exceptions import (
     InvalidMessage,
     SagaError,
     SpecError,
-    StatementRefused,
     StepFailed,
     TransientError,
 )
@@ -62,7 +61,6 @@ __all__ = [
     "SagaService",
     "SagaSpec",
     "SpecError",
-    "StatementRefused",
     "StepContext",
     "StepFailed",
     "StepOutcome",

@@ -19,8 +19,8 @@ from typing import Any
 
 import pytest
 from payment_service.tables import Amount  # money: NUMERIC on PostgreSQL, a string on SQLite
-from sagakit import StatementRefused, utc_now
-from sagakit.store import OutboxRow, Prepared, StepStatus, Store
+from sagakit import utc_now
+from sagakit.store import OutboxRow, Prepared, StatementRefused, StepStatus, Store
 from sagakit.store._store import inbox, outbox, saga_steps
 from sqlalchemy import (
     Column,

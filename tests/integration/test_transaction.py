@@ -12,8 +12,7 @@ from typing import Any
 
 import pytest
 from payment_service.tables import Amount  # money: NUMERIC on PostgreSQL, a string on SQLite
-from sagakit import StatementRefused
-from sagakit.store import Prepared, Store, Transaction
+from sagakit.store import Prepared, StatementRefused, Store, Transaction
 from sqlalchemy import (
     JSON,
     Column,

@@ -8,8 +8,7 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import pytest
-from sagakit import StatementRefused
-from sagakit.store import Prepared, Rows
+from sagakit.store import Prepared, Rows, StatementRefused
 from sqlalchemy import (
     JSON,
     Column,

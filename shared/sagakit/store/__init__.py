@@ -6,6 +6,7 @@ asyncpg); a handler's own statements are ``Prepared`` Core statements, compiled 
 when the store starts.
 """
 
+from sagakit._exceptions import StatementRefused
 from sagakit.store._prepared import Prepared, Rows
 from sagakit.store._recorder import OutboxRow, Recorder, Remembered, StepStatus, Transaction
 from sagakit.store._retention import StoreSize, store_size
@@ -17,6 +18,7 @@ __all__ = [
     "Recorder",
     "Remembered",
     "Rows",
+    "StatementRefused",
     "StepStatus",
     "Store",
     "StoreSize",
