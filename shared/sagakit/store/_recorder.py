@@ -32,6 +32,9 @@ INBOX = "sagakit_inbox"
 STEPS = "sagakit_saga_steps"
 OUTBOX = "sagakit_outbox"
 PROBE = "sagakit_probe"
+# What a completed step kept for its compensation (runtime/_step_results.py), in stores whose
+# metadata has it: it goes with the step log.
+STEP_RESULTS = "sagakit_step_results"
 OUTBOX_COLUMNS = "event_id, saga_id, routing_key, body, properties, headers"
 
 
@@ -204,7 +207,12 @@ class Recorder(abc.ABC):
 
 
 # Retention, per table: the column that ages a row (an outbox row unsent stays).
-AGE_COLUMN = {INBOX: "processed_at", OUTBOX: "sent_at", STEPS: "updated_at"}
+AGE_COLUMN = {
+    INBOX: "processed_at",
+    OUTBOX: "sent_at",
+    STEPS: "updated_at",
+    STEP_RESULTS: "created_at",
+}
 
 
 def outbox_values(rows: Sequence[OutboxRow], now: datetime) -> list[tuple[Any, ...]]:

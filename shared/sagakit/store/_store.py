@@ -47,6 +47,7 @@ from sagakit.runtime._outage import StoreUnavailable
 from sagakit.store._postgres import PostgresRecorder
 from sagakit.store._prepared import Prepared
 from sagakit.store._recorder import (
+    STEP_RESULTS,
     OutboxRow,
     Recorder,
     Remembered,
@@ -426,7 +427,8 @@ class Store:
 
         Inbox records processed, and outbox rows sent, before ``now - older_than`` go; an
         outbox row not sent yet stays, however old. Step-log rows last changed before
-        ``now - step_log_older_than`` go only when that is given: a step's record is what
+        ``now - step_log_older_than`` (and the results completed steps kept for their
+        compensations, if this store has them) go only when that is given: a step's record is what
         makes a late compensation undo it, and nothing here knows whether its saga ended.
         Rows go ``batch_size`` per transaction, with a pause of ``pause`` seconds between
         batches, so that handlers waiting for the store are not held up.
@@ -435,6 +437,10 @@ class Store:
         plan = [(inbox.name, now - older_than), (outbox.name, now - older_than)]
         if step_log_older_than is not None:
             plan.append((saga_steps.name, now - step_log_older_than))
+            if any(STEP_RESULTS in md.tables for md in self._metadata):
+                # A step's kept result is only read by its compensation, which needs the
+                # step's record too: it goes with the step log.
+                plan.append((STEP_RESULTS, now - step_log_older_than))
         deleted = {}
         for table, before in plan:
             total = 0
