@@ -79,14 +79,7 @@ class Profiler:
 PARTS: tuple[tuple[str, tuple[str, ...]], ...] = (
     (
         "database (SQLAlchemy, driver, sagakit store)",
-        (
-            "sqlalchemy/",
-            "sagakit/_sqlite.py",
-            "sagakit/_sql.py",
-            "sagakit/_store.py",
-            "sagakit/store/",
-            "greenlet",
-        ),
+        ("sqlalchemy/", "sagakit/store/", "asyncpg/", "sqlite3/", "greenlet"),
     ),
     ("log lines", ("logging/__init__.py", "faststream/_internal/logger")),
     ("publishing events (FastStream, aio-pika)", ("OutboxRelay._publish_one",)),

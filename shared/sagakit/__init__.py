@@ -38,6 +38,7 @@ from sagakit.runtime import (
     build_service,
 )
 from sagakit.spec import ReactionSpec, SagaSpec, StepSpec
+from sagakit.store import Prepared
 
 __all__ = [
     "BrokerRefused",
@@ -53,6 +54,7 @@ __all__ = [
     "InvalidMessage",
     "Participant",
     "ParticipantSettings",
+    "Prepared",
     "ReactionSpec",
     "SagaContext",
     "SagaError",
