@@ -46,6 +46,9 @@ class SagaSpec(BaseModel):
         carry: The payload field that every event after the start event carries (the start
             event's payload itself), so that sagakit can fill it into the events it builds
             on its own: failures, no-op compensations and the cancellation.
+        business_key: The start event's payload field that names a saga for people (the
+            order id), found again in later events inside ``carry``; the tracker indexes it
+            so that the console finds a saga by it.
     """
 
     model_config = ConfigDict(frozen=True, extra="forbid", arbitrary_types_allowed=True)
@@ -58,6 +61,7 @@ class SagaSpec(BaseModel):
     steps: tuple[StepSpec, ...]
     reactions: tuple[ReactionSpec, ...] = ()
     carry: str | None = None
+    business_key: str | None = None
     events: Mapping[str, type[EventPayload]] = Field(default_factory=dict, exclude=True)
 
     @model_validator(mode="after")

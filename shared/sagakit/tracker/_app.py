@@ -184,7 +184,7 @@ async def _track(
     store: TrackerStore, known: frozenset[str], body: bytes, message: RabbitMessage
 ) -> None:
     try:
-        event = decode_event(body, message.headers)
+        event = decode_event(body, message.headers, spec=store.spec)
     except InvalidMessage as exc:
         TRACKER_EVENTS.labels("unknown", "undecodable").inc()
         logger.warning("ignored message %s: %s", message.message_id, exc.reason)

@@ -24,9 +24,11 @@ from sqlalchemy import (
     DateTime,
     Index,
     Integer,
+    LargeBinary,
     MetaData,
     String,
     Table,
+    Text,
     and_,
     delete,
     func,
@@ -67,6 +69,9 @@ tracked_events = Table(
     Column("reason", String(200)),
     Column("failed_step", String(100)),
     Column("trace_id", String(32)),
+    Column("causation_id", String(64)),
+    Column("body", LargeBinary),
+    Column("headers", Text),
     Index("ix_saga_tracker_events_saga", "saga_id", "occurred_at"),
 )
 
@@ -85,8 +90,24 @@ tracked_sagas = Table(
     Column("trace_id", String(32)),
     Column("failed_step", String(100)),
     Column("failure_reason", String(200)),
+    Column("current_step", String(100)),
+    Column("business_key", String(200)),
+    # What the console filters and sorts by (console/_queries.py): each filter with the
+    # order of the list, so that a page reads the first rows of one index.
     Index("ix_saga_tracker_sagas_state", "state", "last_event_at"),
+    Index("ix_saga_tracker_sagas_moved", "last_event_at"),
+    Index("ix_saga_tracker_sagas_started", "started_at"),
+    Index("ix_saga_tracker_sagas_step", "current_step", "last_event_at"),
+    Index("ix_saga_tracker_sagas_reason", "failure_reason", "last_event_at"),
+    Index("ix_saga_tracker_sagas_key", "business_key"),
 )
+
+# Columns added after the first release: a tracker database made before them gets them (and
+# the indexes) at start-up, empty for the sagas it already holds.
+_ADDED_COLUMNS = {
+    "saga_tracker_events": ("causation_id", "body", "headers"),
+    "saga_tracker_sagas": ("current_step", "business_key"),
+}
 
 
 def _as_utc(value: datetime) -> datetime:
@@ -119,6 +140,8 @@ class SagaRow:
     trace_id: str | None
     failed_step: str | None
     failure_reason: str | None
+    current_step: str | None = None
+    business_key: str | None = None
 
     def stuck_reason(self, *, now: datetime, stuck_after: timedelta) -> str | None:
         """Why the saga counts as stuck at ``now``, or None."""
@@ -147,6 +170,7 @@ class TrackerStore:
         """Create the tracker's tables if missing."""
         async with self.store.engine.begin() as conn:
             await conn.run_sync(metadata.create_all)
+            await conn.run_sync(_add_missing_columns)
 
     async def dispose(self) -> None:
         """Close pooled connections."""
@@ -175,6 +199,9 @@ class TrackerStore:
                     "reason": event.reason,
                     "failed_step": event.failed_step,
                     "trace_id": event.trace_id,
+                    "causation_id": event.causation_id,
+                    "body": event.body,
+                    "headers": json.dumps(dict(event.headers)) if event.headers else None,
                 },
             )
             if not inserted:
@@ -351,9 +378,24 @@ class TrackerStore:
         new = 0
         for body, headers in rows:
             headers = json.loads(headers) if isinstance(headers, str) else dict(headers or {})
-            if await self.record(decode_event(body, headers)) is not None:
+            if await self.record(decode_event(body, headers, spec=self.spec)) is not None:
                 new += 1
         return len(rows), new
+
+
+def _add_missing_columns(conn: Any) -> None:
+    inspector = inspect(conn)
+    for table in (tracked_events, tracked_sagas):
+        present = {column["name"] for column in inspector.get_columns(table.name)}
+        for name in _ADDED_COLUMNS[table.name]:
+            if name not in present:
+                column = table.c[name]
+                kind = column.type.compile(dialect=conn.dialect)
+                conn.exec_driver_sql(f"ALTER TABLE {table.name} ADD COLUMN {name} {kind}")
+        indexed = {index["name"] for index in inspector.get_indexes(table.name)}
+        for index in table.indexes:
+            if index.name not in indexed:
+                index.create(conn, checkfirst=True)
 
 
 def _refuse_missing_sqlite_file(url: str) -> None:
@@ -387,6 +429,8 @@ def _summary(view: SagaView) -> dict[str, Any]:
         "trace_id": view.trace_id,
         "failed_step": view.failed_step,
         "failure_reason": view.failure_reason,
+        "current_step": view.current_step,
+        "business_key": view.business_key,
     }
 
 
@@ -402,6 +446,9 @@ def _event(r: Any) -> TrackedEvent:
         reason=r["reason"],
         failed_step=r["failed_step"],
         trace_id=r["trace_id"],
+        causation_id=r["causation_id"],
+        body=r["body"],
+        headers=json.loads(r["headers"]) if r["headers"] else {},
     )
 
 
@@ -419,6 +466,8 @@ def _saga_row(r: Any) -> SagaRow:
         trace_id=r["trace_id"],
         failed_step=r["failed_step"],
         failure_reason=r["failure_reason"],
+        current_step=r["current_step"],
+        business_key=r["business_key"],
     )
 
 
