@@ -34,9 +34,11 @@ from sagakit._exceptions import InvalidMessage, StepFailed
 from sagakit.broker._headers import DEFAULT_FRAME_MAX, bounded_headers, frame_max_of, header_budget
 from sagakit.broker._topology import (
     ATTEMPT_HEADER,
+    CANCELLED_BY_OPERATOR,
     DEATH_HEADER,
     FIRST_FAILURE_HEADER,
     LAST_ERROR_HEADER,
+    OPERATOR_CANCEL_HEADER,
     ORIGIN_QUEUE_HEADER,
     PARKED_AT_HEADER,
     REASON_HEADER,
@@ -110,6 +112,7 @@ _KEPT_HEADERS = (
     "traceparent",
     "tracestate",
     "baggage",
+    OPERATOR_CANCEL_HEADER,
     ATTEMPT_HEADER,
     REPLAYS_HEADER,
     DEATH_HEADER,
@@ -582,6 +585,11 @@ class SagaRuntime:
                     return [], "ignored"
                 if decision is rules.ForwardDecision.FAIL_DEADLINE:
                     raise StepFailed("deadline_exceeded", detail="the saga's deadline has passed")
+                if _cancelled_by_operator(_delivery.get()):
+                    # The operator's copy of the trigger (client/_steering.py): the step
+                    # fails here, by this participant, so every rule holds as for any
+                    # failure; the original, if it comes later, is a duplicate.
+                    raise StepFailed(CANCELLED_BY_OPERATOR, detail="cancelled by an operator")
                 result = await self._call(sub, envelope, transaction, attempt)
                 self._expect(result, step.success)
                 record = self._record(step, StepOutcome.COMPLETED)
@@ -1012,6 +1020,10 @@ def _delivery_lost(message: Any) -> bool:
     back (it comes again), and acking it is no longer possible."""
     channel = getattr(message.raw_message, "_IncomingMessage__channel", None)
     return getattr(channel, "is_closed", False) is True
+
+
+def _cancelled_by_operator(message: StreamMessage[Any] | None) -> bool:
+    return message is not None and bool(message.headers.get(OPERATOR_CANCEL_HEADER))
 
 
 def _attempt(headers: Mapping[str, Any]) -> int:
