@@ -106,12 +106,12 @@ def _saga(rng: random.Random, number: int, now: datetime) -> list[TrackedEvent]:
     if roll < 0.70:
         chain = [(t, p, None, None) for t, p, _ in FORWARD]
     elif roll < 0.92:
-        failure, at, reason, back = rng.choice(CANCELLED)
-        chain = [(t, p, None, None) for t, p, _ in FORWARD[:at]]
-        chain.append((failure, PRODUCER[failure], reason, None))
+        failure, index, cause, back = rng.choice(CANCELLED)
+        chain = [(t, p, None, None) for t, p, _ in FORWARD[:index]]
+        chain.append((failure, PRODUCER[failure], cause, None))
         for event in back:
             last = event == "order.cancelled"
-            ends = (reason, FAILED_STEP[at]) if last else (None, None)
+            ends = (cause, FAILED_STEP[index]) if last else (None, None)
             chain.append((event, PRODUCER[event], *ends))
     else:  # still running, or stuck
         chain = [(t, p, None, None) for t, p, _ in FORWARD[: rng.randint(1, 4)]]
