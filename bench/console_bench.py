@@ -175,6 +175,7 @@ async def fill(store: TrackerStore, sagas: int, *, seed: int = 7) -> list[tuple[
                     "failed_step": e.failed_step,
                     "trace_id": e.trace_id,
                     "causation_id": e.causation_id,
+                    "business_key": e.business_key,
                     "body": e.body,
                     "headers": json.dumps(dict(e.headers)),
                 }

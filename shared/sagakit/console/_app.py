@@ -40,6 +40,8 @@ from sagakit.tracker._store import TrackerStore
 
 _HERE = Path(__file__).parent
 _SESSION_COOKIE = "sagakit_operator"
+_FACETS_SECONDS = 10.0
+_SLOW_FACETS_MS = 25.0
 _AGES = {
     "": (None, None),
     "lt1m": (None, timedelta(minutes=1)),
@@ -171,6 +173,7 @@ def console_app(store: TrackerStore, settings: ConsoleSettings) -> Starlette:
         trim_blocks=True,
         lstrip_blocks=True,
     )
+    facets_cache: dict[str, Any] = {}
     templates.globals.update(states=[s.value for s in SagaState], ages=_AGE_LABELS)
 
     def render(request: Request, name: str, status_code: int = 200, **context: Any) -> Response:
@@ -220,9 +223,20 @@ def console_app(store: TrackerStore, settings: ConsoleSettings) -> Starlette:
         query, chosen = _filter(request)
         now = datetime.now(UTC)
         partial = request.query_params.get("partial") == "1"
+        # The filters' counts read whole indexes: on a large store (when they take long)
+        # they are refreshed every few seconds, not on every page (nor on the live refresh,
+        # which does not show them).
+        fresh = time.monotonic() > facets_cache.get("until", 0.0)
         page = await saga_page(
-            store, query, stuck_after=settings.stuck_after, now=now, facets=not partial
+            store, query, stuck_after=settings.stuck_after, now=now, facets=fresh and not partial
         )
+        if page.facets:
+            slow = page.query_ms > _SLOW_FACETS_MS
+            facets_cache.update(
+                until=time.monotonic() + (_FACETS_SECONDS if slow else 0.0), found=page.facets
+            )
+        else:
+            page.facets.update(facets_cache.get("found", {}))
         rows = [
             {
                 "row": row,

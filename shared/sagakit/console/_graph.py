@@ -16,7 +16,7 @@ from html import escape
 from sagakit.spec._checker import Hop, Move, all_paths
 from sagakit.spec._spec import SagaSpec
 
-_COL = 250
+_COL = 270
 _ROW = 110
 _NODE_W = 160
 _NODE_H = 38
@@ -121,6 +121,7 @@ def flow_svg(
         step = next((s for s in spec.steps if s.name == failed_step), None)
         failure_event = step.failure if step is not None else None
     for node in nodes.values():
+        label = node.event.split(": ", 1)[-1] if node.kind == "reaction" else node.event
         classes = [f"node {node.kind}"]
         if node.event in seen_set:
             classes.append("seen")
@@ -130,7 +131,7 @@ def flow_svg(
             f'<g class="{" ".join(classes)}" data-event="{escape(node.event)}">'
             f'<rect x="{node.x}" y="{node.y}" width="{_NODE_W}" height="{_NODE_H}" rx="8"/>'
             f'<text x="{node.x + _NODE_W / 2}" y="{node.y + _NODE_H / 2 + 4}">'
-            f"{escape(node.event)}</text></g>"
+            f"{escape(label)}</text></g>"
         )
     parts.append("</svg>")
     return "".join(parts)

@@ -57,7 +57,10 @@ class SagaPage:
 
 def _conditions(query: SagaFilter, *, now: datetime, stuck_after: timedelta) -> list[Any]:
     sagas = tracked_sagas.c
-    conditions: list[Any] = [sagas.event_count > 0]
+    # No ``event_count > 0``: a saga's row is written with its first event, in one
+    # transaction, so readers never see it empty, and the condition would make every count
+    # read the table instead of an index.
+    conditions: list[Any] = []
     if query.state is not None:
         conditions.append(sagas.state == query.state.value)
     if query.stuck:
@@ -110,10 +113,12 @@ async def saga_page(
     if query.after is not None:
         moved, saga_id = query.after
         listed = listed.where(
+            # The plain range lets the index start at the cursor; the rest breaks ties.
+            sagas.last_event_at <= _stored(moved),
             or_(
                 sagas.last_event_at < _stored(moved),
                 and_(sagas.last_event_at == _stored(moved), sagas.saga_id < saga_id),
-            )
+            ),
         )
     listed = listed.order_by(sagas.last_event_at.desc(), sagas.saga_id.desc()).limit(limit + 1)
     counted = select(func.count()).select_from(tracked_sagas).where(*conditions)
@@ -123,11 +128,7 @@ async def saga_page(
         total = int((await session.execute(counted)).scalar_one())
         if facets:
             for name, column in (("reason", sagas.failure_reason), ("step", sagas.current_step)):
-                grouped = (
-                    select(column, func.count())
-                    .where(sagas.event_count > 0, column.is_not(None))
-                    .group_by(column)
-                )
+                grouped = select(column, func.count()).where(column.is_not(None)).group_by(column)
                 found[name] = {
                     str(value): int(n) for value, n in (await session.execute(grouped)).all()
                 }

@@ -70,6 +70,7 @@ tracked_events = Table(
     Column("failed_step", String(100)),
     Column("trace_id", String(32)),
     Column("causation_id", String(64)),
+    Column("business_key", String(200)),
     Column("body", LargeBinary),
     Column("headers", Text),
     Index("ix_saga_tracker_events_saga", "saga_id", "occurred_at"),
@@ -95,7 +96,7 @@ tracked_sagas = Table(
     # What the console filters and sorts by (console/_queries.py): each filter with the
     # order of the list, so that a page reads the first rows of one index.
     Index("ix_saga_tracker_sagas_state", "state", "last_event_at"),
-    Index("ix_saga_tracker_sagas_moved", "last_event_at"),
+    Index("ix_saga_tracker_sagas_moved", "last_event_at", "saga_id"),
     Index("ix_saga_tracker_sagas_started", "started_at"),
     Index("ix_saga_tracker_sagas_step", "current_step", "last_event_at"),
     Index("ix_saga_tracker_sagas_reason", "failure_reason", "last_event_at"),
@@ -105,7 +106,7 @@ tracked_sagas = Table(
 # Columns added after the first release: a tracker database made before them gets them (and
 # the indexes) at start-up, empty for the sagas it already holds.
 _ADDED_COLUMNS = {
-    "saga_tracker_events": ("causation_id", "body", "headers"),
+    "saga_tracker_events": ("causation_id", "business_key", "body", "headers"),
     "saga_tracker_sagas": ("current_step", "business_key"),
 }
 
@@ -200,6 +201,7 @@ class TrackerStore:
                     "failed_step": event.failed_step,
                     "trace_id": event.trace_id,
                     "causation_id": event.causation_id,
+                    "business_key": event.business_key,
                     "body": event.body,
                     "headers": json.dumps(dict(event.headers)) if event.headers else None,
                 },
@@ -447,6 +449,7 @@ def _event(r: Any) -> TrackedEvent:
         failed_step=r["failed_step"],
         trace_id=r["trace_id"],
         causation_id=r["causation_id"],
+        business_key=r["business_key"],
         body=r["body"],
         headers=json.loads(r["headers"]) if r["headers"] else {},
     )
