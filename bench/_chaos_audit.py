@@ -23,7 +23,7 @@ from _chaos_ledger import Ledger, Seen
 from _chaos_orders import ANY_STEP, INITIAL_STOCK, PlannedOrder
 from _chaos_stores import StoreState
 from sagakit import SagaSpec
-from sagakit.client._dead_letters import ParkedMessage
+from sagakit.client import ParkedMessage
 
 # Reasons that name a fault rather than the order: a saga cancelled with one of these was
 # cancelled because something was down, which no outage may cause.

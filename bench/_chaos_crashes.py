@@ -11,7 +11,7 @@ import random
 from pathlib import Path
 
 from sagakit import SagaSpec
-from sagakit.runtime._faults import CrashPoint
+from sagakit.runtime import CrashPoint
 
 
 class CrashPoints:

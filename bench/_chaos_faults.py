@@ -24,7 +24,9 @@ from typing import Any
 
 from _chaos_crashes import CrashPoints
 from _chaos_ledger import Ledger, Seen
-from sagakit import SagaClient, SagaSpec, ServiceProcesses, ServiceStartError
+from sagakit import SagaSpec
+from sagakit.client import SagaClient
+from sagakit.testing import ServiceProcesses, ServiceStartError
 from sagakit_lab import RabbitNode
 from tcp_proxy import TcpProxy
 

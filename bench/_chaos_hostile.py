@@ -41,7 +41,8 @@ from order_contracts.samples import Scenario, sample_order
 from pamqp import commands
 from pamqp import frame as amqp_frame
 from pamqp import header as amqp_header
-from sagakit import Envelope, SagaClient, SagaContext, SagaSpec, StepOutcome, derived_event_id
+from sagakit import Envelope, SagaContext, SagaSpec, StepOutcome, derived_event_id
+from sagakit.client import SagaClient
 
 # RabbitMQ's default frame_max, which clients accept: no frame may be larger.
 FRAME_MAX = 131_072

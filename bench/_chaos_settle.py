@@ -13,9 +13,10 @@ from collections.abc import Collection, Mapping, Sequence
 import aio_pika
 from _chaos_ledger import Ledger
 from _chaos_stores import read_stores
-from sagakit import QueueProbe, SagaSpec, consumed_queues
-from sagakit.broker._topology import retry_queue_name
-from sagakit.client._dead_letters import DeadLetters
+from sagakit import SagaSpec
+from sagakit.broker import retry_queue_name
+from sagakit.client import DeadLetters
+from sagakit.testing import QueueProbe, consumed_queues
 
 logger = logging.getLogger("chaos.settle")
 

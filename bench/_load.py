@@ -15,7 +15,8 @@ from typing import Any
 
 import aio_pika
 from aio_pika.abc import AbstractIncomingMessage, AbstractRobustConnection
-from sagakit import Envelope, SagaClient
+from sagakit import Envelope
+from sagakit.client import SagaClient
 
 
 class Observer:

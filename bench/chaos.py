@@ -55,8 +55,8 @@ from _chaos_settle import quiesce, wait_for_end
 from _chaos_store_faults import StoreFaultHands, StoreFaults, placements
 from _chaos_stores import read_stores
 from order_contracts import ORDER_SAGA
-from sagakit import SagaClient, ServiceProcesses
-from sagakit.client._dead_letters import DeadLetters
+from sagakit.client import DeadLetters, SagaClient
+from sagakit.testing import ServiceProcesses
 from sagakit_lab import ClusterError, RabbitNode, VolumeError
 from tcp_proxy import TcpProxy
 

@@ -27,16 +27,8 @@ from typing import Any
 
 import httpx
 from order_contracts import ORDER_SAGA
-from sagakit.console._app import ConsoleSettings, console_app
-from sagakit.tracker._model import TrackedEvent, summarize
-from sagakit.tracker._store import (
-    TrackerStore,
-    _stored,
-    _summary,
-    tracked_events,
-    tracked_sagas,
-)
-from sqlalchemy import insert
+from sagakit.console import ConsoleSettings, console_app
+from sagakit.tracker import TrackedEvent, TrackerStore
 
 FORWARD = [
     ("order.created", "client", None),
@@ -147,45 +139,16 @@ async def fill(store: TrackerStore, sagas: int, *, seed: int = 7) -> list[tuple[
     rng = random.Random(seed)
     now = datetime.now(UTC)
     samples: list[tuple[str, str]] = []
-    batch_events: list[dict[str, Any]] = []
-    batch_sagas: list[dict[str, Any]] = []
-
-    async def flush() -> None:
-        async with store.store.transaction() as session:
-            await session.execute(insert(tracked_sagas), batch_sagas)
-            await session.execute(insert(tracked_events), batch_events)
-        batch_events.clear()
-        batch_sagas.clear()
-
+    batch: list[list[TrackedEvent]] = []
     for number in range(sagas):
         events = _saga(rng, number, now)
-        view = summarize(ORDER_SAGA, events)
-        batch_sagas.append({"saga_id": view.saga_id, **_summary(view)})
-        for e in events:
-            batch_events.append(
-                {
-                    "event_id": e.event_id,
-                    "saga_id": e.saga_id,
-                    "saga_type": e.saga_type,
-                    "event_type": e.event_type,
-                    "producer": e.producer,
-                    "occurred_at": _stored(e.occurred_at),
-                    "received_at": _stored(e.occurred_at),
-                    "reason": e.reason,
-                    "failed_step": e.failed_step,
-                    "trace_id": e.trace_id,
-                    "causation_id": e.causation_id,
-                    "business_key": e.business_key,
-                    "body": e.body,
-                    "headers": json.dumps(dict(e.headers)),
-                }
-            )
+        batch.append(events)
         if number % 997 == 0:
-            samples.append((view.saga_id, view.business_key or ""))
-        if len(batch_sagas) >= 2000:
-            await flush()
-    if batch_sagas:
-        await flush()
+            samples.append((events[0].saga_id, events[0].business_key or ""))
+        if len(batch) >= 2000:
+            await store.import_sagas(batch)
+            batch.clear()
+    await store.import_sagas(batch)
     return samples
 
 

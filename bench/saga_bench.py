@@ -65,8 +65,9 @@ from _procstat import (
 from _profile import Profiler
 from order_contracts import ORDER_SAGA
 from order_contracts.samples import EXPECTED_FAILED_STEP, Scenario, sample_order
-from sagakit import Envelope, ParticipantSettings, SagaClient, ServiceProcesses
-from sagakit.testing._processes import QueueProbe
+from sagakit import Envelope, ParticipantSettings
+from sagakit.client import SagaClient
+from sagakit.testing import QueueProbe, ServiceProcesses
 
 BENCH_DIR = Path(__file__).resolve().parent
 PARTICIPANTS = ("inventory", "payment", "shipping", "notification")

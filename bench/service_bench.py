@@ -36,7 +36,9 @@ from order_contracts import (
     ShipmentCreated,
 )
 from order_contracts.samples import sample_order
-from sagakit import Envelope, SagaClient, ServiceProcesses, StepOutcome, StepRecord, utc_now
+from sagakit import Envelope, StepOutcome, StepRecord, utc_now
+from sagakit.client import SagaClient
+from sagakit.testing import ServiceProcesses
 
 STOCK = {"SKU-APPLE": 10**9, "SKU-PEAR": 10**9, "SKU-PLUM": 10**9, "SKU-RARE": 0}
 # The step that comes before each service's, and who ran it.

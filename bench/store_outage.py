@@ -33,7 +33,8 @@ from _load import full_speed
 from order_contracts import ORDER_SAGA
 from order_contracts.samples import EXPECTED_FAILED_STEP, sample_order
 from saga_bench import BENCH_STOCK, DEFAULT_MIX, PARTICIPANTS, SagaSource, observed
-from sagakit import SagaClient, ServiceProcesses
+from sagakit.client import SagaClient
+from sagakit.testing import ServiceProcesses
 from sagakit_lab.postgres import PostgresCluster
 from sagakit_lab.volumes import SmallVolume
 

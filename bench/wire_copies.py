@@ -27,7 +27,8 @@ from _infra import throwaway_databases, throwaway_vhost
 from _load import full_speed
 from order_contracts import ORDER_SAGA
 from saga_bench import BENCH_STOCK, DEFAULT_MIX, PARTICIPANTS, SagaSource, observed
-from sagakit import SagaClient, ServiceProcesses
+from sagakit.client import SagaClient
+from sagakit.testing import ServiceProcesses
 
 # The relay's stale pass takes rows older than 2 s every 0.5 s: this is many passes.
 _SETTLE_SECONDS = 8.0

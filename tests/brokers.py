@@ -22,6 +22,7 @@ import asyncio
 import atexit
 import base64
 import contextlib
+import functools
 import json
 import os
 import shutil
@@ -37,7 +38,7 @@ from typing import Any, NoReturn, TypeVar
 from urllib.parse import quote, unquote, urlsplit, urlunsplit
 
 import pytest
-from sagakit.broker._urls import broker_urls, redacted
+from sagakit.broker import broker_urls, redacted
 from sagakit_lab import RabbitNode, rabbitmq_missing
 
 LOCAL_URL = "amqp://guest:guest@127.0.0.1:5672/"
@@ -216,7 +217,7 @@ def throwaway_vhost(url: str, *, private: RabbitNode | None = None) -> Iterator[
             tried.append(f"{type(maker).__name__} failed: {exc}")
             continue
         fresh = with_vhost(url, vhost)
-        if not call(lambda fresh=fresh: _amqp_reaches(fresh)):
+        if not call(functools.partial(_amqp_reaches, fresh)):
             # rabbitmqctl reached another node than the URL's broker: leave no trace there.
             maker.delete(vhost)
             tried.append(f"the virtual host {type(maker).__name__} made is not at that broker")

@@ -11,6 +11,7 @@ the run instead of skipping it.
 from __future__ import annotations
 
 import asyncio
+import functools
 import os
 import uuid
 from collections.abc import Callable, Iterator
@@ -35,7 +36,7 @@ def _run(coro_factory: Callable[[], object]) -> None:
 
 
 async def _admin(statement: str) -> None:
-    import asyncpg
+    import asyncpg  # type: ignore[import-untyped]
 
     connection = await asyncpg.connect(POSTGRES_ADMIN_URL, timeout=5)
     try:
@@ -65,7 +66,7 @@ def postgres_database() -> Iterator[Callable[[], str]]:
 
     yield create
     for name in created:
-        _run(lambda name=name: _admin(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+        _run(functools.partial(_admin, f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
 
 
 @pytest.fixture(params=["sqlite", "postgresql"])

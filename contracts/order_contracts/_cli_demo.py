@@ -18,16 +18,13 @@ import typer
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
-from sagakit import (
-    BrokerUnavailable,
-    Envelope,
-    EventWatch,
+from sagakit import BrokerUnavailable, Envelope
+from sagakit.client import EventWatch, SagaClient, WatchTimeout
+from sagakit.testing import (
     QueueProbe,
-    SagaClient,
     ServiceApp,
     ServiceProcesses,
     ServiceStartError,
-    WatchTimeout,
     consumed_queues,
 )
 

@@ -12,14 +12,8 @@ import typer
 from pydantic import ValidationError
 from rich.console import Console
 from rich.table import Table
-from sagakit import (
-    BrokerUnavailable,
-    Envelope,
-    EventNotRouted,
-    SagaClient,
-    WatchTimeout,
-    utc_now,
-)
+from sagakit import BrokerUnavailable, Envelope, utc_now
+from sagakit.client import EventNotRouted, SagaClient, WatchTimeout
 
 from ._cli_common import (
     DEFAULT_URL,

@@ -1,84 +1,65 @@
-"""sagakit: choreography-based sagas on FastStream and RabbitMQ."""
+"""sagakit: choreography-based sagas on FastStream and RabbitMQ.
 
-from sagakit._context import SagaContext, StepOutcome, StepRecord, current_saga, saga_scope, utc_now
+The top level holds what a participant's author needs: the participant API, the wire
+contract (envelope, saga context), the spec a participant is declared against, and the
+exceptions. Everything else is imported from its subpackage:
+
+- ``sagakit.runtime``: running a participant (retries, parking, the breaker, the relay);
+- ``sagakit.store``: the participant's local store (inbox, step log, outbox);
+- ``sagakit.broker``: addresses, failover, topology names and headers;
+- ``sagakit.spec``: the choreography spec, its checker, AsyncAPI documents;
+- ``sagakit.client``: starting and watching sagas, the dead-letter tool;
+- ``sagakit.tracker``: the saga tracker (a read model of every saga);
+- ``sagakit.console``: the operations console in a browser, served by the tracker;
+- ``sagakit.observability``: logs, traces, metrics, health;
+- ``sagakit.testing``: harnesses, the process supervisor;
+- ``sagakit.cli``: the ``saga`` console script.
+"""
+
+from sagakit._context import SagaContext, StepOutcome, StepRecord, current_saga, utc_now
 from sagakit._envelope import Envelope, EventPayload, derived_event_id
 from sagakit._exceptions import (
     BrokerUnavailable,
     BrokerUrlError,
+    DeadLetterError,
     InvalidMessage,
     SagaError,
     SpecError,
     StepFailed,
     TransientError,
 )
-from sagakit.client._client import EventNotRouted, EventWatch, SagaClient, WatchTimeout
-from sagakit.runtime._app import SagaService, build_service
-from sagakit.runtime._participant import HandlerKind, Participant, StepContext, Subscription
-from sagakit.runtime._settings import ParticipantSettings
-from sagakit.spec._checker import Gap, GapKind, check_choreography
-from sagakit.spec._spec import ReactionSpec, SagaSpec, StepSpec
-from sagakit.store._sql import Rows, Transaction
-from sagakit.store._store import StepStatus, Store
-from sagakit.testing._processes import (
-    QueueProbe,
-    ServiceApp,
-    ServiceProcesses,
-    ServiceStartError,
-    consumed_queues,
+from sagakit.runtime import (
+    Participant,
+    ParticipantSettings,
+    SagaService,
+    StepContext,
+    build_service,
 )
-from sagakit.tracker._app import TrackerService, TrackerSettings, build_tracker
-from sagakit.tracker._model import SagaState, SagaView, StepView, TrackedEvent
-from sagakit.tracker._store import TrackerStore
+from sagakit.spec import ReactionSpec, SagaSpec, StepSpec
 
 __all__ = [
     "BrokerUnavailable",
     "BrokerUrlError",
+    "DeadLetterError",
     "Envelope",
-    "EventNotRouted",
     "EventPayload",
-    "EventWatch",
-    "Gap",
-    "GapKind",
-    "HandlerKind",
     "InvalidMessage",
     "Participant",
     "ParticipantSettings",
-    "QueueProbe",
     "ReactionSpec",
-    "Rows",
-    "SagaClient",
     "SagaContext",
     "SagaError",
     "SagaService",
     "SagaSpec",
-    "SagaState",
-    "SagaView",
-    "ServiceApp",
-    "ServiceProcesses",
-    "ServiceStartError",
     "SpecError",
     "StepContext",
     "StepFailed",
     "StepOutcome",
     "StepRecord",
     "StepSpec",
-    "StepStatus",
-    "StepView",
-    "Store",
-    "Subscription",
-    "TrackedEvent",
-    "TrackerService",
-    "TrackerSettings",
-    "TrackerStore",
-    "Transaction",
     "TransientError",
-    "WatchTimeout",
     "build_service",
-    "build_tracker",
-    "check_choreography",
-    "consumed_queues",
     "current_saga",
     "derived_event_id",
-    "saga_scope",
     "utc_now",
 ]

@@ -1,13 +1,21 @@
-"""SagaContext: what travels with every event, and the ContextVar that holds it in-process."""
+"""SagaContext: what travels with every event; DeliveryScope: what sagakit knows in-process
+about the delivery a task is handling, in the one ContextVar that holds it.
+
+``SagaMiddleware`` (``sagakit.runtime._middleware``) makes a scope current for each delivery;
+everything below it (the dispatcher, log lines, spans, the outbox) reads that scope. It lives
+here, below the runtime, so that logging and tracing can read it without importing the runtime.
+"""
 
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import uuid
-from collections.abc import Iterator
-from contextvars import ContextVar
+from collections.abc import Iterator, Mapping
+from contextvars import ContextVar, Token
 from datetime import UTC, datetime
 from enum import StrEnum
+from typing import Any
 
 from pydantic import AwareDatetime, BaseModel, ConfigDict, Field
 
@@ -81,19 +89,72 @@ class SagaContext(BaseModel):
         return self.model_copy(update={"causation_id": caused_by, "steps": steps})
 
 
-_current: ContextVar[SagaContext | None] = ContextVar("sagakit_current_saga", default=None)
+@dataclasses.dataclass(slots=True, eq=False)
+class DeliveryScope:
+    """What sagakit knows about the delivery a task is handling: one object per delivery.
+
+    ``SagaMiddleware`` makes one as a delivery arrives and enters it (``with scope:``) around
+    everything that handles it; the dispatcher fills in the saga once the body is valid.
+
+    Attributes:
+        message: The delivery, as FastStream gives it (None outside a delivery).
+        began: The handler began: a failure from now on is the service's, not the message's.
+        saga: The saga of the event, once its body was validated.
+        event_type: The event type, for log lines.
+        step: The step, compensation or reaction handling it, for log lines.
+        held: Ids of the outbox rows this delivery wrote, held from the relay loop until the
+            delivery is done with them (published, or left to the loop).
+    """
+
+    message: Any = None
+    began: bool = False
+    saga: SagaContext | None = None
+    event_type: str | None = None
+    step: str | None = None
+    held: list[str] = dataclasses.field(default_factory=list)
+    _token: Token[DeliveryScope | None] | None = dataclasses.field(
+        default=None, init=False, repr=False
+    )
+
+    @property
+    def headers(self) -> Mapping[str, Any]:
+        """The delivery's headers: where its trace (the parent of the step's span) comes from."""
+        return self.message.headers if self.message is not None else {}
+
+    def __enter__(self) -> DeliveryScope:
+        self._token = _scope.set(self)
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        if self._token is not None:
+            _scope.reset(self._token)
+            self._token = None
+
+
+_scope: ContextVar[DeliveryScope | None] = ContextVar("sagakit_delivery", default=None)
+
+
+def current_scope() -> DeliveryScope | None:
+    """The delivery being handled in this task, if any."""
+    return _scope.get()
 
 
 def current_saga() -> SagaContext | None:
     """The SagaContext of the event being handled in this task, if any."""
-    return _current.get()
+    scope = _scope.get()
+    return scope.saga if scope is not None else None
 
 
 @contextlib.contextmanager
 def saga_scope(context: SagaContext) -> Iterator[SagaContext]:
-    """Make ``context`` the current saga for the duration of the block."""
-    token = _current.set(context)
-    try:
+    """Make ``context`` the current saga for the duration of the block.
+
+    For code outside a delivery (a script, a test); inside one, the rest of the delivery's
+    scope is kept.
+    """
+    outer = _scope.get()
+    scope = DeliveryScope(saga=context)
+    if outer is not None:
+        scope = dataclasses.replace(outer, saga=context)
+    with scope:
         yield context
-    finally:
-        _current.reset(token)

@@ -1,6 +1,43 @@
-"""The exception hierarchy: one base, one subclass per kind of thing that went wrong."""
+"""Every exception sagakit raises, and the two a handler raises to tell sagakit what happened.
+
+The tree:
+
+* SagaError
+  + StepFailed - a handler's signal: a business failure, the saga is undone
+  + TransientError - a handler's signal: a failure that may pass, the message is retried
+  + InvalidMessage - a message that can never be processed: parked with its reason
+  + SpecError - the spec, or a participant's registration against it, is inconsistent
+  + BrokerUrlError (also a ValueError) - a broker URL that cannot be used
+  + BrokerUnavailable - no broker answered
+  + StoreUnavailable - the participant's store cannot be used now
+  + EventNotRouted - an event no queue would receive (``SagaClient.publish``)
+  + WatchTimeout (also a TimeoutError) - sagas did not end in time (``EventWatch``)
+  + ServiceStartError - a service process did not start consuming (``ServiceProcesses``)
+  + DeadLetterError - a dead-letter command cannot do what was asked
+    + UnknownService
+    + UnknownMessages
+    + ReplayFailed
+  + SteeringRefused - an operator's cancel or re-drive does not apply to the saga
+
+``StepFailed`` and ``TransientError`` are signals rather than errors: a handler raises them
+and the runtime answers (a failure event and compensation; a retry through a delay queue),
+so they never reach the handler's caller. They are ``SagaError``s all the same, so that one
+``except SagaError`` around code that calls handlers directly (a test, a script) sees them.
+
+Not in the tree, on purpose: the runtime's internal control flow (``Outage``,
+``RetryableError``, ``EventTooLarge`` in ``sagakit.runtime``), which never leaves the
+runtime, and ``ConnectionRenewed``, which must stay the AMQP client's own connection error.
+"""
 
 from __future__ import annotations
+
+import uuid
+from collections.abc import Iterable, Mapping, Sequence
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from sagakit._envelope import Envelope
+    from sagakit.client._dead_letters import ParkedMessage
 
 
 class SagaError(Exception):
@@ -47,13 +84,79 @@ class SpecError(SagaError):
     """The choreography spec, or a participant's registration against it, is inconsistent."""
 
 
-class BrokerUnavailable(SagaError):
-    """No RabbitMQ broker answered at the configured URL."""
-
-
 class BrokerUrlError(SagaError, ValueError):
     """A broker URL (or list of them) that cannot be used; the message has no password."""
 
 
+class BrokerUnavailable(SagaError):
+    """No RabbitMQ broker answered at the configured URL."""
+
+
+class StoreUnavailable(SagaError):
+    """The participant's store cannot be used now (raised by the store itself)."""
+
+
+class EventNotRouted(SagaError):
+    """The broker had no queue bound for an event: nobody would ever receive it."""
+
+
+class WatchTimeout(SagaError, TimeoutError):
+    """Sagas did not end in time.
+
+    Attributes:
+        pending: The ids of the sagas that had not ended.
+        seen: Every awaited saga's events so far, in arrival order.
+    """
+
+    def __init__(
+        self, message: str, *, pending: Iterable[uuid.UUID], seen: Mapping[uuid.UUID, Any]
+    ) -> None:
+        super().__init__(message)
+        self.pending = frozenset(pending)
+        self.seen: dict[uuid.UUID, list[Envelope[Any]]] = dict(seen)
+
+
+class ServiceStartError(SagaError):
+    """A service exited, or did not start consuming, in time; the message ends with its log."""
+
+
 class DeadLetterError(SagaError):
     """A dead-letter command cannot do what was asked (unknown service or message)."""
+
+
+class UnknownService(DeadLetterError):
+    """A service named on the command line has no dead-letter queue on this broker."""
+
+    def __init__(self, services: Sequence[str]) -> None:
+        super().__init__(f"no dead-letter queue for {', '.join(services)} on this broker")
+        self.services = tuple(services)
+
+
+class UnknownMessages(DeadLetterError):
+    """Message ids that match no parked message (in the selected services and filters)."""
+
+    def __init__(self, ids: Iterable[str]) -> None:
+        self.ids = tuple(sorted(ids))
+        super().__init__(f"no parked message with id {', '.join(self.ids)}")
+
+
+class ReplayFailed(DeadLetterError):
+    """Some selected messages could not be sent back; they are still parked."""
+
+    def __init__(
+        self, *, replayed: Sequence[ParkedMessage], failed: Sequence[tuple[ParkedMessage, str]]
+    ) -> None:
+        self.replayed = list(replayed)
+        self.failed = list(failed)
+        why = "; ".join(f"{entry.service} {entry.id}: {problem}" for entry, problem in failed)
+        super().__init__(f"{len(failed)} message(s) not replayed: {why}")
+
+
+class SteeringRefused(SagaError):
+    """An operator's action does not apply to the saga as it stands (ended, unknown, being
+    undone already for a cancel); nothing was sent."""
+
+    def __init__(self, saga_id: str, why: str) -> None:
+        super().__init__(f"saga {saga_id}: {why}")
+        self.saga_id = saga_id
+        self.why = why

@@ -9,7 +9,7 @@ import re
 import uuid
 from collections.abc import Iterator, Mapping
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import pytest
 from order_contracts import ORDER_SAGA
@@ -17,10 +17,10 @@ from order_contracts.samples import sample_order
 from sagakit import Envelope, SagaContext
 from sagakit.broker import _topology as topology
 from sagakit.cli._check import load_services
-from sagakit.runtime._participant import Subscription
+from sagakit.runtime import Subscription
+from sagakit.spec import emitted_events
 from sagakit.spec._asyncapi_wire import DOCUMENTED_HEADERS
-from sagakit.spec._checker import emitted_events
-from sagakit.tracker._app import tracker_queue
+from sagakit.tracker import tracker_queue
 
 ROOT = Path(__file__).resolve().parents[2]
 ASYNCAPI = ROOT / "contracts" / "asyncapi"
@@ -65,7 +65,7 @@ def _queue_channel(document: Mapping[str, Any], queue: str) -> dict[str, Any]:
         for c in document["channels"].values()
         if c["bindings"]["amqp"].get("queue", {}).get("name") == queue
     ]
-    return channel
+    return cast(dict[str, Any], channel)
 
 
 def _bound_to(channel: Mapping[str, Any]) -> set[tuple[str, str, str]]:

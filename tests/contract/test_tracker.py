@@ -33,24 +33,21 @@ from order_contracts import (
 )
 from order_contracts.samples import sample_order
 from prometheus_client import REGISTRY
-from sagakit import (
-    Envelope,
-    EventPayload,
-    SagaContext,
-    SagaState,
-    StepOutcome,
-    StepRecord,
-    TrackerService,
-    TrackerSettings,
-    build_tracker,
-    utc_now,
-)
-from sagakit.broker._topology import flow_exchange
+from sagakit import Envelope, EventPayload, SagaContext, StepOutcome, StepRecord, utc_now
+from sagakit.broker import flow_exchange
 from sagakit.cli import app as saga_cli
 from sagakit.cli import load_plugins
 from sagakit.testing import ParticipantHarness
-from sagakit.tracker._app import TRACKER_QUEUE, scan_once, tracker_queue
-from sagakit.tracker._store import tracker_store
+from sagakit.tracker import (
+    TRACKER_QUEUE,
+    SagaState,
+    TrackerService,
+    TrackerSettings,
+    build_tracker,
+    tracker_queue,
+    tracker_store,
+)
+from sagakit.tracker._app import scan_once
 from typer.testing import CliRunner
 
 EXCHANGE = flow_exchange(ORDER_SAGA.exchange)
@@ -68,7 +65,7 @@ class Saga:
             context=SagaContext.start(ORDER_SAGA.saga_type, deadline=deadline),
             producer="client",
         )
-        self.last = self.created
+        self.last: Envelope[Any] = self.created
 
     @property
     def saga_id(self) -> str:
@@ -210,6 +207,7 @@ async def test_a_fulfilled_saga_moves_from_started_to_completed(tracker: Tracker
         view = await store.view(saga.saga_id)
         assert view is not None
         states.append(view.state)
+    assert view is not None
     assert states == [
         SagaState.STARTED,
         SagaState.PENDING,
@@ -235,6 +233,7 @@ async def test_a_declined_saga_compensates_then_fails(tracker: Tracker) -> None:
         view = await store.view(saga.saga_id)
         assert view is not None
         states.append(view.state)
+    assert view is not None
     assert states == [
         SagaState.STARTED,
         SagaState.PENDING,
@@ -360,7 +359,7 @@ async def test_the_tracker_is_rebuilt_from_a_participants_outbox(tmp_path: Any) 
 
 
 def _seed(url: str, *envelopes: Envelope[Any]) -> None:
-    from sagakit.tracker._model import decode_event
+    from sagakit.tracker import decode_event
 
     async def seed() -> None:
         async with tracker_store(url, spec=ORDER_SAGA) as store:

@@ -16,8 +16,9 @@ import pytest
 import pytest_asyncio
 from order_contracts import ORDER_SAGA
 from order_contracts.samples import Scenario, sample_order
-from sagakit import Envelope, EventPayload, SagaClient, ServiceProcesses
-from sagakit.client._client import EventWatch
+from sagakit import Envelope, EventPayload
+from sagakit.client import EventWatch, SagaClient
+from sagakit.testing import ServiceProcesses
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import create_async_engine
 

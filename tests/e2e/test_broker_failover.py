@@ -27,8 +27,8 @@ import pytest
 import pytest_asyncio
 from order_contracts import ORDER_SAGA
 from order_contracts.samples import EXPECTED_FAILED_STEP, Scenario, sample_order
-from sagakit import SagaClient, consumed_queues
-from sagakit.client._client import connect
+from sagakit.client import SagaClient, connect
+from sagakit.testing import consumed_queues
 from sagakit_lab import RabbitCluster, rabbitmq_missing
 
 from tests.brokers import unavailable
@@ -217,9 +217,9 @@ async def test_the_services_go_on_on_another_node_when_theirs_dies(
         fulfilled = EXPECTED_FAILED_STEP[sagas[notice["saga_id"]]] is None
         assert notice["kind"] == ("confirmation" if fulfilled else "cancellation")
 
-    fulfilled = sum(1 for s in sagas.values() if EXPECTED_FAILED_STEP[s] is None)
+    fulfilled_count = sum(1 for s in sagas.values() if EXPECTED_FAILED_STEP[s] is None)
     await asyncio.sleep(1)  # the last compensations commit just before their notices
-    assert await system.stock("SKU-APPLE") == stock_before - 2 * fulfilled
+    assert await system.stock("SKU-APPLE") == stock_before - 2 * fulfilled_count
     payments = await system.rows("payment", "SELECT saga_id, status FROM payments")
     by_saga: dict[str, Any] = {p["saga_id"]: p["status"] for p in payments if p["saga_id"] in sagas}
     for saga, scenario in sagas.items():

@@ -70,9 +70,9 @@ async def test_sagas_in_flight_survive_a_broker_restart(
         fulfilled = EXPECTED_FAILED_STEP[sagas[notice["saga_id"]]] is None
         assert notice["kind"] == ("confirmation" if fulfilled else "cancellation")
 
-    fulfilled = sum(1 for s in sagas.values() if EXPECTED_FAILED_STEP[s] is None)
+    fulfilled_count = sum(1 for s in sagas.values() if EXPECTED_FAILED_STEP[s] is None)
     await asyncio.sleep(1)  # the last compensations commit just before their notices
-    assert await system.stock("SKU-APPLE") == stock_before - 2 * fulfilled
+    assert await system.stock("SKU-APPLE") == stock_before - 2 * fulfilled_count
     payments = await system.rows("payment", "SELECT saga_id, status FROM payments")
     by_saga = {p["saga_id"]: p["status"] for p in payments if p["saga_id"] in sagas}
     for saga, scenario in sagas.items():

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import json
 import os
 import sqlite3
@@ -31,8 +32,7 @@ import pytest
 from aio_pika.abc import AbstractChannel, AbstractConnection
 from order_contracts import ORDER_SAGA
 from order_contracts.samples import Scenario, sample_order
-from sagakit import SagaClient, consumed_queues
-from sagakit.broker._topology import (
+from sagakit.broker import (
     REASON_HEADER,
     ParticipantTopology,
     dead_letter_exchange_name,
@@ -41,8 +41,9 @@ from sagakit.broker._topology import (
     retry_exchange_name,
     retry_queue_name,
 )
-from sagakit.testing._processes import QueueProbe
-from sagakit.tracker._app import TRACKER_QUEUE
+from sagakit.client import SagaClient
+from sagakit.testing import QueueProbe, consumed_queues
+from sagakit.tracker import TRACKER_QUEUE
 from sagakit_lab import RabbitNode
 
 from .conftest import PARTICIPANTS, event_types, service_processes, sqlite_databases
@@ -362,7 +363,9 @@ async def test_each_service_runs_sagas_and_parks_bad_input_as_its_own_user(
                 await exchange.publish(aio_pika.Message(b"not json"), routing_key=trigger)
             for participant in PARTICIPANTS:
                 parked = await _wait_parked(channel, participant)
-                assert parked.headers.get(REASON_HEADER, "").startswith("undecodable"), participant
+                assert str(parked.headers.get(REASON_HEADER, "")).startswith("undecodable"), (
+                    participant
+                )
         finally:
             await admin.close()
         # The tracker, as its own user, saw every saga.
@@ -453,7 +456,8 @@ async def test_a_service_declares_its_own_topology_and_cannot_touch_anothers(
     try:
         for participant in PARTICIPANTS:
             declared = await _outcome(
-                connections[participant], lambda ch, p=participant: _declare_participant(ch, p)
+                connections[participant],
+                functools.partial(_declare_participant, participant=participant),
             )
             assert declared == "allowed", participant
         refusals: list[tuple[str, str]] = []

@@ -201,7 +201,7 @@ def test_the_audit_finds_lost_and_doubled_effects(chaos: SimpleNamespace) -> Non
 
 
 def _parked(service: str, message_id: str, saga: str, reason: str) -> Any:
-    from sagakit.client._dead_letters import ParkedMessage
+    from sagakit.client import ParkedMessage
 
     return ParkedMessage(
         service=service,

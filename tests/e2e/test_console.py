@@ -34,11 +34,9 @@ from opentelemetry.trace import NonRecordingSpan, SpanContext, TraceFlags
 from order_contracts import ORDER_SAGA
 from order_contracts.samples import Scenario, sample_order
 from playwright.async_api import Browser, Page, async_playwright, expect
-from sagakit import SagaClient
-from sagakit.client._client import EventWatch
-from sagakit.client._dead_letters import DeadLetters
-from sagakit.testing._processes import QueueProbe, ServiceProcesses, ServiceStartError
-from sagakit.tracker._app import TRACKER_QUEUE
+from sagakit.client import DeadLetters, EventWatch, SagaClient
+from sagakit.testing import QueueProbe, ServiceProcesses, ServiceStartError
+from sagakit.tracker import TRACKER_QUEUE
 
 from .conftest import event_types, service_processes, sqlite_databases
 

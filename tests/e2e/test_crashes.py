@@ -17,7 +17,7 @@ import pytest
 import pytest_asyncio
 from order_contracts import ORDER_SAGA
 from order_contracts.samples import Scenario, sample_order
-from sagakit import SagaClient
+from sagakit.client import SagaClient
 
 from .conftest import PARTICIPANTS, OrderSystem, event_types, service_processes, sqlite_databases
 

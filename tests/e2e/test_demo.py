@@ -19,7 +19,8 @@ import pytest
 from order_contracts import ORDER_SAGA
 from order_contracts._cli_demo import scenarios_for
 from order_contracts.samples import EXPECTED_FAILED_STEP, Scenario, sample_order
-from sagakit import SagaClient, ServiceApp, ServiceProcesses, ServiceStartError
+from sagakit.client import SagaClient
+from sagakit.testing import ServiceApp, ServiceProcesses, ServiceStartError
 
 NO_module_broker_url = "amqp://guest:guest@127.0.0.1:1/"
 

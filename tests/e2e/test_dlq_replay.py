@@ -17,10 +17,9 @@ from pathlib import Path
 import pytest
 from order_contracts import ORDER_SAGA
 from order_contracts.samples import Scenario, sample_order
-from sagakit import SagaClient, consumed_queues
 from sagakit.cli import app, load_plugins
-from sagakit.client._dead_letters import DeadLetters, ParkedMessage
-from sagakit.testing._processes import QueueProbe, ServiceProcesses, ServiceStartError
+from sagakit.client import DeadLetters, ParkedMessage, SagaClient
+from sagakit.testing import QueueProbe, ServiceProcesses, ServiceStartError, consumed_queues
 from typer.testing import CliRunner, Result
 
 from .conftest import OrderSystem, event_types, service_processes, sqlite_databases

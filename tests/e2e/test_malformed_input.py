@@ -30,9 +30,9 @@ from hypothesis import HealthCheck, Phase, given, settings
 from hypothesis import strategies as st
 from order_contracts import ORDER_SAGA
 from order_contracts.samples import Scenario, sample_order
-from sagakit import SagaClient, consumed_queues
-from sagakit.broker._topology import REASON_HEADER, dead_letter_queue_name
-from sagakit.testing._processes import QueueProbe
+from sagakit.broker import REASON_HEADER, dead_letter_queue_name
+from sagakit.client import SagaClient
+from sagakit.testing import QueueProbe, consumed_queues
 
 from .conftest import PARTICIPANTS, service_processes, sqlite_databases
 
@@ -181,7 +181,7 @@ wrong_values = st.one_of(
 
 
 def _set(document: dict[str, Any], path: tuple[str, ...], value: Any) -> dict[str, Any]:
-    copy = json.loads(json.dumps(document))
+    copy: dict[str, Any] = json.loads(json.dumps(document))
     target = copy
     for key in path[:-1]:
         target = target[key]
@@ -438,18 +438,18 @@ async def test_malformed_messages_are_parked_with_a_reason_and_sagas_go_on(
     problems: list[str] = []
     seen: Counter[int] = Counter()
     for participant, messages in parked.by_participant.items():
-        for message in messages:
-            number = _case_of(message)
-            reason = str((message.headers or {}).get(REASON_HEADER) or "")
-            if number is None:
+        for parked_message in messages:
+            case_number = _case_of(parked_message)
+            reason = str((parked_message.headers or {}).get(REASON_HEADER) or "")
+            if case_number is None:
                 problems.append(f"{participant}: parked a message that was not sent as malformed")
                 continue
-            seen[number] += 1
-            case = cases[number]
+            seen[case_number] += 1
+            case = cases[case_number]
             if CONSUMER[case.routing_key] != participant:
-                problems.append(f"{case.describe(number)} parked by {participant}")
+                problems.append(f"{case.describe(case_number)} parked by {participant}")
             if not reason.startswith(case.reasons):
-                problems.append(f"{case.describe(number)}: reason {reason[:120]!r}")
+                problems.append(f"{case.describe(case_number)}: reason {reason[:120]!r}")
     missing = [n for n in range(MALFORMED) if seen[n] == 0]
     twice = [n for n, count in seen.items() if count > 1]
     problems += [f"{cases[n].describe(n)} was not parked" for n in missing]

@@ -189,7 +189,7 @@ async def test_an_undecodable_message_is_parked_and_the_next_order_completes(
     try:
         channel = await connection.channel()
         queue = await channel.declare_queue("inventory.dlq", passive=True)
-        parked = []
+        parked: list[aio_pika.abc.AbstractIncomingMessage] = []
         async with asyncio.timeout(10):
             while len(parked) < 2:
                 message = await queue.get(fail=False)

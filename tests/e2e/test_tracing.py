@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import gzip
 import itertools
 import json
@@ -37,8 +38,10 @@ from opentelemetry.proto.common.v1.common_pb2 import AnyValue
 from opentelemetry.proto.trace.v1.trace_pb2 import Span, Status
 from order_contracts import ORDER_SAGA, Customer, OrderCreated, ShippingAddress
 from order_contracts.samples import Scenario, sample_order
-from sagakit import Envelope, QueueProbe, SagaClient, ServiceProcesses
-from sagakit.tracker._app import TRACKER_QUEUE
+from sagakit import Envelope
+from sagakit.client import EventWatch, SagaClient
+from sagakit.testing import QueueProbe, ServiceProcesses
+from sagakit.tracker import TRACKER_QUEUE
 
 from tests.conftest import fresh_broker_url
 
@@ -171,7 +174,7 @@ class OtlpReceiver:
 class TracedSystem:
     procs: ServiceProcesses
     client: SagaClient
-    watch: Any
+    watch: EventWatch
     receiver: OtlpReceiver
     log_dir: Path
     tracker_db: str
@@ -210,6 +213,10 @@ def spans_of(spans: list[ExportedSpan], saga_id: uuid.UUID) -> list[ExportedSpan
         if wanted in (s.attributes.get("saga.id"), s.attributes.get("messaging.conversation_id"))
     }
     return [s for s in spans if s.trace_id in traces]
+
+
+def _has_spans(spans: list[ExportedSpan], *, handler: str) -> bool:
+    return bool(saga_spans(spans, handler))
 
 
 def saga_spans(spans: list[ExportedSpan], handler: str) -> dict[str, ExportedSpan]:
@@ -471,7 +478,7 @@ async def test_no_personal_data_in_spans_or_logs(traced: TracedSystem) -> None:
     assert [end for _, _, end in sagas] == ["order.fulfilled", "order.cancelled"]
     for _, saga_id, end in sagas:
         handler = "step" if end == "order.fulfilled" else "reaction"
-        await traced.spans_until(saga_id, lambda found, h=handler: bool(saga_spans(found, h)))
+        await traced.spans_until(saga_id, functools.partial(_has_spans, handler=handler))
     # Stopping the services flushes their last spans and log lines.
     await traced.procs.stop()
     stop_process(traced.tracker)
@@ -506,7 +513,7 @@ class GrpcReceiver:
         import grpc
         from opentelemetry.proto.collector.trace.v1 import trace_service_pb2_grpc
 
-        class Servicer(trace_service_pb2_grpc.TraceServiceServicer):  # type: ignore[misc]
+        class Servicer(trace_service_pb2_grpc.TraceServiceServicer):
             def Export(  # noqa: N802  (the gRPC method's name)
                 self, request: ExportTraceServiceRequest, context: Any
             ) -> ExportTraceServiceResponse:
@@ -514,7 +521,10 @@ class GrpcReceiver:
                 return ExportTraceServiceResponse()
 
         self.server = grpc.server(ThreadPoolExecutor(max_workers=2))
-        trace_service_pb2_grpc.add_TraceServiceServicer_to_server(Servicer(), self.server)
+        # opentelemetry-proto's generated gRPC module has no annotations.
+        trace_service_pb2_grpc.add_TraceServiceServicer_to_server(  # type: ignore[no-untyped-call]
+            Servicer(), self.server
+        )
         self.port = self.server.add_insecure_port("127.0.0.1:0")
 
     def __enter__(self) -> GrpcReceiver:

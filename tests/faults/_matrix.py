@@ -26,6 +26,7 @@ from collections.abc import Callable, Collection, Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from signal import SIGCONT, SIGSTOP
+from types import MappingProxyType
 from typing import Any
 from urllib.parse import unquote, urlsplit
 
@@ -39,8 +40,9 @@ from _chaos_store_faults import Placement, StoreFaults
 from _chaos_stores import read_stores
 from order_contracts import ORDER_SAGA
 from order_contracts.samples import Scenario, sample_order
-from sagakit import Envelope, SagaClient, ServiceProcesses
-from sagakit.client._dead_letters import DeadLetters
+from sagakit import Envelope
+from sagakit.client import DeadLetters, SagaClient
+from sagakit.testing import ServiceProcesses
 from sagakit_lab import free_port
 
 from tests.brokers import fresh_broker_url
@@ -104,6 +106,9 @@ class CaseResult:
 
 
 # -- readiness -----------------------------------------------------------------------------
+
+# A read-only default for the optional headers of start/publish.
+_NO_HEADERS: Mapping[str, Any] = MappingProxyType({})
 
 
 class Readiness:
@@ -282,7 +287,7 @@ class FaultSystem:
             return plan_order(self.rng, number)
         return PlannedOrder(scenario, sample_order(scenario, order_id=f"{self.name}-{number}"))
 
-    async def start(self, plan: PlannedOrder, *, headers: Mapping[str, Any] = ()) -> str:
+    async def start(self, plan: PlannedOrder, *, headers: Mapping[str, Any] = _NO_HEADERS) -> str:
         """Start a saga for ``plan``; its id."""
         envelope = self.client.new_saga(plan.order)
         saga = str(envelope.context.saga_id)
@@ -290,7 +295,9 @@ class FaultSystem:
         await self.publish(envelope, headers=headers)
         return saga
 
-    async def publish(self, envelope: Envelope[Any], *, headers: Mapping[str, Any] = ()) -> None:
+    async def publish(
+        self, envelope: Envelope[Any], *, headers: Mapping[str, Any] = _NO_HEADERS
+    ) -> None:
         """Publish ``envelope`` as the client does, with ``headers`` added."""
         await self.client.publish_raw(
             envelope.encode(),

@@ -53,7 +53,7 @@ from _chaos_orders import ANY_STEP, PlannedOrder
 from _chaos_store_faults import Placement, StoreFault
 from order_contracts import OrderCreated
 from order_contracts.samples import Scenario, sample_order
-from sagakit import SagaClient
+from sagakit.client import SagaClient
 from sagakit_lab import ClusterError, SmallVolume, VolumeUnavailable, postgres_bin_dir
 
 from tests.brokers import unavailable
@@ -403,10 +403,12 @@ class Matrix:
 async def matrix(
     request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
 ) -> AsyncIterator[Matrix]:
-    selected = [
-        item.callspec.params["case"]
+    selected: list[str] = [
+        str(item.callspec.params["case"])
         for item in request.session.items
-        if item.module is request.module and hasattr(item, "callspec")
+        if isinstance(item, pytest.Function)
+        and item.module is request.module
+        and hasattr(item, "callspec")
     ]
     concurrency = int(os.environ.get("SAGAKIT_FAULTS_CONCURRENCY", "4"))
     runner = Matrix(

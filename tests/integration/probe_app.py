@@ -10,11 +10,12 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
+from typing import Any
 
 from .probe_flow import Behaviour, probe_services
 
 _directory = Path(os.environ.get("PROBE_DIR", "."))
-_settings: dict[str, int] = {}
+_settings: dict[str, Any] = {}
 if "PROBE_DELIVERY_LIMIT" in os.environ:
     _settings["delivery_limit"] = int(os.environ["PROBE_DELIVERY_LIMIT"])
 _alpha, _beta = probe_services(

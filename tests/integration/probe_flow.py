@@ -32,7 +32,7 @@ from sagakit import (
     build_service,
 )
 from sagakit.runtime._app import prepare_store
-from sagakit.runtime._runtime import _json_properties
+from sagakit.runtime._events import json_properties as _json_properties
 
 
 class Started(EventPayload):
@@ -251,6 +251,7 @@ class Watch:
                 self.events.append(json.loads(message.body))
 
         await queue.consume(on_message)
+        self.channel = channel
         self.exchange = exchange
         return self
 
@@ -294,7 +295,7 @@ class Watch:
                 correlation_id=props["correlation_id"],
                 type=props["message_type"],
                 content_type=props["content_type"],
-                headers=envelope.amqp_headers(),
+                headers={**envelope.amqp_headers()},
                 delivery_mode=aio_pika.DeliveryMode.PERSISTENT,
             ),
             routing_key=envelope.event_type,

@@ -10,7 +10,7 @@ import contextlib
 import pytest
 from prometheus_client import REGISTRY
 from sagakit import SagaService
-from sagakit.store._retention import StoreSize, store_size
+from sagakit.store import StoreSize, store_size
 from sagakit.store._store import inbox, outbox, saga_steps
 
 from .probe_flow import Behaviour, Watch, probe_services, running

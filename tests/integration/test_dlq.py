@@ -12,11 +12,12 @@ from pathlib import Path
 
 import aio_pika
 import pytest
-from sagakit import SagaContext, ServiceProcesses, consumed_queues
+from sagakit import SagaContext
 from sagakit.cli import app, load_plugins
-from sagakit.client._dead_letters import DeadLetters, ParkedMessage
-from sagakit.observability._logging import saga_log_handler, unwatch_deliveries, watch_deliveries
-from sagakit.testing._processes import QueueProbe, ServiceStartError
+from sagakit.client import DeadLetters, ParkedMessage
+from sagakit.observability import saga_log_handler
+from sagakit.observability._logging import unwatch_deliveries, watch_deliveries
+from sagakit.testing import QueueProbe, ServiceProcesses, ServiceStartError, consumed_queues
 from typer.testing import CliRunner, Result
 
 from tests.conftest import fresh_broker_url
@@ -294,7 +295,7 @@ async def test_unknown_services_and_ids_are_errors_with_exit_codes(
             # Parked from a queue the service does not have: a replay cannot send it back,
             # says so and leaves it parked; a selective purge removes only what it selects.
             async with Watch(rabbitmq_url) as watch:
-                dlx = await watch.exchange.channel.get_exchange("alpha.dlx", ensure=False)
+                dlx = await watch.channel.get_exchange("alpha.dlx", ensure=False)
                 origins = ("alpha.gone", "alpha.gone", "alpha.probe.started")
                 for number, origin in enumerate(origins):
                     await dlx.publish(

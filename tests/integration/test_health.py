@@ -21,7 +21,8 @@ from inventory_service.settings import InventorySettings
 from order_contracts import ORDER_SAGA
 from order_contracts.samples import sample_order
 from prometheus_client.parser import text_string_to_metric_families
-from sagakit import SagaClient, SagaService, build_service
+from sagakit import SagaService, build_service
+from sagakit.client import SagaClient
 
 
 class TcpRelay:

@@ -23,7 +23,7 @@ import pytest
 from prometheus_client import REGISTRY
 from sagakit import SagaService
 from sagakit.observability._health import _passes, consuming_check, publishing_check, store_check
-from sagakit.runtime._breaker import Dependency
+from sagakit.runtime import Dependency
 from sagakit_lab.postgres import ClusterError, PostgresCluster
 from sagakit_lab.volumes import SmallVolume, VolumeError
 from sqlalchemy import text

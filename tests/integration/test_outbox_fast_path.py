@@ -15,10 +15,9 @@ import aio_pika
 import pytest
 from aio_pika.abc import AbstractIncomingMessage
 from faststream.rabbit import Channel, RabbitBroker
-from sagakit import Store
-from sagakit.broker._topology import flow_exchange
-from sagakit.runtime._relay import OutboxRelay
-from sagakit.store._store import OutboxRow
+from sagakit.broker import flow_exchange
+from sagakit.runtime import OutboxRelay
+from sagakit.store import OutboxRow, Store
 
 pytestmark = pytest.mark.integration
 
@@ -36,10 +35,10 @@ def _row(saga_id: str, n: int, body: str = "{}") -> OutboxRow:
 
 
 @pytest.fixture
-async def store(store_url: str) -> Store:
+async def store(store_url: str) -> AsyncIterator[Store]:
     store = Store(store_url)
     await store.create_schema()
-    yield store  # type: ignore[misc]
+    yield store
     await store.dispose()
 
 

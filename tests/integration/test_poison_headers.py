@@ -21,10 +21,10 @@ from pamqp import encode
 from pamqp.header import ContentHeader
 from prometheus_client import REGISTRY
 from sagakit import Envelope, SagaContext, utc_now
+from sagakit.broker import ORIGIN_QUEUE_HEADER, PARKED_AT_HEADER, REASON_HEADER
 from sagakit.broker._headers import frame_max_of
-from sagakit.broker._topology import ORIGIN_QUEUE_HEADER, PARKED_AT_HEADER, REASON_HEADER
-from sagakit.client._dead_letters import DeadLetters, ParkedMessage
-from sagakit.runtime._runtime import _json_properties
+from sagakit.client import DeadLetters, ParkedMessage
+from sagakit.runtime._events import json_properties as _json_properties
 
 from .probe_flow import Behaviour, Started, Watch, probe_services, running
 
@@ -173,7 +173,7 @@ async def test_header_tables_up_to_the_clients_limit_never_close_the_services_co
                 PARKED_AT_HEADER: utc_now().isoformat(),
             },
         )
-        dlx = await watch.exchange.channel.get_exchange("alpha.dlx", ensure=False)
+        dlx = await watch.channel.get_exchange("alpha.dlx", ensure=False)
         await dlx.publish(many_small(parked_before, frame_max), routing_key="alpha.probe.started")
 
         entries = await _parked(dead_letters, [*poisoned_bad, replayed])

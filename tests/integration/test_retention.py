@@ -13,11 +13,12 @@ from collections.abc import AsyncIterator
 from datetime import datetime, timedelta
 
 import pytest
-from sagakit import StepStatus, Store, TrackedEvent, utc_now
-from sagakit.runtime._settings import ParticipantSettings
-from sagakit.store._retention import participant_pruner, store_size
-from sagakit.store._store import OutboxRow, inbox, outbox, saga_steps
-from sagakit.tracker._store import TrackerStore
+from sagakit import utc_now
+from sagakit.runtime import ParticipantSettings
+from sagakit.store import OutboxRow, StepStatus, Store, store_size
+from sagakit.store._retention import participant_pruner
+from sagakit.store._store import inbox, outbox, saga_steps
+from sagakit.tracker import TrackedEvent, TrackerStore
 from sqlalchemy import inspect, text
 
 pytestmark = pytest.mark.integration

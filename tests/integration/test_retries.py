@@ -7,6 +7,7 @@ import time
 from datetime import timedelta
 
 import pytest
+from aio_pika.abc import AbstractIncomingMessage
 from sagakit import SagaContext, utc_now
 
 from .probe_flow import Behaviour, Watch, probe_services, running
@@ -68,7 +69,7 @@ async def test_a_compensation_that_keeps_failing_is_parked_with_its_reason(
         started = await watch.start()
         await watch.until("beta.failed")
         deadline = time.monotonic() + 10
-        parked = []
+        parked: list[AbstractIncomingMessage] = []
         # This saga's only: the session's virtual host keeps what other tests parked.
         while not parked and time.monotonic() < deadline:
             parked = [

@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import asyncio
 import uuid
+from collections.abc import AsyncIterator
 
 import pytest
-from sagakit import StepStatus, Store
-from sagakit.store._store import OutboxRow
+from sagakit.store import OutboxRow, StepStatus, Store
 
 
 def _row(event_id: str, body: str = "{}") -> OutboxRow:
@@ -22,10 +22,10 @@ def _row(event_id: str, body: str = "{}") -> OutboxRow:
 
 
 @pytest.fixture
-async def store(store_url: str) -> Store:
+async def store(store_url: str) -> AsyncIterator[Store]:
     store = Store(store_url)
     await store.create_schema()
-    yield store  # type: ignore[misc]
+    yield store
     await store.dispose()
 
 

@@ -11,11 +11,11 @@ from typing import Any
 
 import pytest
 from order_contracts import ORDER_SAGA
-from sagakit import StepStatus, Store, TrackedEvent, utc_now
+from sagakit import utc_now
 from sagakit.cli import app as saga_cli
 from sagakit.cli import load_plugins
-from sagakit.store._store import OutboxRow
-from sagakit.tracker._store import TrackerStore
+from sagakit.store import OutboxRow, StepStatus, Store
+from sagakit.tracker import TrackedEvent, TrackerStore
 from typer.testing import CliRunner
 
 pytestmark = pytest.mark.integration

@@ -10,9 +10,8 @@ from typing import Any
 
 import pytest
 from payment_service.tables import Amount  # money: NUMERIC on PostgreSQL, a string on SQLite
-from sagakit import Store
+from sagakit.store import Store, Transaction
 from sagakit.store import _sql as sql_module
-from sagakit.store._sql import Transaction
 from sqlalchemy import (
     JSON,
     Column,

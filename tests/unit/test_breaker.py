@@ -7,7 +7,7 @@ import sqlite3
 import uuid
 
 from prometheus_client import REGISTRY
-from sagakit.runtime._breaker import CircuitBreaker, Dependency
+from sagakit.runtime import CircuitBreaker, Dependency
 
 
 class Flaky:

@@ -11,8 +11,8 @@ import os
 import pytest
 from inventory_service.settings import InventorySettings
 from pydantic import ValidationError
-from sagakit._exceptions import BrokerUrlError
-from sagakit.broker._urls import BrokerHost, broker_hosts, broker_urls, redacted
+from sagakit import BrokerUrlError
+from sagakit.broker import BrokerHost, broker_hosts, broker_urls, redacted
 from sagakit.runtime._settings import SHARED_BROKER_VARIABLES
 
 THREE = (

@@ -9,18 +9,10 @@ from typing import Any, ClassVar
 import pytest
 import typer
 from order_contracts import ORDER_SAGA, OrderEvent
-from sagakit import (
-    EventPayload,
-    Gap,
-    GapKind,
-    Participant,
-    ReactionSpec,
-    SagaSpec,
-    StepContext,
-    Subscription,
-    check_choreography,
-)
+from sagakit import EventPayload, Participant, ReactionSpec, SagaSpec, StepContext
 from sagakit.cli import app, load_plugins
+from sagakit.runtime import Subscription
+from sagakit.spec import Gap, GapKind, check_choreography
 from typer.testing import CliRunner
 
 

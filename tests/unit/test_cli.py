@@ -22,9 +22,10 @@ from order_contracts._cli_common import SagaEnd, describe, parse_duration, parse
 from order_contracts._cli_demo import DemoReport, DemoSaga, demo_services, scenarios_for
 from order_contracts._cli_order import build_order
 from order_contracts.samples import EXPECTED_FAILED_STEP, Scenario, sample_order
-from sagakit import Envelope, SagaContext, StepOutcome, StepRecord, consumed_queues, utc_now
+from sagakit import Envelope, SagaContext, StepOutcome, StepRecord, utc_now
+from sagakit.broker import redacted
 from sagakit.cli import app, load_plugins
-from sagakit.client._client import redacted
+from sagakit.testing import consumed_queues
 from typer.testing import CliRunner
 
 

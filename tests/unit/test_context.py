@@ -8,7 +8,8 @@ from datetime import timedelta
 
 import pytest
 from pydantic import ValidationError
-from sagakit import SagaContext, StepOutcome, StepRecord, current_saga, saga_scope, utc_now
+from sagakit import SagaContext, StepOutcome, StepRecord, current_saga, utc_now
+from sagakit._context import saga_scope
 
 
 def _record(step: str, outcome: StepOutcome, reason: str | None = None) -> StepRecord:

@@ -11,7 +11,8 @@ import pytest
 from order_contracts.events import InventoryReserved
 from order_contracts.samples import sample_order
 from sagakit import Envelope, SagaContext
-from sagakit.client._dead_letters import Selection, death_history, read_parked
+from sagakit.client import Selection
+from sagakit.client._dead_letters import death_history, read_parked
 from sagakit.client._redaction import REDACTED, redact_text, redacted_body
 
 SAGA = SagaContext.start("order_fulfilment")

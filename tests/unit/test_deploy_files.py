@@ -29,7 +29,7 @@ from faststream import FastStream
 from jsonschema import Draft7Validator
 from order_contracts import ORDER_SAGA
 from pydantic_settings import BaseSettings
-from sagakit.observability._setup import otlp_protocol, tracing_enabled
+from sagakit.observability import otlp_protocol, tracing_enabled
 
 ROOT = Path(__file__).resolve().parents[2]
 COMPOSE = ROOT / "docker-compose.yml"

@@ -15,8 +15,7 @@ from typing import Any
 import aio_pika
 import faststream.rabbit.broker.broker as faststream_broker
 import pytest
-from sagakit.broker._failover import FailoverConnection, rabbit_broker
-from sagakit.broker._urls import BrokerHost
+from sagakit.broker import BrokerHost, FailoverConnection, rabbit_broker
 from yarl import URL
 
 NODES = "amqp://user:pw@node1:5672,node2:5673,node3/vh"

@@ -16,13 +16,12 @@ from faststream._internal.logger.logger_proxy import RealLoggerObject
 from faststream.rabbit import RabbitBroker, RabbitExchange, RabbitQueue, TestRabbitBroker
 from faststream.rabbit.annotations import RabbitMessage
 from opentelemetry.sdk.trace import TracerProvider
-from sagakit import SagaContext, saga_scope
+from sagakit import SagaContext
+from sagakit._context import DeliveryScope
+from sagakit.observability import configure_logging, saga_log_handler
 from sagakit.observability._logging import (
     BROKER_LOGGER,
     FASTSTREAM_LOGGERS,
-    _handling,
-    configure_logging,
-    saga_log_handler,
     unwatch_deliveries,
     watch_deliveries,
 )
@@ -52,12 +51,8 @@ def test_a_line_written_while_handling_carries_saga_id_event_type_and_step(
 ) -> None:
     stream, log = captured
     saga = SagaContext.start("order_fulfilment")
-    token = _handling.set(("inventory.reserved", "charge_payment"))
-    try:
-        with saga_scope(saga):
-            log.info("charging")
-    finally:
-        _handling.reset(token)
+    with DeliveryScope(saga=saga, event_type="inventory.reserved", step="charge_payment"):
+        log.info("charging")
     log.info("idle")
 
     handling, idle = lines(stream)
@@ -75,12 +70,8 @@ def test_text_lines_carry_the_same_fields() -> None:
     log.addHandler(saga_log_handler(service="unit", stream=stream))
     log.propagate = False
     saga = SagaContext.start("order_fulfilment")
-    token = _handling.set(("order.created", "reserve_stock"))
-    try:
-        with saga_scope(saga):
-            log.warning("short of stock")
-    finally:
-        _handling.reset(token)
+    with DeliveryScope(saga=saga, event_type="order.created", step="reserve_stock"):
+        log.warning("short of stock")
 
     line = stream.getvalue()
     assert f"[saga={saga.saga_id} order.created reserve_stock] short of stock" in line
@@ -256,7 +247,7 @@ def test_configure_logging_routes_faststreams_loggers_through_the_root_handler()
 def test_debug_logging_never_prints_sql_parameters() -> None:
     import logging as stdlib_logging
 
-    from sagakit.observability._logging import configure_logging
+    from sagakit.observability import configure_logging
 
     root = stdlib_logging.getLogger()
     saved_handlers, saved_level = root.handlers[:], root.level

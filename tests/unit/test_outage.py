@@ -4,32 +4,35 @@ from __future__ import annotations
 
 import sqlite3
 
-import asyncpg
+import asyncpg  # type: ignore[import-untyped]
 import pytest
 from aiormq.abc import DeliveredMessage
 from aiormq.exceptions import ChannelInvalidStateError, DeliveryError, PublishError
 from pamqp import commands
 from sagakit import StepFailed, TransientError
-from sagakit.runtime._outage import StoreUnavailable, Verdict, broker_refused, causes, store_verdict
+from sagakit.runtime import StoreUnavailable
+from sagakit.runtime._outage import Verdict, broker_refused, causes, store_verdict
 from sqlalchemy import exc as sa_exc
 
 
 def sqlite_error(message: str, code: int | None) -> sqlite3.OperationalError:
     error = sqlite3.OperationalError(message)
     if code is not None:
-        error.sqlite_errorcode = code  # type: ignore[attr-defined]
+        error.sqlite_errorcode = code
     return error
 
 
 def wrapped(orig: BaseException, *, invalidated: bool = False) -> sa_exc.DBAPIError:
     """As SQLAlchemy raises a driver's error."""
-    return sa_exc.DBAPIError.instance(
+    error = sa_exc.DBAPIError.instance(
         "INSERT INTO t VALUES (?)",
         None,
-        orig,  # type: ignore[arg-type]
+        orig,
         sqlite3.Error,
         connection_invalidated=invalidated,
     )
+    assert isinstance(error, sa_exc.DBAPIError)
+    return error
 
 
 def returned() -> PublishError:

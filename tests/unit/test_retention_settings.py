@@ -8,9 +8,10 @@ import pytest
 import typer
 from inventory_service.settings import InventorySettings
 from pydantic import ValidationError
-from sagakit import ParticipantSettings, TrackerSettings
+from sagakit import ParticipantSettings
 from sagakit.cli._store import parse_age, service_settings
 from sagakit.store._retention import retention_notice
+from sagakit.tracker import TrackerSettings
 
 OWN_BROKER = "amqp://inventory:n0t-guest@broker.internal:5672/"
 

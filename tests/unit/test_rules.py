@@ -6,7 +6,6 @@ import itertools
 
 import pytest
 from order_contracts import ORDER_SAGA
-from sagakit import StepStatus
 from sagakit.runtime._rules import (
     CompensationDecision,
     ForwardDecision,
@@ -14,6 +13,7 @@ from sagakit.runtime._rules import (
     on_compensation,
     on_forward,
 )
+from sagakit.store import StepStatus
 
 
 def test_forward_work_runs_once() -> None:

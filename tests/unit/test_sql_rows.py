@@ -7,7 +7,8 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import pytest
-from sagakit.store._sql import Rows, compile_for_driver
+from sagakit.store import Rows
+from sagakit.store._sql import compile_for_driver
 from sqlalchemy import (
     JSON,
     Column,

@@ -10,13 +10,8 @@ from opentelemetry.propagators.composite import CompositePropagator
 from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.trace import StatusCode
 from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
-from sagakit.observability._setup import otlp_protocol, tracing_enabled
-from sagakit.observability._tracing import (
-    SagaTracePropagator,
-    record_outcome,
-    record_step_failure,
-    saga_trace_context,
-)
+from sagakit.observability import SagaTracePropagator, otlp_protocol, tracing_enabled
+from sagakit.observability._tracing import record_outcome, record_step_failure, saga_trace_context
 
 ENDPOINT = "http://127.0.0.1:4318"
 

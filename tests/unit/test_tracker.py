@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import uuid
+from collections.abc import Sequence
 from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 
@@ -11,8 +12,9 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 from order_contracts import ORDER_SAGA
-from sagakit import InvalidMessage, SagaState, TrackedEvent
-from sagakit.tracker._model import decode_event, stuck_reason, summarize, trace_id_from
+from sagakit import InvalidMessage
+from sagakit.tracker import SagaState, TrackedEvent, decode_event, summarize
+from sagakit.tracker._model import stuck_reason, trace_id_from
 
 T0 = datetime(2026, 11, 1, 12, 0, tzinfo=UTC)
 SAGA = str(uuid.uuid4())
@@ -38,7 +40,7 @@ FAILED_AT_SHIPPING = [
 
 
 def events(
-    script: list[tuple[str, str, str | None, str | None]],
+    script: Sequence[tuple[str, str, str | None, str | None]],
     *,
     traced_from: int = 0,
     deadline: datetime | None = None,

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from order_contracts import ORDER_SAGA
-from sagakit import TrackerService, build_tracker
+from sagakit.tracker import TrackerService, build_tracker
 
 from .settings import TrackerSettings
 

@@ -2,6 +2,6 @@
 
 from __future__ import annotations
 
-from sagakit import TrackerSettings
+from sagakit.tracker import TrackerSettings
 
 __all__ = ["TrackerSettings"]

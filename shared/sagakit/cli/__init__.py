@@ -12,7 +12,7 @@ import typer
 
 from ._spec_ref import load_spec
 
-__all__ = ["app", "load_spec", "main"]
+__all__ = ["app", "load_plugins", "load_spec", "main"]
 
 app = typer.Typer(
     name="saga",

@@ -13,8 +13,8 @@ from typing import Annotated
 import typer
 from rich.console import Console
 
-from sagakit._exceptions import BrokerUnavailable, SagaError
-from sagakit.client._steering import Action, Plan, SteeringRefused, steer
+from sagakit._exceptions import BrokerUnavailable, SagaError, SteeringRefused
+from sagakit.client._steering import Action, SteeringPlan, steer
 from sagakit.runtime._settings import shared_broker_url
 from sagakit.tracker._store import tracker_store
 
@@ -32,7 +32,7 @@ def _run(action: Action, saga_id: str, db: str | None, url: str | None, spec: st
     flow = load_spec(spec)
     console = Console()
 
-    async def go() -> Plan:
+    async def go() -> SteeringPlan:
         async with tracker_store(_database(db), spec=flow) as store:
             return await steer(store, url or shared_broker_url(), saga_id, action)
 

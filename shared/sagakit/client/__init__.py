@@ -1,1 +1,35 @@
-"""Talking to a flow from outside: starting and watching sagas, and the dead-letter tool."""
+"""Talking to a flow from outside: starting and watching sagas, the dead-letter tool, and
+steering a stalled saga (cancel, re-drive)."""
+
+from sagakit._exceptions import SteeringRefused
+from sagakit.client._client import EventNotRouted, EventWatch, SagaClient, WatchTimeout, connect
+from sagakit.client._dead_letters import (
+    DeadLetters,
+    Death,
+    ParkedMessage,
+    ReplayFailed,
+    Selection,
+    UnknownMessages,
+    UnknownService,
+)
+from sagakit.client._steering import Action, SteeringPlan, plan_steering, steer
+
+__all__ = [
+    "Action",
+    "DeadLetters",
+    "Death",
+    "EventNotRouted",
+    "EventWatch",
+    "ParkedMessage",
+    "ReplayFailed",
+    "SagaClient",
+    "Selection",
+    "SteeringPlan",
+    "SteeringRefused",
+    "UnknownMessages",
+    "UnknownService",
+    "WatchTimeout",
+    "connect",
+    "plan_steering",
+    "steer",
+]

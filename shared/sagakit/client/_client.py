@@ -26,7 +26,9 @@ from pydantic import ValidationError
 
 from sagakit._context import SagaContext
 from sagakit._envelope import Envelope, EventPayload, derived_event_id
-from sagakit._exceptions import BrokerUnavailable, SagaError, SpecError
+from sagakit._exceptions import BrokerUnavailable, SpecError
+from sagakit._exceptions import EventNotRouted as EventNotRouted
+from sagakit._exceptions import WatchTimeout as WatchTimeout
 from sagakit.broker._failover import failover_class
 from sagakit.broker._urls import broker_hosts, broker_urls, redacted
 from sagakit.observability._tracing import current_trace_headers
@@ -36,26 +38,6 @@ logger = logging.getLogger("sagakit.client")
 
 OnSagaEnd = Callable[[uuid.UUID, list[Envelope[Any]]], object]
 """Called by ``EventWatch.wait_all`` with a saga's id and its events as soon as it ends."""
-
-
-class EventNotRouted(SagaError):
-    """The broker had no queue bound for an event: nobody would ever receive it."""
-
-
-class WatchTimeout(TimeoutError):
-    """Sagas did not end in time.
-
-    Attributes:
-        pending: The ids of the sagas that had not ended.
-        seen: Every awaited saga's events so far, in arrival order.
-    """
-
-    def __init__(
-        self, message: str, *, pending: Iterable[uuid.UUID], seen: Mapping[uuid.UUID, Any]
-    ) -> None:
-        super().__init__(message)
-        self.pending = frozenset(pending)
-        self.seen: dict[uuid.UUID, list[Envelope[Any]]] = dict(seen)
 
 
 class _TransportErrorFilter(logging.Filter):

@@ -28,7 +28,10 @@ from aio_pika.abc import (
     AbstractRobustConnection,
 )
 
-from sagakit._exceptions import BrokerUnavailable, DeadLetterError
+from sagakit._exceptions import BrokerUnavailable
+from sagakit._exceptions import ReplayFailed as ReplayFailed
+from sagakit._exceptions import UnknownMessages as UnknownMessages
+from sagakit._exceptions import UnknownService as UnknownService
 from sagakit.broker._headers import bounded_headers, frame_max_of, header_budget
 from sagakit.broker._identity import identify
 from sagakit.broker._topology import (
@@ -74,34 +77,6 @@ _NOT_REPLAYED = frozenset(
 )
 _KEPT_ON_REPLAY = ("x-saga-id", "traceparent", "tracestate", "baggage")
 _MAX_DEATHS = 50
-
-
-class UnknownService(DeadLetterError):
-    """A service named on the command line has no dead-letter queue on this broker."""
-
-    def __init__(self, services: Sequence[str]) -> None:
-        super().__init__(f"no dead-letter queue for {', '.join(services)} on this broker")
-        self.services = tuple(services)
-
-
-class UnknownMessages(DeadLetterError):
-    """Message ids that match no parked message (in the selected services and filters)."""
-
-    def __init__(self, ids: Iterable[str]) -> None:
-        self.ids = tuple(sorted(ids))
-        super().__init__(f"no parked message with id {', '.join(self.ids)}")
-
-
-class ReplayFailed(DeadLetterError):
-    """Some selected messages could not be sent back; they are still parked."""
-
-    def __init__(
-        self, *, replayed: Sequence[ParkedMessage], failed: Sequence[tuple[ParkedMessage, str]]
-    ) -> None:
-        self.replayed = list(replayed)
-        self.failed = list(failed)
-        why = "; ".join(f"{entry.service} {entry.id}: {problem}" for entry, problem in failed)
-        super().__init__(f"{len(failed)} message(s) not replayed: {why}")
 
 
 @dataclass(frozen=True, slots=True)

@@ -33,7 +33,7 @@ from aio_pika.exceptions import DeliveryError, PublishError
 from prometheus_client import Counter
 
 from sagakit._envelope import CONTENT_TYPE
-from sagakit._exceptions import SagaError
+from sagakit._exceptions import SagaError, SteeringRefused
 from sagakit.broker._topology import (
     CANCELLED_BY_OPERATOR,
     OPERATOR_CANCEL_HEADER,
@@ -63,17 +63,8 @@ class Action(StrEnum):
     REDRIVE = "redrive"
 
 
-class SteeringRefused(SagaError):
-    """The action does not apply to the saga as it stands (ended, unknown, being undone)."""
-
-    def __init__(self, saga_id: str, why: str) -> None:
-        super().__init__(f"saga {saga_id}: {why}")
-        self.saga_id = saga_id
-        self.why = why
-
-
 @dataclass(frozen=True, slots=True)
-class Plan:
+class SteeringPlan:
     """What an action sends: ``event`` again, to ``participant``'s ``queue``, for ``step``."""
 
     action: Action
@@ -85,9 +76,9 @@ class Plan:
     backward: bool
 
 
-def plan(
+def plan_steering(
     spec: SagaSpec, action: Action, saga_id: str, events: Sequence[TrackedEvent]
-) -> tuple[Plan, SagaView]:
+) -> tuple[SteeringPlan, SagaView]:
     """What ``action`` would send for the saga with ``events``.
 
     Raises:
@@ -118,7 +109,7 @@ def plan(
         )
     event = taken[-1]
     return (
-        Plan(
+        SteeringPlan(
             action=action,
             saga_id=view.saga_id,
             step=step.name,
@@ -138,7 +129,7 @@ async def steer(
     action: Action,
     *,
     operator: str = "cli",
-) -> Plan:
+) -> SteeringPlan:
     """Cancel or re-drive one saga, as the tracker in ``store`` knows it, on the broker at
     ``url``; returns what was sent. Logged, and counted in ``sagakit_operator_actions_total``.
 
@@ -148,7 +139,7 @@ async def steer(
         SagaError: the participant's queue did not take the message.
     """
     try:
-        chosen, _ = plan(store.spec, action, saga_id, await store.events(saga_id))
+        chosen, _ = plan_steering(store.spec, action, saga_id, await store.events(saga_id))
     except SteeringRefused as refused:
         OPERATOR_ACTIONS.labels(action.value, "refused").inc()
         logger.warning(
@@ -181,7 +172,7 @@ async def steer(
     return chosen
 
 
-async def _send(url: str | Sequence[str], chosen: Plan) -> None:
+async def _send(url: str | Sequence[str], chosen: SteeringPlan) -> None:
     event = chosen.event
     assert event.body is not None
     headers: dict[str, str] = {

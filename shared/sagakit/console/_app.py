@@ -29,10 +29,10 @@ from starlette.responses import HTMLResponse, PlainTextResponse, RedirectRespons
 from starlette.routing import Mount, Route
 from starlette.staticfiles import StaticFiles
 
-from sagakit._exceptions import SagaError
+from sagakit._exceptions import SagaError, SteeringRefused
 from sagakit.client._dead_letters import DeadLetters, ParkedMessage
 from sagakit.client._redaction import redact_value, redacted_body
-from sagakit.client._steering import Action, SteeringRefused, steer
+from sagakit.client._steering import Action, steer
 from sagakit.console._graph import flow_svg
 from sagakit.console._queries import SagaFilter, decode_cursor, encode_cursor, saga_page
 from sagakit.tracker._model import SagaState, TrackedEvent, summarize

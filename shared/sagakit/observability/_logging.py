@@ -14,15 +14,12 @@ import logging
 import sys
 import time
 from collections.abc import Callable, Mapping
-from contextvars import ContextVar
 from typing import Any, NamedTuple
 
 from opentelemetry import trace
 
-from sagakit._context import current_saga
+from sagakit._context import current_scope
 from sagakit.broker._identity import MessageIdentity, identify
-
-_handling: ContextVar[tuple[str, str] | None] = ContextVar("sagakit_handling", default=None)
 
 logger = logging.getLogger("sagakit")
 
@@ -42,8 +39,9 @@ class Delivery(NamedTuple):
     step: str
 
 
-# Where a log line finds the delivery being handled when sagakit's handler has not set the
-# saga yet: one callable per running broker (see ``watch_deliveries``).
+# Where a log line finds the delivery being handled when sagakit has not validated its saga
+# yet (FastStream's own lines come before SagaMiddleware's scope): one callable per running
+# broker (see ``watch_deliveries``).
 _delivery_sources: list[Callable[[], Delivery | None]] = []
 _IDENTITY_ATTRIBUTE = "_sagakit_identity"
 
@@ -102,11 +100,11 @@ def unwatch_deliveries(source: Callable[[], Delivery | None]) -> None:
 
 def current_delivery() -> Delivery | None:
     """The saga id, event type and step of the event handled in this task, if any."""
-    saga = current_saga()
-    handling = _handling.get()
-    if saga is not None:
-        event_type, step = handling or (NO_VALUE, NO_VALUE)
-        return Delivery(str(saga.saga_id), event_type, step)
+    scope = current_scope()
+    if scope is not None and scope.saga is not None:
+        return Delivery(
+            str(scope.saga.saga_id), scope.event_type or NO_VALUE, scope.step or NO_VALUE
+        )
     for source in _delivery_sources:
         found = source()
         if found is not None:

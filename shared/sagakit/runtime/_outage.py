@@ -29,11 +29,7 @@ from enum import Enum
 
 from sqlalchemy import exc as sa_exc
 
-from sagakit._exceptions import SagaError
-
-
-class StoreUnavailable(SagaError):
-    """The participant's store cannot be used now (raised by the store itself)."""
+from sagakit._exceptions import StoreUnavailable as StoreUnavailable
 
 
 class Verdict(Enum):

@@ -14,11 +14,15 @@ from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field, replace
 from enum import StrEnum
 from itertools import pairwise
+from typing import TYPE_CHECKING
 
 from sagakit.runtime import _rules as rules
-from sagakit.runtime._participant import Subscription
 from sagakit.spec._spec import SagaSpec, StepSpec
 from sagakit.store._store import StepStatus
+
+if TYPE_CHECKING:
+    # Only a type here: importing the participant API would import the spec back.
+    from sagakit.runtime._participant import Subscription
 
 CLIENT = "client"
 """Who produces the start event: whoever asks for the saga, not a participant."""

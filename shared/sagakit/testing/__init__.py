@@ -17,6 +17,13 @@ from sagakit.testing._harness import (
     ParticipantHarness,
     assert_all_or_nothing,
 )
+from sagakit.testing._processes import (
+    QueueProbe,
+    ServiceApp,
+    ServiceProcesses,
+    ServiceStartError,
+    consumed_queues,
+)
 
 __all__ = [
     "FlowHarness",
@@ -24,5 +31,10 @@ __all__ = [
     "INJECTED_REASON",
     "ParkedMessage",
     "ParticipantHarness",
+    "QueueProbe",
+    "ServiceApp",
+    "ServiceProcesses",
+    "ServiceStartError",
     "assert_all_or_nothing",
+    "consumed_queues",
 ]

@@ -29,8 +29,8 @@ from sagakit._exceptions import StepFailed
 from sagakit.broker._topology import REASON_HEADER, flow_exchange
 from sagakit.observability._tracing import current_trace_headers
 from sagakit.runtime._app import SagaService, prepare_store
+from sagakit.runtime._events import json_properties as _json_properties
 from sagakit.runtime._participant import HandlerKind, StepContext, Subscription
-from sagakit.runtime._runtime import _json_properties
 from sagakit.spec._spec import SagaSpec
 
 

@@ -25,6 +25,7 @@ import aiormq
 from aio_pika.abc import AbstractChannel, AbstractConnection
 
 from sagakit._exceptions import BrokerUnavailable, SagaError
+from sagakit._exceptions import ServiceStartError as ServiceStartError
 from sagakit.broker._topology import queue_name
 from sagakit.broker._urls import redacted
 from sagakit.client._client import connect
@@ -44,10 +45,6 @@ class ServiceApp(NamedTuple):
 
     participant: str
     app: str
-
-
-class ServiceStartError(SagaError):
-    """A service exited, or did not start consuming, in time; the message ends with its log."""
 
 
 def consumed_queues(spec: SagaSpec, participant: str) -> tuple[str, ...]:

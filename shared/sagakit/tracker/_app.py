@@ -12,7 +12,7 @@ import contextlib
 import logging
 from dataclasses import dataclass, field
 from datetime import timedelta
-from typing import Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar
 
 from faststream import AckPolicy, FastStream
 from faststream.message import StreamMessage
@@ -25,8 +25,6 @@ from sagakit._context import utc_now
 from sagakit._exceptions import InvalidMessage
 from sagakit.broker._failover import rabbit_broker
 from sagakit.broker._topology import DELIVERY_LIMIT, flow_exchange
-from sagakit.console._app import ConsoleSettings, console_app
-from sagakit.console._server import ConsoleServer
 from sagakit.observability._health import HttpEndpoint, broker_check, store_check
 from sagakit.observability._logging import BROKER_LOGGER
 from sagakit.observability._metrics import TRACKER_EVENTS, TRACKER_SAGAS, TRACKER_STUCK
@@ -36,6 +34,9 @@ from sagakit.spec._spec import SagaSpec
 from sagakit.store._retention import Pruner, tracker_pruner
 from sagakit.tracker._model import decode_event
 from sagakit.tracker._store import TrackerStore
+
+if TYPE_CHECKING:
+    from sagakit.console._server import ConsoleServer
 
 logger = logging.getLogger("sagakit.tracker")
 
@@ -196,6 +197,10 @@ def build_tracker(
 def _console(store: TrackerStore, settings: TrackerSettings) -> ConsoleServer | None:
     if settings.console_port is None:
         return None
+    # Here, not at the top: the console reads the tracker's modules (a cycle otherwise).
+    from sagakit.console._app import ConsoleSettings, console_app
+    from sagakit.console._server import ConsoleServer
+
     token = settings.operator_token.get_secret_value() if settings.operator_token else None
     app = console_app(
         store,

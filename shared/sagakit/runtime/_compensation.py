@@ -1,0 +1,103 @@
+"""The backward path: a step is undone at most once, a second request announces again, a
+step never finished is announced without undoing, and a saga never seen here is parked
+(the decisions are in ``_rules.py``)."""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from sagakit._context import StepOutcome
+from sagakit._envelope import Envelope
+from sagakit._exceptions import InvalidMessage
+from sagakit.runtime import _rules as rules
+from sagakit.runtime._events import Events, EventTooLarge
+from sagakit.runtime._faults import CrashPoint, crash_point
+from sagakit.runtime._handlers import call_handler, first_delivery
+from sagakit.runtime._outcome import Handled, Outcome
+from sagakit.runtime._participant import Subscription
+from sagakit.spec._spec import SagaSpec
+from sagakit.store._store import StepStatus, Store
+
+logger = logging.getLogger("sagakit.runtime")
+
+_OUTCOMES = {
+    rules.CompensationDecision.UNDO: Outcome.COMPENSATED,
+    rules.CompensationDecision.ANNOUNCE_AGAIN: Outcome.ANNOUNCED_AGAIN,
+    rules.CompensationDecision.NOTHING_TO_UNDO: Outcome.NOTHING_TO_UNDO,
+}
+
+
+class Compensation:
+    """Runs a participant's compensations."""
+
+    def __init__(
+        self, *, name: str, spec: SagaSpec, store: Store, events: Events, step_timeout: float
+    ) -> None:
+        self.name = name
+        self.spec = spec
+        self.store = store
+        self.events = events
+        self.step_timeout = step_timeout
+
+    async def run(
+        self, sub: Subscription, envelope: Envelope[Any], attempt: int, digest: str
+    ) -> Handled:
+        """Undo the step ``envelope`` asks to be undone, as its record allows."""
+        try:
+            return await self._compensate(sub, envelope, attempt, digest)
+        except EventTooLarge as too_large:
+            # A compensation cannot fail as a business failure (there is no way further
+            # back): undoing the step without announcing it would stop the backward path
+            # with the earlier steps still done. So nothing is undone, and the request is
+            # parked with the reason; with a larger limit it can be replayed.
+            raise InvalidMessage(f"event_too_large: {too_large}") from too_large
+
+    async def _compensate(
+        self, sub: Subscription, envelope: Envelope[Any], attempt: int, digest: str
+    ) -> Handled:
+        step = sub.step
+        assert step is not None
+        assert step.compensated is not None
+        saga_id = envelope.context.saga_id
+        async with self.store.write() as transaction:
+            if not await first_delivery(self.store, transaction, sub, envelope, digest):
+                return await self.events.duplicate(transaction, envelope)
+            status = await self.store.claim_step(transaction, step=step.name, saga_id=saga_id)
+            decision = rules.on_compensation(status)
+            if decision is rules.CompensationDecision.UNKNOWN_SAGA:
+                # Rolled back with the claim: the saga stays unknown here (_rules.py says why).
+                raise InvalidMessage(
+                    f"unknown_saga: {envelope.event_type} asks {self.name} to undo"
+                    f" {step.name!r} for saga {saga_id}, of which {self.name} has no record"
+                )
+            if decision is rules.CompensationDecision.IGNORE:
+                logger.warning("compensation requested for a step that failed itself: ignored")
+                return Handled(Outcome.IGNORED)
+            record = self.events.record(step, StepOutcome.COMPENSATED)
+            if decision is rules.CompensationDecision.UNDO:
+                result = await call_handler(
+                    sub, envelope, transaction, attempt=attempt, step_timeout=self.step_timeout
+                )
+                self.events.expect(result, step.compensated)
+                crash_point(CrashPoint.MID_COMPENSATION, sub.event_type)
+            else:
+                # Nothing to undo, but the backward path must go on: announce the compensated
+                # event (an event announced before keeps its id and body, so consumers dedupe).
+                result = self.events.system_payload(step.compensated, envelope)
+                logger.info("compensation is a no-op (%s)", decision.value)
+            compensated = self.events.envelope(result, cause=envelope, record=record)
+            events = [compensated]
+            if self.spec.is_first(step):
+                failure = envelope.context.last_failure()
+                events.append(
+                    self.events.cancellation(
+                        compensated,
+                        failure.step if failure else "unknown",
+                        (failure.reason or "unknown") if failure else "unknown",
+                    )
+                )
+            await self.store.set_step_status(
+                transaction, step=step.name, saga_id=saga_id, status=StepStatus.COMPENSATED
+            )
+            return Handled(_OUTCOMES[decision], await self.events.emit(transaction, events))
