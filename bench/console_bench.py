@@ -95,7 +95,7 @@ def _saga(rng: random.Random, number: int, now: datetime) -> list[TrackedEvent]:
     started = now - timedelta(seconds=rng.uniform(0, 2 * 86400))
     roll = rng.random()
     chain: list[tuple[str, str, str | None, str | None]] = []
-    if roll < 0.70:
+    if roll < 0.68:
         chain = [(t, p, None, None) for t, p, _ in FORWARD]
     elif roll < 0.92:
         failure, index, cause, back = rng.choice(CANCELLED)
@@ -105,8 +105,12 @@ def _saga(rng: random.Random, number: int, now: datetime) -> list[TrackedEvent]:
             last = event == "order.cancelled"
             ends = (cause, FAILED_STEP[index]) if last else (None, None)
             chain.append((event, PRODUCER[event], *ends))
-    else:  # still running, or stuck
+    elif roll < 0.96:  # still running, or stuck
         chain = [(t, p, None, None) for t, p, _ in FORWARD[: rng.randint(1, 4)]]
+    else:  # being undone (or stuck undoing): a failure seen, its compensation not yet
+        failure, index, cause, _ = rng.choice(CANCELLED[1:])
+        chain = [(t, p, None, None) for t, p, _ in FORWARD[:index]]
+        chain.append((failure, PRODUCER[failure], cause, None))
     events = []
     at = started
     previous: str | None = None
