@@ -231,7 +231,7 @@ def console_app(store: TrackerStore, settings: ConsoleSettings) -> Starlette:
             store, query, stuck_after=settings.stuck_after, now=now, facets=fresh and not partial
         )
         if page.facets:
-            slow = page.query_ms > _SLOW_FACETS_MS
+            slow = page.facets_ms > _SLOW_FACETS_MS
             facets_cache.update(
                 until=time.monotonic() + (_FACETS_SECONDS if slow else 0.0), found=page.facets
             )

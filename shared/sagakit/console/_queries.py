@@ -53,6 +53,7 @@ class SagaPage:
     next_cursor: tuple[datetime, str] | None
     query_ms: float
     facets: dict[str, dict[str, int]] = field(default_factory=dict)
+    facets_ms: float = 0.0
 
 
 def _conditions(query: SagaFilter, *, now: datetime, stuck_after: timedelta) -> list[Any]:
@@ -129,16 +130,25 @@ async def saga_page(
         rows = [_saga_row(r) for r in (await session.execute(listed)).mappings()]
         total = int((await session.execute(counted)).scalar_one())
         if facets:
+            facets_began = time.perf_counter()
             for name, column in (("reason", sagas.failure_reason), ("step", sagas.current_step)):
                 grouped = select(column, func.count()).where(column.is_not(None)).group_by(column)
                 found[name] = {
                     str(value): int(n) for value, n in (await session.execute(grouped)).all()
                 }
+            facets_ms = (time.perf_counter() - facets_began) * 1000
     more = len(rows) > limit
     rows = rows[:limit]
     cursor = (rows[-1].last_event_at, rows[-1].saga_id) if more and rows else None
     elapsed = (time.perf_counter() - began) * 1000
-    return SagaPage(rows=rows, total=total, next_cursor=cursor, query_ms=elapsed, facets=found)
+    return SagaPage(
+        rows=rows,
+        total=total,
+        next_cursor=cursor,
+        query_ms=elapsed,
+        facets=found,
+        facets_ms=facets_ms if facets else 0.0,
+    )
 
 
 def encode_cursor(cursor: tuple[datetime, str]) -> str:
