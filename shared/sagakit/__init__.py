@@ -19,6 +19,7 @@ exceptions. Everything else is imported from its subpackage:
 from sagakit._context import SagaContext, StepOutcome, StepRecord, current_saga, utc_now
 from sagakit._envelope import Envelope, EventPayload, derived_event_id
 from sagakit._exceptions import (
+    BrokerRefused,
     BrokerUnavailable,
     BrokerUrlError,
     DeadLetterError,
@@ -38,6 +39,7 @@ from sagakit.runtime import (
 from sagakit.spec import ReactionSpec, SagaSpec, StepSpec
 
 __all__ = [
+    "BrokerRefused",
     "BrokerUnavailable",
     "BrokerUrlError",
     "DeadLetterError",

@@ -9,6 +9,7 @@ The tree:
   + SpecError - the spec, or a participant's registration against it, is inconsistent
   + BrokerUrlError (also a ValueError) - a broker URL that cannot be used
   + BrokerUnavailable - no broker answered
+    + BrokerRefused - a broker answered but refused the user, password or virtual host
   + StoreUnavailable - the participant's store cannot be used now
   + EventNotRouted - an event no queue would receive (``SagaClient.publish``)
   + WatchTimeout (also a TimeoutError) - sagas did not end in time (``EventWatch``)
@@ -90,6 +91,11 @@ class BrokerUrlError(SagaError, ValueError):
 
 class BrokerUnavailable(SagaError):
     """No RabbitMQ broker answered at the configured URL."""
+
+
+class BrokerRefused(BrokerUnavailable):
+    """A broker answered but refused the login: wrong user or password, or a virtual host
+    that does not exist or the user may not use. The message names which, without password."""
 
 
 class StoreUnavailable(SagaError):

@@ -6,9 +6,7 @@ Run it on its own: ``uv run pytest tests/contract/test_inventory.py``.
 from __future__ import annotations
 
 import json
-import logging
 from collections.abc import AsyncIterator, Callable
-from datetime import timedelta
 from typing import Any
 
 import pytest
@@ -16,6 +14,7 @@ from inventory_service.main import create_service
 from inventory_service.settings import InventorySettings
 from inventory_service.tables import Reservation, ReservationLine, Stock
 from order_contracts import (
+    ORDER_SAGA,
     InventoryReleased,
     InventoryReservationFailed,
     InventoryReserved,
@@ -27,8 +26,8 @@ from order_contracts import (
     ShipmentFailed,
 )
 from order_contracts.samples import Scenario, sample_order
-from sagakit import Envelope, SagaService, StepOutcome, utc_now
-from sagakit.testing import ParticipantHarness
+from sagakit import Envelope, EventPayload, SagaService, StepOutcome
+from sagakit.testing import ParticipantConformance, ParticipantHarness
 from sqlalchemy import select
 
 WireCheck = Callable[..., list[Envelope[Any]]]
@@ -277,186 +276,6 @@ async def test_payment_refunded_releases_the_stock_and_names_the_failed_step(
     assert (await stock_levels(harness.service))["SKU-APPLE"] == 1000
 
 
-async def test_a_duplicate_order_created_changes_nothing(harness: ParticipantHarness) -> None:
-    created = harness.start_saga(sample_order())
-
-    await harness.publish(created)
-    await harness.publish(created)
-
-    assert harness.emitted_types == ["inventory.reserved"]
-    assert (await stock_levels(harness.service))["SKU-APPLE"] == 998
-    assert len(await reservations(harness.service)) == 1
-
-
-async def test_a_duplicate_compensation_request_releases_once(
-    harness: ParticipantHarness,
-) -> None:
-    reserved = await reserve(harness, sample_order())
-    trigger = payment_failed(harness, reserved)
-
-    await harness.publish(trigger)
-    await harness.publish(trigger)
-
-    assert harness.emitted_types == [
-        "inventory.reserved",
-        "inventory.released",
-        "order.cancelled",
-    ]
-    assert (await stock_levels(harness.service))["SKU-APPLE"] == 1000
-
-
-async def test_a_second_compensation_request_announces_again_and_releases_nothing(
-    harness: ParticipantHarness,
-) -> None:
-    reserved = await reserve(harness, sample_order())
-    await harness.publish(payment_failed(harness, reserved))
-    first = harness.emitted[1:]
-
-    await harness.publish(payment_refunded(harness, reserved))
-
-    again = harness.emitted[3:]
-    assert [e.event_type for e in again] == ["inventory.released", "order.cancelled"]
-    # The same derived ids: consumers downstream drop the repeat in their inbox.
-    assert [e.event_id for e in again] == [e.event_id for e in first]
-    assert (await stock_levels(harness.service))["SKU-APPLE"] == 1000
-
-
-@pytest.mark.parametrize("claims_the_step", [False, True], ids=["plain", "forged_history"])
-async def test_a_compensation_request_for_a_saga_never_seen_is_parked_as_unknown_saga(
-    harness: ParticipantHarness, claims_the_step: bool
-) -> None:
-    order = sample_order()
-    created = harness.start_saga(order)
-    # inventory.reserved as a stranger would write it: inventory never reserved anything
-    # for this saga (with forged_history, its context even says inventory did).
-    never_reserved = harness.event_after(
-        created,
-        InventoryReserved(order=order, reservation_id="elsewhere"),
-        producer="inventory",
-        step="reserve_stock" if claims_the_step else None,
-    )
-    trigger = payment_failed(harness, never_reserved)
-
-    await harness.publish(trigger)
-
-    # No release, no cancellation, no notice to a customer of an order nobody placed.
-    assert harness.emitted_types == []
-    [parked] = harness.parked
-    assert parked.reason.startswith("unknown_saga: payment.failed asks inventory to undo")
-    assert await reservations(harness.service) == []
-    assert (await stock_levels(harness.service))["SKU-APPLE"] == 1000
-
-
-async def test_a_parked_strangers_request_does_not_hold_back_the_saga_it_names(
-    harness: ParticipantHarness,
-) -> None:
-    order = sample_order()
-    created = harness.start_saga(order)
-    stand_in = harness.event_after(
-        created, InventoryReserved(order=order, reservation_id="r"), producer="inventory"
-    )
-    await harness.publish(payment_failed(harness, stand_in))
-
-    await harness.publish(created)
-
-    # The parked request left no trace: the saga's own start event reserves as usual.
-    assert harness.emitted_types == ["inventory.reserved"]
-    assert [p.reason.split(":")[0] for p in harness.parked] == ["unknown_saga"]
-    assert (await stock_levels(harness.service))["SKU-APPLE"] == 998
-
-
-async def test_a_republished_order_created_after_release_does_not_reserve_again(
-    harness: ParticipantHarness,
-) -> None:
-    reserved = await reserve(harness, sample_order())
-    await harness.publish(payment_failed(harness, reserved))
-    created_again = Envelope.new(
-        sample_order(order_id=reserved.payload.order.order_id),
-        context=reserved.context.model_copy(update={"steps": (), "causation_id": None}),
-        producer="test",
-    )
-
-    await harness.publish(created_again)
-
-    assert harness.emitted_types == ["inventory.reserved", "inventory.released", "order.cancelled"]
-    assert (await stock_levels(harness.service))["SKU-APPLE"] == 1000
-    [reservation] = await reservations(harness.service)
-    assert reservation.status == "released"
-
-
-async def test_a_past_deadline_fails_the_step(
-    harness: ParticipantHarness, check_wire: WireCheck
-) -> None:
-    order = sample_order()
-    created = harness.start_saga(order, deadline=utc_now() - timedelta(seconds=1))
-
-    await harness.publish(created)
-
-    failed, cancelled = check_wire(
-        harness.emitted,
-        ["inventory.reservation_failed", "order.cancelled"],
-        producer="inventory",
-        cause=created,
-        order=order,
-    )
-    assert failed.payload.reason == "deadline_exceeded"
-    assert (cancelled.payload.failed_step, cancelled.payload.reason) == (
-        "reserve_stock",
-        "deadline_exceeded",
-    )
-    assert (await stock_levels(harness.service))["SKU-APPLE"] == 1000
-
-
-async def test_a_future_deadline_does_not_stop_the_step(harness: ParticipantHarness) -> None:
-    created = harness.start_saga(sample_order(), deadline=utc_now() + timedelta(minutes=5))
-
-    await harness.publish(created)
-
-    assert harness.emitted_types == ["inventory.reserved"]
-
-
-def _mangled(created: Envelope[Any], how: str) -> bytes:
-    body = json.loads(created.encode())
-    if how == "not_json":
-        return b"{this is not json"
-    if how == "schema_invalid":
-        del body["payload"]["items"]
-    elif how == "schema_version":
-        body["schema_version"] = 2
-    elif how == "saga_type":
-        body["context"]["saga_type"] = "something_else"
-    return json.dumps(body).encode()
-
-
-@pytest.mark.parametrize(
-    ("how", "reason"),
-    [
-        ("not_json", "undecodable"),
-        ("schema_invalid", "schema_invalid"),
-        ("schema_version", "unsupported_schema_version"),
-        ("saga_type", "unknown_saga_type"),
-    ],
-)
-async def test_a_bad_message_is_parked_with_its_reason(
-    harness: ParticipantHarness, how: str, reason: str
-) -> None:
-    created = harness.start_saga(sample_order())
-
-    await harness.publish_raw(_mangled(created, how), routing_key="order.created")
-
-    [parked] = harness.parked
-    assert parked.reason.startswith(reason)
-    assert parked.headers["x-saga-origin-queue"] == "inventory.order.created"
-    # A raw publish that still parses is recorded as if emitted: only the service's count.
-    assert [e for e in harness.emitted if e.producer == "inventory"] == []
-    assert await reservations(harness.service) == []
-    # The consumer lives on: the next valid order is served.
-    await harness.publish(created)
-    assert [e.event_type for e in harness.emitted if e.producer == "inventory"] == [
-        "inventory.reserved"
-    ]
-
-
 async def test_stock_comes_from_settings(
     database_url: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -469,26 +288,24 @@ async def test_stock_comes_from_settings(
         assert await stock_levels(service) == {"SKU-APPLE": 1, "SKU-FIG": 3}
 
 
-async def test_no_personal_data_in_logs(
-    harness: ParticipantHarness, caplog: pytest.LogCaptureFixture
-) -> None:
-    # The service's own loggers at their most talkative, everything else at the default level.
-    caplog.set_level(logging.INFO)
-    for name in ("sagakit", "inventory_service"):
-        caplog.set_level(logging.DEBUG, logger=name)
-    order = sample_order()
-    reserved = await reserve(harness, order)
-    await harness.publish(payment_failed(harness, reserved))
-    await harness.publish(harness.start_saga(sample_order(Scenario.OUT_OF_STOCK)))
+class TestInventoryKeepsTheSagaRules(ParticipantConformance):
+    spec = ORDER_SAGA
+    participant = "inventory"
 
-    assert len(harness.emitted) == 5
-    assert caplog.records, "nothing was logged, so nothing was checked"
-    personal = (
-        order.customer.email,
-        order.payment_method,
-        order.shipping_address.name,
-        order.shipping_address.line1,
-    )
-    for record in caplog.records:
-        line = record.getMessage()
-        assert not any(value in line for value in personal), line
+    def create_service(self, database_url: str) -> SagaService:
+        return create_service(InventorySettings(database_url=database_url))
+
+    def start_payload(self) -> EventPayload:
+        return sample_order()
+
+    def sample_payloads(self) -> list[EventPayload]:
+        return [sample_order(), sample_order(Scenario.OUT_OF_STOCK)]
+
+    def personal_data(self, start: EventPayload) -> list[str]:
+        assert isinstance(start, OrderCreated)
+        return [
+            start.customer.email,
+            start.payment_method,
+            start.shipping_address.name,
+            start.shipping_address.line1,
+        ]

@@ -8,7 +8,7 @@ from __future__ import annotations
 import json
 import logging
 from collections.abc import AsyncIterator, Callable
-from datetime import datetime, timedelta
+from datetime import datetime
 from typing import Any
 
 import pytest
@@ -16,6 +16,7 @@ from notification_service.main import create_service
 from notification_service.settings import NotificationSettings
 from notification_service.tables import Notice
 from order_contracts import (
+    ORDER_SAGA,
     InventoryReservationFailed,
     InventoryReserved,
     NotificationFailed,
@@ -26,8 +27,8 @@ from order_contracts import (
     ShipmentCreated,
 )
 from order_contracts.samples import Scenario, sample_order
-from sagakit import Envelope, SagaService, StepOutcome, utc_now
-from sagakit.testing import ParticipantHarness
+from sagakit import Envelope, EventPayload, SagaService, StepOutcome
+from sagakit.testing import ParticipantConformance, ParticipantHarness
 from sqlalchemy import select
 
 WireCheck = Callable[..., list[Envelope[Any]]]
@@ -214,27 +215,6 @@ async def test_a_cancellation_to_an_unreachable_contact_is_undeliverable(
     assert (notice.kind, notice.status) == ("cancellation", "undeliverable")
 
 
-async def test_a_duplicate_shipment_created_confirms_once(harness: ParticipantHarness) -> None:
-    shipped = shipped_event(harness, sample_order())
-
-    await harness.publish(shipped)
-    await harness.publish(shipped)
-
-    assert harness.emitted_types == ["order.fulfilled"]
-    assert len(await notices(harness.service)) == 1
-
-
-async def test_a_duplicate_order_cancelled_records_one_notice(
-    harness: ParticipantHarness,
-) -> None:
-    cancelled = cancelled_event(harness, sample_order())
-
-    await harness.publish(cancelled)
-    await harness.publish(cancelled)
-
-    assert len(await notices(harness.service)) == 1
-
-
 async def test_a_second_order_cancelled_for_the_saga_is_a_no_op(
     harness: ParticipantHarness, caplog: pytest.LogCaptureFixture
 ) -> None:
@@ -254,111 +234,6 @@ async def test_a_second_order_cancelled_for_the_saga_is_a_no_op(
     assert harness.parked == []
 
 
-async def test_a_second_shipment_created_for_the_saga_does_not_confirm_again(
-    harness: ParticipantHarness,
-) -> None:
-    shipped = shipped_event(harness, sample_order())
-    await harness.publish(shipped)
-    again = Envelope.new(shipped.payload, context=shipped.context, producer="shipping")
-
-    await harness.publish(again)
-
-    assert harness.emitted_types == ["order.fulfilled"]
-    assert len(await notices(harness.service)) == 1
-
-
-async def test_a_past_deadline_fails_the_step(
-    harness: ParticipantHarness, check_wire: WireCheck
-) -> None:
-    order = sample_order()
-    shipped = shipped_event(harness, order, deadline=utc_now() - timedelta(seconds=1))
-
-    await harness.publish(shipped)
-
-    [failed] = check_wire(
-        harness.emitted,
-        ["notification.failed"],
-        producer="notification",
-        cause=shipped,
-        order=order,
-    )
-    assert failed.payload.reason == "deadline_exceeded"
-    assert await notices(harness.service) == []
-
-
-async def test_shipment_created_after_the_step_failed_does_not_confirm(
-    harness: ParticipantHarness,
-) -> None:
-    shipped = shipped_event(harness, sample_order(), deadline=utc_now() - timedelta(seconds=1))
-    await harness.publish(shipped)
-    # The same saga's forward event again, now without a deadline that could fail it.
-    late = Envelope.new(
-        shipped.payload,
-        context=shipped.context.model_copy(update={"deadline": None}),
-        producer="shipping",
-    )
-
-    await harness.publish(late)
-
-    assert harness.emitted_types == ["notification.failed"]
-    assert await notices(harness.service) == []
-
-
-def _mangled(event: Envelope[Any], how: str) -> bytes:
-    body = json.loads(event.encode())
-    if how == "not_json":
-        return b""
-    if how == "schema_invalid":
-        body["payload"]["order"]["customer"]["email"] = "no-at-sign"
-    elif how == "schema_version":
-        body["schema_version"] = 2
-    elif how == "saga_type":
-        body["context"]["saga_type"] = "returns"
-    return json.dumps(body).encode()
-
-
-BAD_INPUT = [
-    ("not_json", "undecodable"),
-    ("schema_invalid", "schema_invalid"),
-    ("schema_version", "unsupported_schema_version"),
-    ("saga_type", "unknown_saga_type"),
-]
-
-
-@pytest.mark.parametrize(("how", "reason"), BAD_INPUT)
-async def test_a_bad_shipment_created_is_parked_with_its_reason(
-    harness: ParticipantHarness, how: str, reason: str
-) -> None:
-    shipped = shipped_event(harness, sample_order())
-
-    await harness.publish_raw(_mangled(shipped, how), routing_key="shipment.created")
-
-    [parked] = harness.parked
-    assert parked.reason.startswith(reason)
-    assert parked.headers["x-saga-origin-queue"] == "notification.shipment.created"
-    assert emitted_by_notification(harness) == []
-    assert await notices(harness.service) == []
-    # The consumer lives on: the next valid event is served.
-    await harness.publish(shipped)
-    assert emitted_by_notification(harness) == ["order.fulfilled"]
-
-
-@pytest.mark.parametrize(("how", "reason"), BAD_INPUT)
-async def test_a_bad_order_cancelled_is_parked_with_its_reason(
-    harness: ParticipantHarness, how: str, reason: str
-) -> None:
-    cancelled = cancelled_event(harness, sample_order())
-
-    await harness.publish_raw(_mangled(cancelled, how), routing_key="order.cancelled")
-
-    [parked] = harness.parked
-    assert parked.reason.startswith(reason)
-    assert parked.headers["x-saga-origin-queue"] == "notification.order.cancelled"
-    assert await notices(harness.service) == []
-    await harness.publish(cancelled)
-    assert len(await notices(harness.service)) == 1
-
-
 async def test_unreachable_domains_come_from_settings(
     database_url: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -371,30 +246,25 @@ async def test_unreachable_domains_come_from_settings(
         assert harness.emitted_types == ["notification.failed", "order.fulfilled"]
 
 
-async def test_no_personal_data_in_logs(
-    harness: ParticipantHarness, caplog: pytest.LogCaptureFixture
-) -> None:
-    # The service's own loggers at their most talkative, everything else at the default level.
-    caplog.set_level(logging.INFO)
-    for name in ("sagakit", "notification_service"):
-        caplog.set_level(logging.DEBUG, logger=name)
-    order = sample_order()
-    unreachable = sample_order(Scenario.UNREACHABLE)
-    await harness.publish(shipped_event(harness, order))
-    await harness.publish(shipped_event(harness, unreachable))
-    await harness.publish(cancelled_event(harness, unreachable))
+class TestNotificationKeepsTheSagaRules(ParticipantConformance):
+    spec = ORDER_SAGA
+    participant = "notification"
 
-    assert harness.emitted_types == ["order.fulfilled", "notification.failed"]
-    assert len(await notices(harness.service)) == 2
-    assert any("cancellation notice recorded" in r.getMessage() for r in caplog.records)
-    personal = (
-        order.customer.email,
-        unreachable.customer.email,
-        "mailhost.invalid",
-        order.payment_method,
-        order.shipping_address.name,
-        order.shipping_address.line1,
-    )
-    for record in caplog.records:
-        line = record.getMessage()
-        assert not any(value in line for value in personal), line
+    def create_service(self, database_url: str) -> SagaService:
+        return create_service(NotificationSettings(database_url=database_url))
+
+    def start_payload(self) -> EventPayload:
+        return sample_order()
+
+    def sample_payloads(self) -> list[EventPayload]:
+        return [sample_order(), sample_order(Scenario.UNREACHABLE)]
+
+    def personal_data(self, start: EventPayload) -> list[str]:
+        assert isinstance(start, OrderCreated)
+        return [
+            start.customer.email,
+            start.customer.email.split("@")[1],
+            start.payment_method,
+            start.shipping_address.name,
+            start.shipping_address.line1,
+        ]

@@ -6,14 +6,14 @@ Run it on its own: ``uv run pytest tests/contract/test_payment.py``.
 from __future__ import annotations
 
 import json
-import logging
 from collections.abc import AsyncIterator, Callable
-from datetime import datetime, timedelta
+from datetime import datetime
 from decimal import Decimal
 from typing import Any
 
 import pytest
 from order_contracts import (
+    ORDER_SAGA,
     InventoryReserved,
     NotificationFailed,
     OrderCreated,
@@ -28,8 +28,8 @@ from order_contracts.samples import Scenario, sample_order
 from payment_service.main import create_service
 from payment_service.settings import PaymentSettings
 from payment_service.tables import Payment, Refund
-from sagakit import Envelope, SagaService, StepOutcome, utc_now
-from sagakit.testing import ParticipantHarness
+from sagakit import Envelope, EventPayload, SagaService, StepOutcome
+from sagakit.testing import ParticipantConformance, ParticipantHarness
 from sqlalchemy import select
 
 WireCheck = Callable[..., list[Envelope[Any]]]
@@ -235,177 +235,6 @@ async def test_compensation_refunds_the_charge(
     assert refund.amount == Decimal("3.00")
 
 
-async def test_a_duplicate_inventory_reserved_charges_once(harness: ParticipantHarness) -> None:
-    reserved = reserved_event(harness, sample_order())
-
-    await harness.publish(reserved)
-    await harness.publish(reserved)
-
-    assert harness.emitted_types == ["payment.processed"]
-    assert len(await payments(harness.service)) == 1
-
-
-async def test_a_duplicate_compensation_request_refunds_once(
-    harness: ParticipantHarness,
-) -> None:
-    processed = await charge(harness, sample_order())
-    backward = shipment_failed(harness, processed)
-
-    await harness.publish(backward)
-    await harness.publish(backward)
-
-    assert harness.emitted_types == ["payment.processed", "payment.refunded"]
-    assert len(await refunds(harness.service)) == 1
-
-
-async def test_a_second_compensation_request_announces_again_and_refunds_nothing(
-    harness: ParticipantHarness,
-) -> None:
-    processed = await charge(harness, sample_order())
-    await harness.publish(shipment_failed(harness, processed))
-    [first] = harness.emitted[1:]
-
-    await harness.publish(shipment_cancelled(harness, processed))
-
-    [again] = harness.emitted[2:]
-    assert again.event_type == "payment.refunded"
-    assert again.event_id == first.event_id
-    [refund] = await refunds(harness.service)
-    assert refund.amount == Decimal("3.00")
-
-
-async def test_a_compensation_request_for_a_saga_never_seen_is_parked_as_unknown_saga(
-    harness: ParticipantHarness,
-) -> None:
-    order = sample_order()
-    reserved = reserved_event(harness, order)
-    never_charged = harness.event_after(
-        reserved,
-        PaymentProcessed(order=order, payment_id="elsewhere", amount=order.total(), currency="EUR"),
-        producer="payment",
-        step="charge_payment",  # the history says payment charged: it did not, here
-    )
-    backward = shipment_failed(harness, never_charged)
-
-    await harness.publish(backward)
-
-    assert harness.emitted_types == []
-    [parked] = harness.parked
-    assert parked.reason.startswith("unknown_saga: shipment.failed asks payment to undo")
-    assert await payments(harness.service) == []
-    assert await refunds(harness.service) == []
-
-
-async def test_a_parked_strangers_request_does_not_hold_back_the_saga_it_names(
-    harness: ParticipantHarness,
-) -> None:
-    order = sample_order()
-    reserved = reserved_event(harness, order)
-    stand_in = harness.event_after(
-        reserved,
-        PaymentProcessed(order=order, payment_id="p", amount=order.total(), currency="EUR"),
-        producer="payment",
-    )
-    await harness.publish(shipment_failed(harness, stand_in))
-
-    await harness.publish(reserved)
-
-    assert harness.emitted_types == ["payment.processed"]
-    assert [p.reason.split(":")[0] for p in harness.parked] == ["unknown_saga"]
-    assert len(await payments(harness.service)) == 1
-
-
-async def test_a_republished_inventory_reserved_after_refund_does_not_charge_again(
-    harness: ParticipantHarness,
-) -> None:
-    processed = await charge(harness, sample_order())
-    await harness.publish(shipment_failed(harness, processed))
-    reserved_again = Envelope.new(
-        InventoryReserved(order=processed.payload.order, reservation_id="res-1"),
-        context=processed.context.model_copy(update={"steps": ()}),
-        producer="inventory",
-    )
-
-    await harness.publish(reserved_again)
-
-    assert harness.emitted_types == ["payment.processed", "payment.refunded"]
-    [payment] = await payments(harness.service)
-    assert payment.status == "refunded"
-    assert len(await refunds(harness.service)) == 1
-
-
-async def test_a_past_deadline_fails_the_step(
-    harness: ParticipantHarness, check_wire: WireCheck
-) -> None:
-    order = sample_order()
-    reserved = reserved_event(harness, order, deadline=utc_now() - timedelta(seconds=1))
-
-    await harness.publish(reserved)
-
-    [failed] = check_wire(
-        harness.emitted, ["payment.failed"], producer="payment", cause=reserved, order=order
-    )
-    assert failed.payload.reason == "deadline_exceeded"
-    assert failed.context.steps[-1].reason == "deadline_exceeded"
-    assert await payments(harness.service) == []
-
-
-def _mangled(event: Envelope[Any], how: str) -> bytes:
-    body = json.loads(event.encode())
-    if how == "not_json":
-        return b"\xff\xfe not json"
-    if how == "schema_invalid":
-        body["payload"]["order"]["items"][0]["unit_price"] = 1.5  # money as a float
-    elif how == "schema_version":
-        body["schema_version"] = 7
-    elif how == "saga_type":
-        body["context"]["saga_type"] = "returns"
-    return json.dumps(body).encode()
-
-
-@pytest.mark.parametrize(
-    ("how", "reason"),
-    [
-        ("not_json", "undecodable"),
-        ("schema_invalid", "schema_invalid"),
-        ("schema_version", "unsupported_schema_version"),
-        ("saga_type", "unknown_saga_type"),
-    ],
-)
-async def test_a_bad_inventory_reserved_is_parked_with_its_reason(
-    harness: ParticipantHarness, how: str, reason: str
-) -> None:
-    reserved = reserved_event(harness, sample_order())
-
-    await harness.publish_raw(_mangled(reserved, how), routing_key="inventory.reserved")
-
-    [parked] = harness.parked
-    assert parked.reason.startswith(reason)
-    assert parked.headers["x-saga-origin-queue"] == "payment.inventory.reserved"
-    # A raw publish that still parses is recorded as if emitted: only the service's count.
-    assert [e for e in harness.emitted if e.producer == "payment"] == []
-    assert await payments(harness.service) == []
-    # The consumer lives on: the next valid event is served.
-    await harness.publish(reserved)
-    assert [e.event_type for e in harness.emitted if e.producer == "payment"] == [
-        "payment.processed"
-    ]
-
-
-async def test_a_bad_compensation_request_is_parked_and_refunds_nothing(
-    harness: ParticipantHarness,
-) -> None:
-    processed = await charge(harness, sample_order())
-    backward = shipment_failed(harness, processed)
-
-    await harness.publish_raw(_mangled(backward, "schema_invalid"), routing_key="shipment.failed")
-
-    [parked] = harness.parked
-    assert parked.reason.startswith("schema_invalid")
-    assert parked.headers["x-saga-origin-queue"] == "payment.shipment.failed"
-    assert await refunds(harness.service) == []
-
-
 async def test_approved_tokens_and_limit_come_from_settings(
     database_url: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -427,28 +256,24 @@ async def test_approved_tokens_and_limit_come_from_settings(
         ]
 
 
-async def test_no_personal_data_in_logs(
-    harness: ParticipantHarness, caplog: pytest.LogCaptureFixture
-) -> None:
-    # The service's own loggers at their most talkative, everything else at the default level.
-    caplog.set_level(logging.INFO)
-    for name in ("sagakit", "payment_service"):
-        caplog.set_level(logging.DEBUG, logger=name)
-    order = sample_order()
-    processed = await charge(harness, order)
-    await harness.publish(shipment_failed(harness, processed))
-    declined = sample_order(Scenario.CARD_DECLINED)
-    await harness.publish(reserved_event(harness, declined))
+class TestPaymentKeepsTheSagaRules(ParticipantConformance):
+    spec = ORDER_SAGA
+    participant = "payment"
 
-    assert harness.emitted_types == ["payment.processed", "payment.refunded", "payment.failed"]
-    assert caplog.records, "nothing was logged, so nothing was checked"
-    personal = (
-        order.customer.email,
-        order.payment_method,
-        declined.payment_method,
-        order.shipping_address.name,
-        order.shipping_address.line1,
-    )
-    for record in caplog.records:
-        line = record.getMessage()
-        assert not any(value in line for value in personal), line
+    def create_service(self, database_url: str) -> SagaService:
+        return create_service(PaymentSettings(database_url=database_url))
+
+    def start_payload(self) -> EventPayload:
+        return sample_order()
+
+    def sample_payloads(self) -> list[EventPayload]:
+        return [sample_order(), sample_order(Scenario.CARD_DECLINED)]
+
+    def personal_data(self, start: EventPayload) -> list[str]:
+        assert isinstance(start, OrderCreated)
+        return [
+            start.customer.email,
+            start.payment_method,
+            start.shipping_address.name,
+            start.shipping_address.line1,
+        ]

@@ -5,22 +5,30 @@ The broker is this module's throwaway virtual host (``module_broker_url``).
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
 import tempfile
 import time
 from collections import Counter
+from collections.abc import AsyncIterator
 from pathlib import Path
 
+import aio_pika
+import aio_pika.abc
 import pytest
+from order_cli._demo import scenarios_for
 from order_contracts import ORDER_SAGA
-from order_contracts._cli_demo import scenarios_for
 from order_contracts.samples import EXPECTED_FAILED_STEP, Scenario, sample_order
-from sagakit.client import SagaClient
-from sagakit.testing import ServiceApp, ServiceProcesses, ServiceStartError
+from sagakit import BrokerUnavailable
+from sagakit.broker import with_vhost
+from sagakit.client import SagaClient, connect
+from sagakit.testing import ServiceApp, ServiceProcesses, ServiceStartError, consumed_queues
 
 NO_module_broker_url = "amqp://guest:guest@127.0.0.1:1/"
 
@@ -176,3 +184,63 @@ async def test_a_service_that_cannot_start_is_reported_with_its_log(
             await procs.start(timeout=60)
     assert "no_such_module" in str(failure.value)
     assert not procs.alive("inventory")
+
+
+def demo_directories() -> set[Path]:
+    return set(Path(tempfile.gettempdir()).glob("saga-demo-*"))
+
+
+@contextlib.asynccontextmanager
+async def foreign_consumer(url: str) -> AsyncIterator[list[bytes]]:
+    """A consumer on the demo's first queue at ``url``, as a service someone else runs; it
+    collects the bodies it gets and acknowledges nothing."""
+    queue_name = consumed_queues(ORDER_SAGA, "inventory")[0]
+    connection = await aio_pika.connect(url)
+    got: list[bytes] = []
+    try:
+        channel = await connection.channel()
+        queue = await channel.declare_queue(queue_name, durable=True, auto_delete=False)
+
+        async def keep(message: aio_pika.abc.AbstractIncomingMessage) -> None:
+            got.append(message.body)
+
+        await queue.consume(keep)
+        yield got
+    finally:
+        await connection.close()
+
+
+@pytest.mark.e2e
+async def test_the_demo_runs_on_a_vhost_of_its_own_beside_other_consumers(
+    module_broker_url: str,
+) -> None:
+    async with foreign_consumer(module_broker_url) as taken:
+        result = await asyncio.to_thread(
+            run_saga, "demo", "--orders", "6", "--json", url=module_broker_url, timeout=110
+        )
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert taken == []  # none of the demo's orders went to the other consumer
+    assert json.loads(result.stdout)["summary"]["unexpected"] == 0
+    [vhost] = re.findall(r"virtual host (saga-demo-[0-9a-f]{8}) of its own", result.stderr)
+    # Deleted at the end: logging in to it is refused.
+    with pytest.raises(BrokerUnavailable):
+        await connect(with_vhost(module_broker_url, vhost), connect_timeout=5, robust=False)
+
+
+@pytest.mark.e2e
+async def test_on_a_shared_vhost_the_demo_refuses_to_start_beside_other_consumers(
+    module_broker_url: str,
+) -> None:
+    before = demo_directories()
+    async with foreign_consumer(module_broker_url) as taken:
+        result = await asyncio.to_thread(
+            run_saga, "demo", "--shared", url=module_broker_url, timeout=60
+        )
+    assert result.returncode == 5, result.stderr
+    assert result.stdout == ""
+    message = " ".join(result.stderr.split())
+    queue = consumed_queues(ORDER_SAGA, "inventory")[0]
+    assert f"refusing to start: {queue} has 1 consumer(s)" in message
+    assert "--no-start" in message
+    assert taken == []
+    assert demo_directories() == before

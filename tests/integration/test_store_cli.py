@@ -171,7 +171,7 @@ def test_missing_and_unknown_services(cli: CliRunner, tmp_path: Path) -> None:
 
     named = cli.invoke(saga_cli, ["store", "prune", "-s", "inventory"])
     assert named.exit_code == 1
-    assert "no database at var/inventory.db" in named.output
+    assert f"no database at {tmp_path}/var/inventory.db" in named.output
     assert not (tmp_path / "var" / "inventory.db").exists()  # and none was created
 
     # by default every service is tried, and those without a database are skipped
@@ -180,7 +180,7 @@ def test_missing_and_unknown_services(cli: CliRunner, tmp_path: Path) -> None:
     assert [o["service"] for o in everything] == [*ORDER_SAGA.participants(), "tracker"]
     by_service = {o["service"]: o for o in everything}
     assert by_service["inventory"]["deleted"]["sagakit_inbox"] == 2
-    assert by_service["payment"]["skipped"] == "no database at var/payment.db"
+    assert by_service["payment"]["skipped"] == f"no database at {tmp_path}/var/payment.db"
 
     inventory_url = f"sqlite+aiosqlite:///{tmp_path}/var/inventory.db"
     wrong = cli.invoke(

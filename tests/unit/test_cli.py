@@ -11,6 +11,9 @@ from typing import Any
 
 import pytest
 import typer
+from order_cli._common import SagaEnd, describe, parse_duration, parse_item
+from order_cli._demo import DemoReport, DemoSaga, demo_services, scenarios_for
+from order_cli._order import build_order
 from order_contracts import (
     ORDER_SAGA,
     InventoryReservationFailed,
@@ -18,9 +21,6 @@ from order_contracts import (
     OrderCancelled,
     OrderFulfilled,
 )
-from order_contracts._cli_common import SagaEnd, describe, parse_duration, parse_item
-from order_contracts._cli_demo import DemoReport, DemoSaga, demo_services, scenarios_for
-from order_contracts._cli_order import build_order
 from order_contracts.samples import EXPECTED_FAILED_STEP, Scenario, sample_order
 from sagakit import Envelope, SagaContext, StepOutcome, StepRecord, utc_now
 from sagakit.broker import redacted
@@ -288,3 +288,36 @@ def test_the_demo_report_counts_outcomes_steps_and_latency() -> None:
     rows = json.loads(json.dumps(report.as_json()))["sagas"]
     assert [row["as_expected"] for row in rows] == [True] * 12 + [False]
     assert uuid.UUID(rows[0]["saga_id"])
+
+
+def _readme_order_document() -> str:
+    readme = (Path(__file__).parents[2] / "README.md").read_text(encoding="utf-8")
+    block = readme.split("<!-- order document -->", 1)[1].split("<!-- /order document -->")[0]
+    return block.split("```json", 1)[1].split("```", 1)[0]
+
+
+def test_the_readme_order_document_is_accepted_twice_as_two_orders(tmp_path: Path) -> None:
+    path = tmp_path / "order.json"
+    path.write_text(_readme_order_document())
+    first, second = build_order(file=path), build_order(file=path)
+    assert first.order_id != second.order_id  # "<new>": never a duplicate
+    assert first.order_id.startswith("ord-")
+    assert first.shipping_address.country == "DE"
+
+    # the payload alone works too
+    envelope = json.loads(_readme_order_document())
+    path.write_text(json.dumps(envelope["payload"]))
+    assert build_order(file=path).items[0].sku == "SKU-APPLE"
+    # an explicit order id is kept
+    envelope["payload"]["order_id"] = "ord-1001"
+    path.write_text(json.dumps(envelope))
+    assert build_order(file=path).order_id == "ord-1001"
+
+
+def test_an_envelope_of_another_event_is_refused(tmp_path: Path) -> None:
+    envelope = json.loads(_readme_order_document())
+    envelope["event_type"] = "payment.failed"
+    path = tmp_path / "order.json"
+    path.write_text(json.dumps(envelope))
+    with pytest.raises(typer.BadParameter, match=r"saga order sends 'order\.created'"):
+        build_order(file=path)

@@ -9,7 +9,7 @@ from datetime import timedelta
 import pytest
 from pydantic import ValidationError
 from sagakit import SagaContext, StepOutcome, StepRecord, current_saga, utc_now
-from sagakit._context import saga_scope
+from sagakit._context import DeliveryScope, current_scope, saga_scope
 
 
 def _record(step: str, outcome: StepOutcome, reason: str | None = None) -> StepRecord:
@@ -81,3 +81,33 @@ async def test_concurrent_tasks_each_see_their_own_saga() -> None:
 
     await asyncio.gather(*(handle(f"task{i}") for i in range(10)))
     assert len(set(seen.values())) == 10
+
+
+def test_a_delivery_scope_is_current_inside_its_block_only() -> None:
+    saga = SagaContext.start("order_fulfilment")
+    assert current_scope() is None
+    with DeliveryScope(saga=saga, event_type="order.created", step="reserve_stock") as scope:
+        assert current_scope() is scope
+        assert current_saga() == saga
+        assert scope.headers == {}  # no delivery: no trace to continue
+    assert current_scope() is None
+    assert current_saga() is None
+
+
+def test_saga_scope_inside_a_delivery_keeps_the_rest_of_its_scope() -> None:
+    outer, inner = SagaContext.start("a"), SagaContext.start("b")
+    with DeliveryScope(saga=outer, event_type="order.created", step="reserve_stock") as scope:
+        scope.held.append("event-1")
+        with saga_scope(inner):
+            nested = current_scope()
+            assert nested is not None
+            assert nested is not scope
+            assert (nested.saga, nested.event_type, nested.step) == (
+                inner,
+                "order.created",
+                "reserve_stock",
+            )
+            # The same held rows: what a nested scope writes, the delivery releases.
+            assert nested.held is scope.held
+        assert current_scope() is scope
+        assert current_saga() == outer

@@ -8,8 +8,7 @@ import inspect
 import pkgutil
 
 import sagakit
-from sagakit import _exceptions
-from sagakit._exceptions import SagaError
+from sagakit import SagaError, _exceptions
 
 # The runtime's control flow, which never leaves it, and the AMQP client's own error type.
 _INTERNAL = {
@@ -65,7 +64,7 @@ def test_the_docstring_draws_every_exception_of_the_tree() -> None:
 
 
 def test_a_watch_timeout_is_still_a_timeout_error() -> None:
-    from sagakit.client._client import WatchTimeout
+    from sagakit.client import WatchTimeout
 
     assert issubclass(WatchTimeout, TimeoutError)
     assert issubclass(WatchTimeout, SagaError)

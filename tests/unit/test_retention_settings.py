@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from datetime import timedelta
+from pathlib import Path
 
 import pytest
 import typer
@@ -46,7 +47,10 @@ def test_each_service_reads_its_own_variables(monkeypatch: pytest.MonkeyPatch) -
     # the CLI resolves a service's settings the way the service does
     assert service_settings("inventory").retention == timedelta(days=14)
     assert service_settings("tracker").retention == timedelta(days=30)
-    assert service_settings("payment").database_url == "sqlite+aiosqlite:///var/payment.db"
+    # the default store is absolute: var/ under the directory it runs in, resolved
+    expected = f"sqlite+aiosqlite:///{Path('var').resolve() / 'payment.db'}"
+    assert service_settings("payment").database_url == expected
+    assert expected.startswith("sqlite+aiosqlite:////")
 
 
 def test_the_step_log_is_kept_at_least_as_long_as_the_inbox() -> None:

@@ -261,3 +261,39 @@ def test_what_is_not_an_envelope_is_refused(body: bytes) -> None:
 )
 def test_trace_id_from_traceparent(header: object, trace_id: str | None) -> None:
     assert trace_id_from({"traceparent": header} if header is not None else {}) == trace_id
+
+
+def test_the_two_ends_are_called_fulfilled_and_cancelled_everywhere() -> None:
+    assert [state.value for state in SagaState] == [
+        "started",
+        "pending",
+        "compensating",
+        "fulfilled",
+        "cancelled",
+    ]
+    assert summarize(ORDER_SAGA, events(FULFILLED)).state.value == "fulfilled"
+    assert summarize(ORDER_SAGA, events(FAILED_AT_SHIPPING)).state.value == "cancelled"
+    # rows written with the former words still read
+    assert SagaState("failed") is SagaState.CANCELLED
+    assert SagaState("completed") is SagaState.FULFILLED
+
+
+def test_a_start_event_repeated_after_the_end_is_not_the_last_event() -> None:
+    timeline = events(FULFILLED)
+    repeated = replace(
+        timeline[0],
+        event_id=str(uuid.uuid4()),
+        occurred_at=timeline[-1].occurred_at + timedelta(seconds=5),
+    )
+    view = summarize(ORDER_SAGA, [*timeline, repeated])
+    assert view.state is SagaState.FULFILLED
+    assert view.last_event_type == "order.fulfilled"
+    assert view.last_event_at == timeline[-1].occurred_at
+    assert view.event_count == 6
+
+
+def test_a_start_event_repeated_mid_saga_keeps_the_last_step_event() -> None:
+    timeline = events(FULFILLED)[:3]
+    repeated = replace(timeline[0], event_id=str(uuid.uuid4()))
+    view = summarize(ORDER_SAGA, [*timeline, repeated])
+    assert view.last_event_type == "payment.processed"

@@ -25,6 +25,7 @@ from sagakit.broker._topology import (
     retry_queue_name,
 )
 from sagakit.broker._urls import BrokerHost, broker_hosts, broker_urls, redacted
+from sagakit.broker._vhosts import ThrowawayVhost, throwaway_vhost, vhost_of, with_vhost
 
 __all__ = [
     "ATTEMPT_HEADER",
@@ -42,6 +43,7 @@ __all__ = [
     "ParticipantTopology",
     "REASON_HEADER",
     "REPLAYS_HEADER",
+    "ThrowawayVhost",
     "broker_hosts",
     "broker_urls",
     "dead_letter_exchange_name",
@@ -52,4 +54,7 @@ __all__ = [
     "redacted",
     "retry_exchange_name",
     "retry_queue_name",
+    "throwaway_vhost",
+    "vhost_of",
+    "with_vhost",
 ]

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import importlib
+import json
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Annotated
@@ -83,6 +84,7 @@ def check(
         str,
         typer.Option("--service-factory", help="where each participant's service is built"),
     ] = SERVICE_FACTORY,
+    as_json: Annotated[bool, typer.Option("--json", help="print JSON")] = False,
 ) -> None:
     """Check the choreography: compensations, paths, producers and consumers, subscriptions.
 
@@ -96,6 +98,17 @@ def check(
         subscriptions = service_subscriptions(services)
         against += " and the subscriptions of " + ", ".join(s.participant for s in services)
     gaps = check_choreography(flow, subscriptions)
+    if as_json:
+        document = {
+            "saga_type": flow.saga_type,
+            "checked": against,
+            "ok": not gaps,
+            "gaps": [{"kind": gap.kind.value, "message": gap.message} for gap in gaps],
+        }
+        typer.echo(json.dumps(document, indent=2))
+        if gaps:
+            raise typer.Exit(1)
+        return
     if not gaps:
         typer.echo(f"{flow.saga_type}: no gap ({against})")
         return

@@ -25,7 +25,7 @@ from sagakit.tracker._app import TrackerSettings, build_tracker
 
 from . import app
 from ._check import SERVICE_FACTORY, LoadedService, load_services
-from ._spec_ref import SpecOption, load_spec
+from ._spec_ref import SpecOption, load_spec, spec_home
 
 contracts_app = typer.Typer(
     help="AsyncAPI documents and event schemas on file.", no_args_is_help=True
@@ -103,11 +103,26 @@ def schema_files(spec: SagaSpec, folder: Path) -> list[ContractFile]:
     return files
 
 
+def default_folder(spec: str | None) -> Path:
+    """Where the flow's contracts are: the project folder of its spec's package when it
+    holds them (an editable install, the repository), else ``contracts`` here."""
+    home = spec_home(spec)
+    if home is not None and any((home / sub).is_dir() for sub in (ASYNCAPI_FOLDER, SCHEMAS_FOLDER)):
+        return home
+    return Path("contracts")
+
+
 @contracts_app.command("export")
 def export(
     folder: Annotated[
-        Path, typer.Option("--dir", help="the contracts folder (asyncapi/ and schemas/ inside)")
-    ] = Path("contracts"),
+        Path | None,
+        typer.Option(
+            "--dir",
+            help="the contracts folder (asyncapi/ and schemas/ inside); default: the folder "
+            "of the flow's contracts package, wherever the command runs",
+            show_default=False,
+        ),
+    ] = None,
     spec: SpecOption = None,
     factory: Annotated[
         str,
@@ -123,6 +138,8 @@ def export(
     model merely adds optional fields; any other change is refused: bump the version.
     """
     flow = load_spec(spec)
+    if folder is None:
+        folder = default_folder(spec)
     files = [
         *asyncapi_files(
             load_services(flow, factory=factory, rabbitmq_url=DOCUMENTED_SERVER), folder

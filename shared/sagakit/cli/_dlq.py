@@ -20,7 +20,7 @@ from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
-from sagakit._exceptions import BrokerUnavailable, SagaError
+from sagakit._exceptions import BrokerRefused, BrokerUnavailable, SagaError
 from sagakit.client._dead_letters import (
     DeadLetters,
     ParkedMessage,
@@ -114,6 +114,9 @@ def _run(
     errors = Console(stderr=True)
     try:
         result, missing = asyncio.run(run())
+    except BrokerRefused as error:
+        errors.print(f"[red]{escape(str(error))}[/red]")
+        raise typer.Exit(4) from None
     except BrokerUnavailable as error:
         errors.print(f"[red]{escape(str(error))}[/red] (start one: rabbitmq-server -detached)")
         raise typer.Exit(3) from None

@@ -1,7 +1,8 @@
 """``saga status``, ``saga list`` and ``saga tracker rebuild``: the tracker's read model.
 
-They read the tracker's database (``TRACKER_DATABASE_URL``, SQLite ``var/tracker.db`` by
-default) and never touch the broker.
+They read the tracker's database (``TRACKER_DATABASE_URL``, else SQLite ``tracker.db`` in the
+data directory: ``$SAGAKIT_DATA_DIR``, else ``./var``) and never touch the broker; a SQLite
+file that does not exist is refused, not created.
 """
 
 from __future__ import annotations
@@ -9,7 +10,10 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import re
+import uuid
 from datetime import datetime, timedelta
+from pathlib import Path
 from typing import Annotated
 
 import typer
@@ -18,9 +22,10 @@ from rich.table import Table
 from sqlalchemy.engine import make_url
 
 from sagakit._context import utc_now
+from sagakit.runtime._settings import DATA_DIR_ENV, default_database_url
 from sagakit.spec._spec import SagaSpec
 from sagakit.tracker._model import SagaState, SagaView, view_as_dict
-from sagakit.tracker._store import DEFAULT_TRACKER_DATABASE_URL, SagaRow, tracker_store
+from sagakit.tracker._store import SagaRow, TrackerStore, tracker_store
 
 from . import app
 from ._spec_ref import SpecOption, load_spec
@@ -35,7 +40,11 @@ app.add_typer(tracker_app, name="tracker")
 
 DbOption = Annotated[
     str | None,
-    typer.Option("--db", help=f"tracker database URL (default: ${DATABASE_ENV} or var/tracker.db)"),
+    typer.Option(
+        "--db",
+        help=f"tracker database URL (default: ${DATABASE_ENV}, else tracker.db in "
+        f"${DATA_DIR_ENV} or ./var)",
+    ),
 ]
 JsonOption = Annotated[bool, typer.Option("--json", help="print JSON")]
 StuckAfterOption = Annotated[
@@ -47,8 +56,24 @@ StuckAfterOption = Annotated[
 ]
 
 
-def _database(url: str | None) -> str:
-    return url or os.environ.get(DATABASE_ENV) or DEFAULT_TRACKER_DATABASE_URL
+def _database(url: str | None, *, must_exist: bool = True) -> str:
+    """The tracker's database URL; a SQLite file that does not exist is refused (exit 2)
+    rather than created empty, which would answer every question with "nothing"."""
+    chosen = url or os.environ.get(DATABASE_ENV) or default_database_url("tracker")
+    parsed = make_url(chosen)
+    if must_exist and parsed.get_backend_name() == "sqlite":
+        path = Path(parsed.database or "").resolve()
+        if not path.is_file():
+            given = "--db" if url else DATABASE_ENV if os.environ.get(DATABASE_ENV) else None
+            hint = (
+                f"check {given}"
+                if given
+                else f"the tracker keeps it in its data directory (${DATA_DIR_ENV}, else ./var "
+                f"where it runs): run this there, set {DATABASE_ENV} or pass --db"
+            )
+            typer.echo(f"no tracker database at {path}: {hint}", err=True)
+            raise typer.Exit(2)
+    return chosen
 
 
 def _stuck_after(seconds: float | None) -> timedelta:
@@ -66,21 +91,64 @@ def _clock(value: datetime | None) -> str:
     return value.strftime("%H:%M:%S.%f")[:-3] if value is not None else "-"
 
 
+_ID_TEXT = re.compile(r"^[0-9a-f-]{1,36}$")
+MIN_PREFIX = 4
+
+
+def _id_or_prefix(text: str) -> str:
+    """A saga id as given: a whole UUID (normalised) or the start of one; exit 2 otherwise."""
+    given = text.strip().lower()
+    if len(given) == 36:
+        try:
+            return str(uuid.UUID(given))
+        except ValueError:
+            pass
+    elif _ID_TEXT.match(given) and len(given.replace("-", "")) >= MIN_PREFIX:
+        return given
+    typer.echo(
+        f"{text!r} is not a saga id: give a UUID, or its first {MIN_PREFIX} or more "
+        "characters (as saga demo and saga list print them)",
+        err=True,
+    )
+    raise typer.Exit(2)
+
+
+async def _resolve(store: TrackerStore, given: str) -> str | None:
+    if len(given) == 36:
+        return given
+    found = await store.saga_ids_starting(given, limit=6)
+    if len(found) > 1:
+        shown = ", ".join(found[:5]) + (", …" if len(found) > 5 else "")
+        typer.echo(f"{given!r} is the start of several saga ids ({shown}): give more", err=True)
+        raise typer.Exit(2)
+    return found[0] if found else None
+
+
 @app.command("status")
 def status(
-    saga_id: Annotated[str, typer.Argument(help="the saga id (context.saga_id)")],
+    saga_id: Annotated[
+        str, typer.Argument(help="the saga id (context.saga_id), or its first characters")
+    ],
     db: DbOption = None,
     spec: SpecOption = None,
     stuck_after: StuckAfterOption = None,
     as_json: JsonOption = False,
 ) -> None:
-    """Show one saga: its state, its steps, its timeline and its trace id."""
+    """Show one saga: its state, its steps, its timeline and its trace id.
+
+    Exit code 0 when found, 1 when the tracker does not know it, 2 for a malformed id (or
+    a prefix that several sagas share).
+    """
+    given = _id_or_prefix(saga_id)
     flow = load_spec(spec)
 
     async def read() -> tuple[SagaView | None, list[tuple[datetime, str, str, str]]]:
         async with tracker_store(_database(db), spec=flow) as store:
-            events = await store.events(saga_id)
-            view = await store.view(saga_id)
+            found = await _resolve(store, given)
+            if found is None:
+                return None, []
+            events = await store.events(found)
+            view = await store.view(found)
         timeline = [(e.occurred_at, e.event_type, e.producer, e.reason or "") for e in events]
         return view, timeline
 
@@ -155,6 +223,9 @@ def list_sagas(
         SagaState | None, typer.Option("--state", help="only sagas in this state")
     ] = None,
     limit: Annotated[int, typer.Option("--limit", min=1, help="at most this many")] = 50,
+    wide: Annotated[
+        bool, typer.Option("--wide", help="whole saga ids and times, and the trace ids")
+    ] = False,
     db: DbOption = None,
     spec: SpecOption = None,
     stuck_after: StuckAfterOption = None,
@@ -195,18 +266,26 @@ def list_sagas(
         )
         return
     table = Table(title=f"{len(rows)} saga(s)")
-    for column in ("saga", "state", "stuck", "last event", "at", "failed step", "trace id"):
+    # 8 characters of an id are what the demo prints and what saga status takes.
+    columns = ["saga", "state", "last event", "at (UTC)", "failed step", "stuck"]
+    if wide:
+        columns.append("trace id")
+    for column in columns:
         table.add_column(column, overflow="fold")
     for r in rows:
-        table.add_row(
-            r.saga_id,
+        cells = [
+            r.saga_id if wide else r.saga_id[:8],
             r.state.value,
-            r.stuck_reason(now=now, stuck_after=threshold) or "",
             r.last_event_type,
-            r.last_event_at.isoformat(timespec="seconds"),
+            r.last_event_at.isoformat(timespec="seconds")
+            if wide
+            else r.last_event_at.strftime("%H:%M:%S"),
             f"{r.failed_step}: {r.failure_reason}" if r.failed_step else "",
-            r.trace_id or "",
-        )
+            r.stuck_reason(now=now, stuck_after=threshold) or "",
+        ]
+        if wide:
+            cells.append(r.trace_id or "")
+        table.add_row(*cells)
     Console().print(table)
 
 
@@ -230,13 +309,13 @@ def rebuild(
     """
     flow = load_spec(spec)
     urls = sources or [
-        os.environ.get(f"{name.upper()}_DATABASE_URL") or f"sqlite+aiosqlite:///var/{name}.db"
+        os.environ.get(f"{name.upper()}_DATABASE_URL") or default_database_url(name)
         for name in flow.participants()
     ]
 
     async def run() -> list[tuple[str, str, str]]:
         done = []
-        async with tracker_store(_database(db), spec=flow) as store:
+        async with tracker_store(_database(db, must_exist=False), spec=flow) as store:
             for url in urls:
                 try:
                     read, new = await store.rebuild_from_outbox(url)

@@ -11,6 +11,7 @@ from collections.abc import AsyncIterator, Callable, Iterable, Mapping, Sequence
 from datetime import datetime
 from types import TracebackType
 from typing import Any, Literal, overload
+from urllib.parse import unquote, urlsplit
 
 import aio_pika
 import aiormq
@@ -26,7 +27,7 @@ from pydantic import ValidationError
 
 from sagakit._context import SagaContext
 from sagakit._envelope import Envelope, EventPayload, derived_event_id
-from sagakit._exceptions import BrokerUnavailable, SpecError
+from sagakit._exceptions import BrokerRefused, BrokerUnavailable, SpecError
 from sagakit._exceptions import EventNotRouted as EventNotRouted
 from sagakit._exceptions import WatchTimeout as WatchTimeout
 from sagakit.broker._failover import failover_class
@@ -91,12 +92,45 @@ async def connect(
         assert failure is not None
         raise failure
     except _CONNECT_ERRORS as exc:
+        refusal = refusal_of(exc, urls[0])
+        if refusal is not None:
+            raise BrokerRefused(refusal) from exc
         raise BrokerUnavailable(
             f"no RabbitMQ broker answered at {redacted(','.join(urls))} "
             f"({type(exc).__name__}: {exc})"
         ) from exc
     finally:
         _AIORMQ_LOGGER.removeFilter(_TRANSPORT_ERRORS)
+
+
+def refusal_of(error: BaseException, url: str) -> str | None:
+    """What a broker that answered but refused the connection means, or None.
+
+    RabbitMQ refuses a wrong user or password with ``ACCESS_REFUSED`` before the virtual
+    host is opened, and closes the connection instead of opening a virtual host that does
+    not exist or the user may not use; aiormq reports the latter as an unexpected frame.
+    """
+    parts = urlsplit(url)
+    user = unquote(parts.username or "guest")
+    where = redacted(url)
+    if isinstance(error, aiormq.exceptions.ProbableAuthenticationError) or "ACCESS_REFUSED" in str(
+        error
+    ):
+        return (
+            f"the broker at {where} refused user {user!r}: wrong user name or password. "
+            "Fix the credentials in the broker URL (RABBITMQ_URL, <SERVICE>_RABBITMQ_URL "
+            "or --url)"
+        )
+    if isinstance(error, aiormq.exceptions.InvalidFrameError) and "Connection.Close" in str(error):
+        path = parts.path
+        vhost = unquote(path[1:]) if len(path) > 1 else "/"
+        return (
+            f"the broker at {where} would not open virtual host {vhost!r} for user {user!r}: "
+            f"it does not exist or the user has no permissions on it. Create it "
+            f"(rabbitmqctl add_vhost {vhost}; rabbitmqctl set_permissions -p {vhost} {user} "
+            "'.*' '.*' '.*') or fix the virtual host at the end of the broker URL"
+        )
+    return None
 
 
 class SagaClient:

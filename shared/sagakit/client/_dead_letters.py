@@ -356,6 +356,8 @@ class DeadLetters:
         try:
             # Every node of a cluster URL, the first that answers (sagakit.client._client.connect).
             self._connection = await connect(self._url, connect_timeout=5)
+        except BrokerUnavailable:
+            raise  # already says which broker, and whether it refused or did not answer
         except Exception as exc:
             raise BrokerUnavailable(f"no RabbitMQ answered: {exc}") from exc
         return self

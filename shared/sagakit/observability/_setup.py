@@ -31,6 +31,7 @@ from sagakit.observability._logging import (
     unwatch_deliveries,
     watch_deliveries,
 )
+from sagakit.observability._startup import where_line
 from sagakit.observability._tracing import install_saga_propagator
 
 logger = logging.getLogger("sagakit.observability")
@@ -169,6 +170,9 @@ def observe(
     async def start_observing() -> None:
         if configure_logs:
             configure_logging(service=service, log_format=log_format, level=log_level)
+        where = where_line(service)
+        if where is not None:
+            logger.info("%s", where)
         setup_tracing(service)
         watching.append(watch_deliveries(broker.context, queues))
         for endpoint in endpoints:

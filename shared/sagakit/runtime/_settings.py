@@ -5,14 +5,16 @@ from __future__ import annotations
 import os
 from datetime import timedelta
 from pathlib import Path
-from typing import ClassVar, Literal
+from typing import Any, ClassVar, Literal
 from urllib.parse import unquote, urlsplit
 
-from pydantic import Field, model_validator
+from pydantic import Field, ModelWrapValidatorHandler, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from sagakit._exceptions import BrokerUrlError
 from sagakit.broker._topology import DELIVERY_LIMIT
 from sagakit.broker._urls import broker_urls
+from sagakit.observability._startup import watch_startup
 
 DEFAULT_RABBITMQ_URL = "amqp://guest:guest@127.0.0.1:5672/"
 
@@ -28,6 +30,25 @@ MIN_SAFE_RETENTION_DAYS = 1.0
 """Below this, an inbox record may be gone before a message it guards comes back (a replay
 from the dead-letter queue, a producer's restart after an outage): refused outside local
 development, a warning in it."""
+
+
+DATA_DIR_ENV = "SAGAKIT_DATA_DIR"
+"""Where services keep their SQLite stores when no database URL is given: ``./var`` under
+the directory a service (or a ``saga`` command) runs in, unless this variable names one."""
+
+
+def data_dir() -> Path:
+    """The data directory, absolute: ``$SAGAKIT_DATA_DIR``, else ``var`` in the current one."""
+    return Path(os.environ.get(DATA_DIR_ENV) or "var").expanduser().resolve()
+
+
+def default_database_url(service: str) -> str:
+    """The SQLite store of ``service`` in the data directory, as an absolute URL.
+
+    ``sqlite+aiosqlite:///var/x.db`` (three slashes) is a path relative to the current
+    directory, which reads like ``/var``; the URL returned here has four (an absolute path).
+    """
+    return f"sqlite+aiosqlite:///{data_dir() / f'{service}.db'}"
 
 
 def _default_rabbitmq_url() -> str:
@@ -138,18 +159,47 @@ class ParticipantSettings(BaseSettings):
     step_log_retention_days: float | None = Field(default=None, gt=0)
     prune_interval_seconds: float = Field(default=3600.0, gt=0)
 
+    @model_validator(mode="wrap")
+    @classmethod
+    def _short_errors(cls, data: Any, handler: ModelWrapValidatorHandler[Any]) -> Any:
+        # Reading a service's settings means a service is starting: from here on, a bad
+        # setting, a refusing broker or a port in use prints a line or two, not a traceback.
+        prefix = str(cls.model_config.get("env_prefix", ""))
+        watch_startup(name=cls.service_name, prefix=prefix, broker_url="", ports={})
+        return handler(data)
+
     @model_validator(mode="after")
     def _resolve(self) -> ParticipantSettings:
         # One validator, so that the order is explicit: files, defaults, then the guard.
         self._read_credential_files()
         # Parsed now, so that a bad address stops the service before it starts.
-        broker_urls(self.rabbitmq_url)
+        try:
+            broker_urls(self.rabbitmq_url)
+        except BrokerUrlError as exc:
+            raise ValueError(
+                f"{self._prefix}RABBITMQ_URL (or RABBITMQ_URL, …_FILE, …_URLS): {exc}"
+            ) from None
         if not self.database_url:
-            self.database_url = f"sqlite+aiosqlite:///var/{self.service_name}.db"
+            self.database_url = default_database_url(self.service_name)
         self.environment = self.environment.strip().lower()
         if self.environment != LOCAL_DEVELOPMENT:
             self._refuse_guest()
         self._check_retention()
+        ports = {
+            port: name
+            for port, name in (
+                (self.health_port, "HEALTH_PORT"),
+                (self.metrics_port, "METRICS_PORT"),
+            )
+            if port is not None
+        }
+        watch_startup(
+            name=self.service_name,
+            prefix=self._prefix,
+            broker_url=self.broker_urls[0],
+            ports=ports,
+            database_url=self.database_url,
+        )
         return self
 
     @property

@@ -1,4 +1,6 @@
-"""In-memory testing of participants: FastStream's TestRabbitBroker plus saga-aware helpers.
+"""In-memory testing of participants: FastStream's TestRabbitBroker plus saga-aware helpers,
+and the saga rules every participant keeps as a test class to subclass
+(``ParticipantConformance``).
 
 Example:
     ```python
@@ -9,6 +11,7 @@ Example:
     ```
 """
 
+from sagakit.testing._conformance import ParticipantConformance
 from sagakit.testing._harness import (
     INJECTED_REASON,
     FlowHarness,
@@ -30,6 +33,7 @@ __all__ = [
     "FlowRun",
     "INJECTED_REASON",
     "ParkedMessage",
+    "ParticipantConformance",
     "ParticipantHarness",
     "QueueProbe",
     "ServiceApp",

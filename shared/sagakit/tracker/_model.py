@@ -33,18 +33,30 @@ from sagakit.spec._spec import SagaSpec
 
 
 class SagaState(StrEnum):
-    """Where a saga stands, as far as the tracker has seen."""
+    """Where a saga stands, as far as the tracker has seen.
+
+    The words of the two ends are the ones every command, metric and document uses:
+    ``fulfilled`` (the flow's completed event) and ``cancelled`` (its cancelled event).
+    ``COMPLETED`` and ``FAILED`` are the same members under their former names, and the
+    former words ``completed`` and ``failed`` still read as them (databases written before).
+    """
 
     STARTED = "started"
     PENDING = "pending"
     COMPENSATING = "compensating"
-    COMPLETED = "completed"
-    FAILED = "failed"
+    FULFILLED = "fulfilled"
+    CANCELLED = "cancelled"
+    COMPLETED = "fulfilled"
+    FAILED = "cancelled"
+
+    @classmethod
+    def _missing_(cls, value: object) -> SagaState | None:
+        return {"completed": cls.FULFILLED, "failed": cls.CANCELLED}.get(str(value))
 
     @property
     def ended(self) -> bool:
         """True for the terminal states."""
-        return self in {SagaState.COMPLETED, SagaState.FAILED}
+        return self in {SagaState.FULFILLED, SagaState.CANCELLED}
 
 
 @dataclass(frozen=True, slots=True)
@@ -180,8 +192,13 @@ def summarize(spec: SagaSpec, events: Iterable[TrackedEvent]) -> SagaView:
     ended_at: datetime | None = None
     failed_step: str | None = None
     failure_reason: str | None = None
+    terminal: TrackedEvent | None = None
+    moved: TrackedEvent | None = None
     for event in timeline:
-        for role, step in roles.get(event.event_type, ()):
+        event_roles = roles.get(event.event_type, ())
+        if not any(role is _Role.START for role, _ in event_roles):
+            moved = event
+        for role, step in event_roles:
             seen.add(role)
             if role is _Role.START:
                 start_at = start_at or event.occurred_at
@@ -196,11 +213,14 @@ def summarize(spec: SagaSpec, events: Iterable[TrackedEvent]) -> SagaView:
                 steps[step].setdefault("compensated_at", event.occurred_at)
             elif role in {_Role.COMPLETED, _Role.CANCELLED}:
                 ended_at = ended_at or event.occurred_at
+                terminal = terminal or event
                 if role is _Role.CANCELLED:
                     # The cancellation names the failed step: the most reliable source.
                     failed_step = event.failed_step or failed_step
                     failure_reason = event.reason or failure_reason
-    last = timeline[-1]
+    # A start event repeated late (a republished order) says nothing new: the last event is
+    # the terminal one once the saga ended, else the latest that is not a start.
+    last = terminal or moved or timeline[-1]
     state = _state(seen)
     return SagaView(
         saga_id=last.saga_id,
@@ -244,9 +264,9 @@ def _current_step(
 
 def _state(seen: set[_Role]) -> SagaState:
     if _Role.CANCELLED in seen:
-        return SagaState.FAILED
+        return SagaState.CANCELLED
     if _Role.COMPLETED in seen:
-        return SagaState.COMPLETED
+        return SagaState.FULFILLED
     if seen & {_Role.FAILURE, _Role.COMPENSATED}:
         return SagaState.COMPENSATING
     if _Role.SUCCESS in seen:

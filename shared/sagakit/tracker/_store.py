@@ -257,6 +257,17 @@ class TrackerStore:
         events = await self.events(saga_id)
         return summarize(self.spec, events) if events else None
 
+    async def saga_ids_starting(self, prefix: str, *, limit: int = 10) -> list[str]:
+        """Ids of the sagas whose id starts with ``prefix`` (at most ``limit``)."""
+        query = (
+            select(tracked_sagas.c.saga_id)
+            .where(tracked_sagas.c.saga_id.startswith(prefix, autoescape=True))
+            .order_by(tracked_sagas.c.saga_id)
+            .limit(limit)
+        )
+        async with self.store.read() as session:
+            return [str(saga_id) for (saga_id,) in await session.execute(query)]
+
     async def sagas(
         self,
         *,
@@ -317,7 +328,7 @@ class TrackerStore:
         chosen = (
             select(sagas.saga_id)
             .where(
-                sagas.state.in_([SagaState.COMPLETED.value, SagaState.FAILED.value]),
+                sagas.state.in_([SagaState.FULFILLED.value, SagaState.CANCELLED.value]),
                 sagas.last_event_at < cutoff,
             )
             .limit(batch_size)
@@ -411,7 +422,7 @@ def _refuse_missing_sqlite_file(url: str) -> None:
 def _stuck(now: datetime, stuck_after: timedelta) -> Any:
     sagas = tracked_sagas.c
     return and_(
-        sagas.state.not_in([SagaState.COMPLETED.value, SagaState.FAILED.value]),
+        sagas.state.not_in([SagaState.FULFILLED.value, SagaState.CANCELLED.value]),
         or_(
             sagas.last_event_at < _stored(now - stuck_after),
             and_(sagas.deadline.is_not(None), sagas.deadline < _stored(now)),

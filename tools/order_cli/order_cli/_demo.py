@@ -15,10 +15,14 @@ from pathlib import Path
 from typing import Annotated, Any
 
 import typer
+from order_contracts.samples import EXPECTED_FAILED_STEP, Scenario, sample_order
+from order_contracts.spec import ORDER_SAGA
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
-from sagakit import BrokerUnavailable, Envelope
+from sagakit import BrokerUnavailable, Envelope, SagaError
+from sagakit.broker import throwaway_vhost, vhost_of
+from sagakit.cli import EXIT_IN_USE
 from sagakit.client import EventWatch, SagaClient, WatchTimeout
 from sagakit.testing import (
     QueueProbe,
@@ -28,18 +32,17 @@ from sagakit.testing import (
     consumed_queues,
 )
 
-from ._cli_common import (
+from ._common import (
     DEFAULT_URL,
-    EXIT_BROKER_UNAVAILABLE,
     SagaEnd,
     UrlOption,
+    broker_exit_code,
     broker_unavailable_line,
 )
-from .samples import EXPECTED_FAILED_STEP, Scenario, sample_order
-from .spec import ORDER_SAGA
 
 # Orders in flight while publishing: enough to hide the confirm round trips.
 _PUBLISH_CONCURRENCY = 64
+DEMO_VHOST_PREFIX = "saga-demo-"
 
 
 @dataclass(frozen=True, slots=True)
@@ -153,24 +156,55 @@ async def run_demo(
     orders: int,
     url: str,
     start_services: bool,
+    isolated: bool = True,
     wait_seconds: float,
     status: Console,
     show_progress: bool,
 ) -> DemoReport:
     """Start the services (unless told not to), publish ``orders`` orders, collect the ends.
 
+    Started services run on a virtual host of their own when one can be made (``isolated``),
+    deleted afterwards; else on ``url``'s, only when nothing else consumes from their queues.
+
     Raises:
         BrokerUnavailable: Before anything is started, when no broker answers.
+        QueuesInUse: Another consumer is on a queue the demo needs.
     """
     async with contextlib.AsyncExitStack() as stack:
-        client = await stack.enter_async_context(SagaClient(url, ORDER_SAGA, producer="saga-demo"))
+        probe = QueueProbe(url)
+        stack.push_async_callback(probe.close)
+        await probe.open()  # no broker: say so before anything else
+        run_url = url
+        if start_services and isolated:
+            made = await stack.enter_async_context(throwaway_vhost(url, prefix=DEMO_VHOST_PREFIX))
+            if made.url is not None:
+                run_url = made.url
+                status.print(
+                    f"virtual host {made.vhost} of its own (made with {made.made_by}; "
+                    "deleted at the end)",
+                    highlight=False,
+                    soft_wrap=True,
+                )
+            else:
+                status.print(
+                    f"no virtual host of its own ({'; '.join(made.tried)}): running on "
+                    f"{vhost_of(url)!r}, where nothing else may consume from the demo's queues",
+                    highlight=False,
+                    soft_wrap=True,
+                )
+        shared = run_url == url
+        if start_services and shared:
+            await _require_no_consumers(probe, url)
+        client = await stack.enter_async_context(
+            SagaClient(run_url, ORDER_SAGA, producer="saga-demo")
+        )
         log_dir: Path | None = None
         if start_services:
             log_dir = Path(tempfile.mkdtemp(prefix="saga-demo-"))
             processes = ServiceProcesses(
                 demo_services(),
                 spec=ORDER_SAGA,
-                url=url,
+                url=run_url,
                 log_dir=log_dir,
                 service_env={
                     name: {
@@ -181,10 +215,15 @@ async def run_demo(
             )
             stack.push_async_callback(processes.stop)
             status.print(
-                f"starting {', '.join(processes.names)} (logs in {log_dir}) …", soft_wrap=True
+                f"starting {', '.join(processes.names)} (logs and databases in {log_dir}) …",
+                highlight=False,
+                soft_wrap=True,
             )
             began = time.perf_counter()
             await processes.start(timeout=90)
+            if shared:
+                # Readiness counted consumers: prove every one of them is ours.
+                await _require_own_consumers(probe, url)
             status.print(f"services consuming after {time.perf_counter() - began:.1f}s")
         else:
             await _require_consumers(url)
@@ -203,15 +242,47 @@ async def run_demo(
     return DemoReport(sagas=sagas, wall_seconds=wall, log_dir=log_dir)
 
 
+class QueuesInUse(SagaError):
+    """Another consumer is on a queue the demo's services need: it would take their orders."""
+
+
+def _demo_queues() -> list[str]:
+    return [
+        queue
+        for participant in ORDER_SAGA.participants()
+        for queue in consumed_queues(ORDER_SAGA, participant)
+    ]
+
+
+async def _require_no_consumers(probe: QueueProbe, url: str) -> None:
+    busy = {q: n for q in _demo_queues() if (n := await probe.consumers(q) or 0)}
+    if busy:
+        raise QueuesInUse(
+            f"refusing to start: {_consumers(busy)} on virtual host {vhost_of(url)!r} "
+            "would take the demo's orders. Stop those services, or run `saga demo --no-start` "
+            "to use them, or let the demo make a virtual host of its own (the broker's "
+            "management plugin with an administrator user, or rabbitmqctl on this machine)."
+        )
+
+
+async def _require_own_consumers(probe: QueueProbe, url: str) -> None:
+    # Each started service consumes once from each of its queues.
+    extra = {q: n for q in _demo_queues() if (n := await probe.consumers(q) or 0) != 1}
+    if extra:
+        raise QueuesInUse(
+            f"refusing to go on: {_consumers(extra)} on virtual host {vhost_of(url)!r} where "
+            "only the demo's own services should be (one each): something else started meanwhile."
+        )
+
+
+def _consumers(counts: dict[str, int]) -> str:
+    return ", ".join(f"{queue} has {n} consumer(s)" for queue, n in counts.items())
+
+
 async def _require_consumers(url: str) -> None:
     probe = QueueProbe(url)
     try:
-        idle = [
-            queue
-            for participant in ORDER_SAGA.participants()
-            for queue in consumed_queues(ORDER_SAGA, participant)
-            if not await probe.consumers(queue)
-        ]
+        idle = [queue for queue in _demo_queues() if not await probe.consumers(queue)]
     finally:
         await probe.close()
     if idle:
@@ -308,6 +379,14 @@ def demo_command(
         bool,
         typer.Option("--start/--no-start", help="Start the four services as processes."),
     ] = True,
+    isolated: Annotated[
+        bool,
+        typer.Option(
+            "--isolated/--shared",
+            help="Run the services on a virtual host of their own when one can be made "
+            "(deleted after); --shared: on the URL's, if nothing else consumes there.",
+        ),
+    ] = True,
     as_json: Annotated[bool, typer.Option("--json", help="Print the report as JSON.")] = False,
     timeout: Annotated[
         float, typer.Option(help="Seconds to wait for every saga to end.", min=1)
@@ -317,9 +396,11 @@ def demo_command(
     """Run the order saga end to end: successes and every kind of business failure.
 
     Starts inventory, payment, shipping and notification as separate processes (databases
-    and logs in a fresh temporary directory), publishes the orders, waits for every saga to
+    and logs in a fresh temporary directory) on a virtual host of their own when the broker
+    lets the demo make one (deleted after), publishes the orders, waits for every saga to
     end, prints a table and a summary, and stops the services. Exit code 0 when every saga
-    ended as its scenario expects, 1 otherwise, 3 when no broker answers.
+    ended as its scenario expects, 1 otherwise, 3 when no broker answers, 4 when the broker
+    refuses the login or virtual host, 5 when other consumers are on the demo's queues.
     """
     console = Console()
     status = Console(stderr=True)
@@ -329,6 +410,7 @@ def demo_command(
                 orders=orders,
                 url=url,
                 start_services=start,
+                isolated=isolated,
                 wait_seconds=timeout,
                 status=status,
                 show_progress=not as_json,
@@ -336,7 +418,10 @@ def demo_command(
         )
     except BrokerUnavailable as exc:
         status.print(broker_unavailable_line(exc), highlight=False, soft_wrap=True)
-        raise typer.Exit(EXIT_BROKER_UNAVAILABLE) from None
+        raise typer.Exit(broker_exit_code(exc)) from None
+    except QueuesInUse as exc:
+        status.print(str(exc), style="red", highlight=False, markup=False, soft_wrap=True)
+        raise typer.Exit(EXIT_IN_USE) from None
     except ServiceStartError as exc:
         status.print(str(exc), style="red", highlight=False, markup=False)
         raise typer.Exit(1) from None

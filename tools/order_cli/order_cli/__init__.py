@@ -8,8 +8,8 @@ from typing import Any
 
 import typer
 
-from ._cli_demo import demo_command
-from ._cli_order import order_command
+from ._demo import demo_command
+from ._order import order_command
 
 
 def register(app: typer.Typer) -> None:

@@ -9,11 +9,11 @@ from datetime import timedelta
 from typing import Annotated, Any
 
 import typer
+from order_contracts.events import OrderCancelled, OrderLine
+from order_contracts.spec import ORDER_SAGA
 from pydantic import ValidationError
 from sagakit import BrokerUnavailable, Envelope, StepRecord
-
-from .events import OrderCancelled, OrderLine
-from .spec import ORDER_SAGA
+from sagakit.cli import error_line
 
 DEFAULT_URL = "amqp://guest:guest@127.0.0.1:5672/"
 
@@ -26,7 +26,6 @@ UrlOption = Annotated[
     ),
 ]
 
-EXIT_BROKER_UNAVAILABLE = 3
 
 _DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([smh]?)\s*$")
 _UNIT_SECONDS = {"": 1, "s": 1, "m": 60, "h": 3600}
@@ -67,12 +66,13 @@ def parse_item(text: str) -> OrderLine:
 
 
 def broker_unavailable_line(error: BrokerUnavailable) -> str:
-    """The one line printed when no broker answers, with how to start one."""
-    text = str(error)
-    return (
-        f"{text[:1].upper()}{text[1:]}. Start one with `rabbitmq-server -detached` "
-        "(or `docker compose up -d rabbitmq`), or point --url / RABBITMQ_URL at one."
-    )
+    """The one line printed when no broker answers (how to start one) or it refuses us."""
+    return error_line(error)[0]
+
+
+def broker_exit_code(error: BrokerUnavailable) -> int:
+    """3 when no broker answers, 4 when it refuses the login or the virtual host."""
+    return error_line(error)[1]
 
 
 @dataclass(frozen=True, slots=True)

@@ -4,32 +4,35 @@ from __future__ import annotations
 
 import asyncio
 import json
+import uuid
 from datetime import timedelta
 from pathlib import Path
 from typing import Annotated, Any
 
 import typer
+from order_contracts.events import OrderCreated
+from order_contracts.samples import Scenario, sample_order
+from order_contracts.spec import ORDER_SAGA
 from pydantic import ValidationError
 from rich.console import Console
 from rich.table import Table
 from sagakit import BrokerUnavailable, Envelope, utc_now
+from sagakit.broker import queue_name, redacted
 from sagakit.client import EventNotRouted, SagaClient, WatchTimeout
+from sagakit.testing import QueueProbe
 
-from ._cli_common import (
+from ._common import (
     DEFAULT_URL,
-    EXIT_BROKER_UNAVAILABLE,
     SagaEnd,
     UrlOption,
+    broker_exit_code,
     broker_unavailable_line,
     describe,
     parse_duration,
     parse_item,
 )
-from .events import OrderCreated
-from .samples import Scenario, sample_order
-from .spec import ORDER_SAGA
 
-EXIT_FULFILLED, EXIT_CANCELLED, EXIT_TIMEOUT = 0, 1, 2
+EXIT_FULFILLED, EXIT_CANCELLED, EXIT_TIMEOUT = 0, 1, 6
 
 
 def build_order(
@@ -82,13 +85,34 @@ def build_order(
         raise typer.BadParameter(f"not a valid order: {problems}") from None
 
 
+ORDER_ID_PLACEHOLDER = "<new>"
+_ENVELOPE_KEYS = frozenset({"event_id", "event_type", "context", "occurred_at", "producer"})
+
+
 def _read_order_file(path: Path) -> dict[str, Any]:
+    """The order.created payload in ``path``: the payload itself, or a whole envelope.
+
+    An envelope's ids and time are not used (each run starts a new saga with a new event
+    id, now); an ``order_id`` of ``<new>`` (or none) becomes a new one, so that the same
+    file can be sent again without being a duplicate of the first order.
+    """
     try:
         data = json.loads(path.read_text())
     except (OSError, ValueError) as exc:
         raise typer.BadParameter(f"cannot read {path}: {exc}") from None
     if not isinstance(data, dict):
-        raise typer.BadParameter(f"{path} must hold a JSON object (the order.created payload)")
+        raise typer.BadParameter(f"{path} must hold a JSON object (an order or its envelope)")
+    if "payload" in data and _ENVELOPE_KEYS & set(data):
+        event_type = data.get("event_type", ORDER_SAGA.start_event)
+        if event_type != ORDER_SAGA.start_event:
+            raise typer.BadParameter(
+                f"{path} is a {event_type!r} envelope: saga order sends {ORDER_SAGA.start_event!r}"
+            )
+        data = data["payload"]
+        if not isinstance(data, dict):
+            raise typer.BadParameter(f"{path}: the envelope's payload must be a JSON object")
+    if data.get("order_id") in (None, "", ORDER_ID_PLACEHOLDER):
+        data["order_id"] = f"ord-{uuid.uuid4().hex[:12]}"
     return data
 
 
@@ -112,6 +136,42 @@ def events_table(started: Envelope[Any], events: list[Envelope[Any]]) -> Table:
     return table
 
 
+def events_json(started: Envelope[Any], events: list[Envelope[Any]]) -> list[dict[str, Any]]:
+    """A saga's events in arrival order, as JSON."""
+    return [
+        {
+            "event_type": event.event_type,
+            "event_id": str(event.event_id),
+            "producer": event.producer,
+            "at_ms": round((event.occurred_at - started.occurred_at).total_seconds() * 1000, 1),
+            "step": describe(event) or None,
+        }
+        for event in events
+    ]
+
+
+async def _require_bound(url: str) -> list[str]:
+    """The queues the start event goes to; raises EventNotRouted when none is declared
+    (with --wait our own watch queue would take the order, and wait for ever)."""
+    queues = [
+        queue_name(step.participant, ORDER_SAGA.start_event)
+        for step in ORDER_SAGA.steps
+        if step.trigger == ORDER_SAGA.start_event
+    ]
+    probe = QueueProbe(url)
+    try:
+        counts = {queue: await probe.consumers(queue) for queue in queues}
+    finally:
+        await probe.close()
+    if all(count is None for count in counts.values()):
+        raise EventNotRouted(
+            f"nothing is bound to {ORDER_SAGA.start_event!r} on exchange "
+            f"{ORDER_SAGA.exchange!r} at {redacted(url)} (no queue {', '.join(queues)}): "
+            "start the services first (README: Running a service on its own, or saga demo)"
+        )
+    return [queue for queue, count in counts.items() if count == 0]
+
+
 async def publish_order(
     order: OrderCreated,
     *,
@@ -120,24 +180,62 @@ async def publish_order(
     wait: bool,
     wait_seconds: float,
     console: Console,
+    as_json: bool = False,
 ) -> int:
     """Publish ``order``; with ``wait``, print its events and return the exit code."""
     when = utc_now() + deadline if deadline is not None else None
     async with SagaClient(url, ORDER_SAGA) as client:
         if not wait:
             started = await client.start(order, deadline=when)
-            console.print(str(started.context.saga_id), highlight=False)
+            if as_json:
+                console.print_json(
+                    data={
+                        "saga_id": str(started.context.saga_id),
+                        "event_id": str(started.event_id),
+                        "order_id": order.order_id,
+                    }
+                )
+            else:
+                console.print(str(started.context.saga_id), highlight=False)
             return EXIT_FULFILLED
+        idle = await _require_bound(url)
+        if idle and not as_json:
+            Console(stderr=True).print(
+                f"note: nothing consumes from {', '.join(idle)} yet; the order waits there",
+                highlight=False,
+            )
         async with client.watch() as watch:
             started = await client.start(order, deadline=when)
             saga_id = started.context.saga_id
             try:
                 events = await watch.wait_for_end(saga_id, timeout=wait_seconds)
             except WatchTimeout as exc:
-                console.print(events_table(started, exc.seen.get(saga_id, [])))
-                console.print(f"[yellow]pending[/]: no terminal event within {wait_seconds:g}s")
+                seen = exc.seen.get(saga_id, [])
+                if as_json:
+                    console.print_json(
+                        data={
+                            "saga_id": str(saga_id),
+                            "outcome": "pending",
+                            "events": events_json(started, seen),
+                        }
+                    )
+                else:
+                    console.print(events_table(started, seen))
+                    console.print(f"[yellow]pending[/]: no terminal event within {wait_seconds:g}s")
                 return EXIT_TIMEOUT
     end = SagaEnd.read(started, events)
+    if as_json:
+        console.print_json(
+            data={
+                "saga_id": str(saga_id),
+                "outcome": end.outcome,
+                "failed_step": end.failed_step,
+                "reason": end.reason,
+                "duration_ms": round(end.duration_ms or 0.0, 1),
+                "events": events_json(started, events),
+            }
+        )
+        return EXIT_FULFILLED if end.outcome == "fulfilled" else EXIT_CANCELLED
     console.print(events_table(started, events))
     if end.outcome == "fulfilled":
         console.print(f"[green]fulfilled[/] in {end.duration_ms:.0f} ms")
@@ -159,7 +257,12 @@ def order_command(
     ] = None,
     file: Annotated[
         Path | None,
-        typer.Option("--file", help="The order.created payload as JSON.", exists=True),
+        typer.Option(
+            "--file",
+            help="An order as JSON: the order.created payload or its whole envelope "
+            '(ids and time are renewed; an order_id of "<new>" becomes a new one).',
+            exists=True,
+        ),
     ] = None,
     scenario: Annotated[
         Scenario | None,
@@ -182,13 +285,14 @@ def order_command(
     ] = None,
     wait: Annotated[bool, typer.Option("--wait", help="Follow the saga to its end.")] = False,
     timeout: Annotated[float, typer.Option(help="Seconds to wait with --wait.", min=0.1)] = 30.0,
+    as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
     url: UrlOption = DEFAULT_URL,
 ) -> None:
     """Publish one OrderCreated and print its saga id.
 
     With --wait, follow the saga to its terminal event and print its events in order; the
-    exit code is then 0 when the order was fulfilled, 1 when it was cancelled, 2 on timeout
-    (3: no broker).
+    exit code is then 0 when the order was fulfilled, 1 when it was cancelled (or nothing
+    consumes orders), 6 on timeout; 2 a usage error, 3 no broker, 4 login or vhost refused.
     """
     order = build_order(
         file=file,
@@ -210,12 +314,18 @@ def order_command(
     try:
         code = asyncio.run(
             publish_order(
-                order, url=url, deadline=lifetime, wait=wait, wait_seconds=timeout, console=console
+                order,
+                url=url,
+                deadline=lifetime,
+                wait=wait,
+                wait_seconds=timeout,
+                console=console,
+                as_json=as_json,
             )
         )
     except BrokerUnavailable as exc:
         errors.print(broker_unavailable_line(exc), highlight=False, soft_wrap=True)
-        raise typer.Exit(EXIT_BROKER_UNAVAILABLE) from None
+        raise typer.Exit(broker_exit_code(exc)) from None
     except EventNotRouted as exc:
         errors.print(str(exc), highlight=False, soft_wrap=True)
         raise typer.Exit(1) from None
