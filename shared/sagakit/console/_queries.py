@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from sqlalchemy import and_, func, or_, select
+from sqlalchemy import and_, func, or_, select, union_all
 
 from sagakit.tracker._model import SagaState
 from sagakit.tracker._store import SagaRow, TrackerStore, _saga_row, _stored, tracked_sagas
@@ -124,6 +124,16 @@ async def saga_page(
             ),
         )
     listed = listed.order_by(sagas.last_event_at.desc(), sagas.saga_id.desc()).limit(limit + 1)
+    if query.stuck and query.state is None:
+        # Stuck sagas newest first: per running state, the first rows of the stuck index in
+        # order, then merged; one query over every running state would sort them all.
+        parts = [listed.where(sagas.state == state).subquery() for state in _RUNNING]
+        merged = union_all(*(select(part) for part in parts)).subquery()
+        listed = (
+            select(merged)
+            .order_by(merged.c.last_event_at.desc(), merged.c.saga_id.desc())
+            .limit(limit + 1)
+        )
     counted = select(func.count()).select_from(tracked_sagas).where(*conditions)
     found: dict[str, dict[str, int]] = {}
     async with store.store.read() as session:

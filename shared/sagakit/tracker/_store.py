@@ -99,7 +99,7 @@ tracked_sagas = Table(
     Index("ix_saga_tracker_sagas_state", "state", "last_event_at"),
     Index("ix_saga_tracker_sagas_moved", "last_event_at", "saga_id"),
     # Stuck sagas (the console's filter, the stuck-saga gauge) from the index alone.
-    Index("ix_saga_tracker_sagas_stuck", "state", "last_event_at", "deadline"),
+    Index("ix_saga_tracker_sagas_stuck", "state", "last_event_at", "saga_id", "deadline"),
     Index("ix_saga_tracker_sagas_started", "started_at"),
     Index("ix_saga_tracker_sagas_step", "current_step", "last_event_at"),
     Index("ix_saga_tracker_sagas_reason", "failure_reason", "last_event_at"),
