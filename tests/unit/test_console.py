@@ -97,15 +97,19 @@ async def test_the_list_filters_searches_and_pages(store: TrackerStore) -> None:
     ]
     declined = saga(DECLINED, order_id="ord-declined", started=NOW - timedelta(days=2))
     running = saga(FULFILLED[:2], order_id="ord-running")
-    await store.import_sagas([*fulfilled, declined, running])
+    stale = saga(FULFILLED[:3], order_id="ord-stale", started=NOW - timedelta(hours=2))
+    undoing = saga(DECLINED[:3], order_id="ord-undoing", started=NOW - timedelta(hours=3))
+    await store.import_sagas([*fulfilled, declined, running, stale, undoing])
     async with client(store) as http:
         everything = (await http.get("/sagas")).text
-        assert len(saga_ids(everything)) == 9
+        assert len(saga_ids(everything)) == 11
+        stuck = (await http.get("/sagas", params={"stuck": "1"})).text
+        assert saga_ids(stuck) == [stale[0].saga_id, undoing[0].saga_id]  # newest first
         assert re.search(r'id="query-ms">\d+\.\d<', everything)
         by_state = (await http.get("/sagas", params={"state": "pending"})).text
-        assert saga_ids(by_state) == [running[0].saga_id]
+        assert saga_ids(by_state) == [running[0].saga_id, stale[0].saga_id]
         by_reason = (await http.get("/sagas", params={"reason": "card_declined"})).text
-        assert saga_ids(by_reason) == [declined[0].saga_id]
+        assert saga_ids(by_reason) == [undoing[0].saga_id, declined[0].saga_id]
         by_step = (await http.get("/sagas", params={"step": "charge_payment"})).text
         assert saga_ids(by_step) == [running[0].saga_id]
         old = (await http.get("/sagas", params={"age": "gt1d"})).text
@@ -129,7 +133,7 @@ async def test_the_list_filters_searches_and_pages(store: TrackerStore) -> None:
                 found = re.search(r'href="(/sagas\?[^"]*after=[^"]+)" id="older"', html)
                 link = found.group(1).replace("&amp;", "&") if found else None
         assert sorted(seen) == sorted(saga_ids(everything))
-        assert len(seen) == 9
+        assert len(seen) == 11
 
 
 async def test_the_saga_page_draws_the_path_and_masks_personal_data(store: TrackerStore) -> None:
