@@ -240,3 +240,31 @@ async def test_an_older_tracker_database_gets_the_new_columns(tmp_path: Path) ->
             assert "ord-old" in (await http.get("/sagas", params={"q": "ord-old"})).text
     finally:
         await store.dispose()
+
+
+def test_saga_cancel_and_redrive_refuse_an_ended_or_unknown_saga(tmp_path: Path) -> None:
+    from sagakit.cli import app, load_plugins
+    from typer.testing import CliRunner
+
+    url = f"sqlite+aiosqlite:///{tmp_path}/tracker.db"
+    ended = saga(DECLINED, order_id="ord-ended")
+
+    async def prepare() -> None:
+        store = TrackerStore(url, spec=ORDER_SAGA)
+        await store.create_schema()
+        await store.import_sagas([ended])
+        await store.dispose()
+
+    import asyncio
+
+    asyncio.run(prepare())
+    load_plugins()
+    runner = CliRunner()
+    for command in ("cancel", "redrive"):
+        result = runner.invoke(app, [command, ended[0].saga_id, "--db", url])
+        assert result.exit_code == 1, result.output
+        assert "refused" in result.output
+        assert "it has ended (cancelled)" in result.output
+    unknown = runner.invoke(app, ["cancel", str(uuid.uuid4()), "--db", url])
+    assert unknown.exit_code == 1
+    assert "never seen" in unknown.output
