@@ -149,6 +149,21 @@ def _gap(seconds: float | None) -> str:
     return f"+{seconds / 60:.1f} min"
 
 
+def _plain(value: Any) -> Any:
+    """AMQP header values (tables, arrays, bytes, times) as JSON values."""
+    if isinstance(value, dict):
+        return {str(key): _plain(item) for key, item in value.items()}
+    if isinstance(value, list | tuple):
+        return [_plain(item) for item in value]
+    if isinstance(value, bytes | bytearray):
+        return bytes(value).decode("utf-8", errors="replace")
+    if isinstance(value, datetime):
+        return value.isoformat()
+    if value is None or isinstance(value, str | int | float | bool):
+        return value
+    return str(value)
+
+
 def _payload(event: TrackedEvent) -> dict[str, Any] | None:
     if not event.body:
         return None
@@ -352,14 +367,7 @@ def console_app(store: TrackerStore, settings: ConsoleSettings) -> Starlette:
                     "entry": entry,
                     "body": redacted_body(entry.body, show_personal_data=personal),
                     "headers": json.dumps(
-                        redact_value(
-                            {
-                                str(k): v if isinstance(v, str | int | float | bool) else str(v)
-                                for k, v in entry.headers.items()
-                            }
-                        )
-                        if not personal
-                        else {str(k): str(v) for k, v in entry.headers.items()},
+                        _plain(entry.headers) if personal else redact_value(_plain(entry.headers)),
                         indent=2,
                         ensure_ascii=False,
                     ),
