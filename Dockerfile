@@ -57,12 +57,13 @@ RUN groupadd --system --gid 10001 saga \
 
 COPY --from=build /opt/venv /opt/venv
 
-# SAGAKIT_APP is what `faststream run` starts: <service>_service.main:app.
+# SAGAKIT_APP is the factory `faststream run --factory` calls to build the app (it reads the
+# settings then): <service>_service.main:create_app.
 ENV PATH=/opt/venv/bin:$PATH \
     PYTHONDONTWRITEBYTECODE=1 \
     PYTHONUNBUFFERED=1 \
     SAGAKIT_ENV=production \
-    SAGAKIT_APP=${SERVICE}_service.main:app
+    SAGAKIT_APP=${SERVICE}_service.main:create_app
 
 # var/ holds the SQLite store when no database URL is given.
 WORKDIR /app
@@ -73,4 +74,4 @@ USER 10001:10001
 EXPOSE 8080 9100
 
 # exec: faststream is PID 1 and gets SIGTERM itself, for a graceful stop.
-CMD ["/bin/sh", "-c", "exec faststream run \"$SAGAKIT_APP\""]
+CMD ["/bin/sh", "-c", "exec faststream run --factory \"$SAGAKIT_APP\""]

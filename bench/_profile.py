@@ -12,7 +12,8 @@ from pathlib import Path
 from typing import Any
 
 _FRAME = re.compile(r"^(?P<func>.*) \((?P<path>.*?)(?::\d+)?\)$")
-_MARKERS = ("site-packages/", "/work/main/", "/lib/python3.11/")
+# Paths shown from these on: installed packages, this repository, the standard library.
+_MARKERS = ("site-packages/", f"{Path(__file__).resolve().parents[1]}/", "/lib/python3.11/")
 
 
 def _short(frame: str) -> str:

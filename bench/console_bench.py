@@ -27,7 +27,7 @@ from typing import Any
 
 import httpx
 from order_contracts import ORDER_SAGA
-from sagakit.console import ConsoleSettings, console_app
+from sagakit.console import ConsoleSettings, SagaFilter, console_app, saga_page
 from sagakit.tracker import TrackedEvent, TrackerStore
 
 FORWARD = [
@@ -188,6 +188,14 @@ async def main() -> None:
                 "search, saga id prefix": f"/sagas?q={samples[len(samples) // 3][0][:6]}",
                 "saga page": f"/sagas/{samples[len(samples) // 4][0]}",
             }
+            counted = []
+            for _ in range(args.runs):
+                page = await saga_page(store, SagaFilter(), stuck_after=timedelta(seconds=60))
+                counted.append(page.facets_ms)
+            print(
+                f"filter choices (counts by reason and step): median "
+                f"{statistics.median(counted):.1f} ms, worst {max(counted):.1f} ms"
+            )
             print(f"{'page':34} {'median ms':>10} {'max ms':>8} {'query ms':>9}  rows")
             for name, path in pages.items():
                 times = []

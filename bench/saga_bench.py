@@ -325,7 +325,7 @@ async def services_up(
     log_dir = args.output_dir / "logs" / name
     shutil.rmtree(log_dir, ignore_errors=True)
     procs = ServiceProcesses(
-        {p: (p, f"{p}_service.main:app") for p in PARTICIPANTS},
+        {p: (p, f"{p}_service.main:create_app") for p in PARTICIPANTS},
         spec=ORDER_SAGA,
         url=url,
         log_dir=log_dir,

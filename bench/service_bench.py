@@ -87,7 +87,7 @@ async def one_run(
     database = work_dir / f"{service}-{uuid.uuid4().hex[:6]}.db"
     queue = f"{service}.{CONSUMES[service]}"
     procs = ServiceProcesses(
-        {service: (service, f"{service}_service.main:app")},
+        {service: (service, f"{service}_service.main:create_app")},
         spec=ORDER_SAGA,
         url=url,
         log_dir=work_dir / "logs",

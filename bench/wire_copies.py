@@ -76,7 +76,7 @@ async def _run(
     args: argparse.Namespace, url: str, workdir: Path, databases: dict[str, str]
 ) -> dict[str, object]:
     procs = ServiceProcesses(
-        {p: (p, f"{p}_service.main:app") for p in PARTICIPANTS},
+        {p: (p, f"{p}_service.main:create_app") for p in PARTICIPANTS},
         spec=ORDER_SAGA,
         url=url,
         log_dir=workdir / "logs",

@@ -36,7 +36,7 @@ def _run(coro_factory: Callable[[], object]) -> None:
 
 
 async def _admin(statement: str) -> None:
-    import asyncpg  # type: ignore[import-untyped]
+    import asyncpg  # type: ignore[import-untyped]  # asyncpg ships no type hints
 
     connection = await asyncpg.connect(POSTGRES_ADMIN_URL, timeout=5)
     try:

@@ -98,7 +98,7 @@ def service_processes(
     for participant in PARTICIPANTS:
         for replica in range(1, replicas + 1):
             name = participant if replicas == 1 else f"{participant}-{replica}"
-            services[name] = (participant, f"{participant}_service.main:app")
+            services[name] = (participant, f"{participant}_service.main:create_app")
             per_service[name] = {
                 f"{participant.upper()}_DATABASE_URL": databases[participant],
                 **(service_env or {}).get(name, {}),

@@ -269,7 +269,7 @@ async def _tracker_process(url: str, directory: Path, probe_url: str) -> AsyncIt
     with (directory / "tracker.log").open("ab") as log:
         process = await asyncio.create_subprocess_exec(
             sys.executable,
-            *("-m", "faststream", "run", "tracker_service.main:app"),
+            *("-m", "faststream", "run", "tracker_service.main:create_app", "--factory"),
             env=env,
             stdin=subprocess.DEVNULL,
             stdout=log,

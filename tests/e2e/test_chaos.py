@@ -1,4 +1,4 @@
-"""The chaos run (bench/chaos.py), small and seeded: about 100 sagas meet every fault kind.
+"""The chaos run (``python -m sagakit_chaos``), small and seeded: 100 sagas meet every fault kind.
 
 Kills (random and at crash points), a broker restart, connection cuts and latency through
 the proxy, duplicated events, garbage under real routing keys and business failures at
@@ -15,7 +15,6 @@ to show that its checks can fail.
 
 from __future__ import annotations
 
-import importlib
 import json
 import os
 import subprocess
@@ -24,34 +23,25 @@ import time
 import uuid
 from decimal import Decimal
 from pathlib import Path
-from types import ModuleType, SimpleNamespace
-from typing import Any
+from types import SimpleNamespace
+from typing import Any, cast
 
 import pytest
+import sagakit_chaos
+from aio_pika.abc import AbstractIncomingMessage
 from sagakit_lab import rabbitmq_missing
 
 from tests.brokers import unavailable
 
-BENCH = Path(__file__).resolve().parents[2] / "bench"
 SEED = 20251124
 SAGAS = 100
 BUDGET_SECONDS = 180
 
 
-@pytest.fixture
-def chaos(monkeypatch: pytest.MonkeyPatch) -> SimpleNamespace:
-    monkeypatch.syspath_prepend(str(BENCH))
-    modules: dict[str, ModuleType] = {
-        name: importlib.import_module(f"_chaos_{name}")
-        for name in ("audit", "faults", "ledger", "orders", "stores")
-    }
-    return SimpleNamespace(**modules)
-
-
 @pytest.mark.e2e
 @pytest.mark.timeout(BUDGET_SECONDS + 60)
 def test_a_seeded_chaos_run_loses_nothing_and_applies_nothing_twice(
-    tmp_path: Path, chaos: SimpleNamespace
+    tmp_path: Path,
 ) -> None:
     reason = rabbitmq_missing()
     if reason is not None:
@@ -59,7 +49,8 @@ def test_a_seeded_chaos_run_loses_nothing_and_applies_nothing_twice(
     report_path = tmp_path / "report.json"
     command = [
         sys.executable,
-        str(BENCH / "chaos.py"),
+        "-m",
+        "sagakit_chaos",
         f"--sagas={SAGAS}",
         f"--seed={SEED}",
         "--rate=5",
@@ -84,7 +75,7 @@ def test_a_seeded_chaos_run_loses_nothing_and_applies_nothing_twice(
     # needs PostgreSQL, and the volumes root (which CI has)
     cannot = set(report["unavailable_kinds"])
     assert cannot - {"store_outage"} <= (set() if os.environ.get("CI") else cannot)
-    kinds = [kind.value for kind in chaos.faults.FaultKind if kind.value not in cannot]
+    kinds = [kind.value for kind in sagakit_chaos.FaultKind if kind.value not in cannot]
     assert [kind for kind in kinds if not report["faults"].get(kind)] == []
     cancelled_at = {
         outcome.removeprefix("cancelled at ")
@@ -100,7 +91,7 @@ def test_a_seeded_chaos_run_loses_nothing_and_applies_nothing_twice(
 # -- the audit itself can fail -----------------------------------------------------------
 
 
-def _event(saga: str, event_type: str, **payload: Any) -> SimpleNamespace:
+def _event(saga: str, event_type: str, **payload: Any) -> AbstractIncomingMessage:
     event_id = str(uuid.uuid5(uuid.NAMESPACE_URL, f"{saga}/{event_type}"))
     body = {
         "event_id": event_id,
@@ -108,7 +99,8 @@ def _event(saga: str, event_type: str, **payload: Any) -> SimpleNamespace:
         "context": {"saga_id": saga},
         "payload": payload,
     }
-    return SimpleNamespace(
+    # A stand-in with the attributes the ledger reads from a delivered message.
+    stand_in = SimpleNamespace(
         message_id=event_id,
         routing_key=event_type,
         body=json.dumps(body).encode(),
@@ -117,21 +109,22 @@ def _event(saga: str, event_type: str, **payload: Any) -> SimpleNamespace:
         type=event_type,
         content_type="application/json",
     )
+    return cast(AbstractIncomingMessage, stand_in)
 
 
-def test_the_audit_finds_lost_and_doubled_effects(chaos: SimpleNamespace) -> None:
+def test_the_audit_finds_lost_and_doubled_effects() -> None:
     from order_contracts import ORDER_SAGA
     from order_contracts.samples import Scenario, sample_order
 
     fulfilled, declined, stuck = (str(uuid.uuid4()) for _ in range(3))
     planned = {
-        fulfilled: chaos.orders.PlannedOrder(Scenario.FULFILLED, sample_order()),
-        declined: chaos.orders.PlannedOrder(
+        fulfilled: sagakit_chaos.PlannedOrder(Scenario.FULFILLED, sample_order()),
+        declined: sagakit_chaos.PlannedOrder(
             Scenario.CARD_DECLINED, sample_order(Scenario.CARD_DECLINED)
         ),
-        stuck: chaos.orders.PlannedOrder(Scenario.FULFILLED, sample_order()),
+        stuck: sagakit_chaos.PlannedOrder(Scenario.FULFILLED, sample_order()),
     }
-    ledger = chaos.ledger.Ledger("amqp://unused", spec=ORDER_SAGA)
+    ledger = sagakit_chaos.Ledger("amqp://unused", spec=ORDER_SAGA)
     trails = {
         fulfilled: [
             "order.created",
@@ -149,9 +142,9 @@ def test_the_audit_finds_lost_and_doubled_effects(chaos: SimpleNamespace) -> Non
     ledger._record(
         _event(declined, "order.cancelled", failed_step="charge_payment", reason="card_declined")
     )
-    initial = chaos.orders.INITIAL_STOCK
+    initial = sagakit_chaos.INITIAL_STOCK
     two_apples = {"SKU-APPLE": 2}
-    stores = chaos.stores.StoreState(
+    stores = sagakit_chaos.StoreState(
         # the declined order's release never happened; the stuck one holds its stock
         stock={**initial, "SKU-APPLE": initial["SKU-APPLE"] - 6},
         reservations={fulfilled: "active", declined: "active", stuck: "active"},
@@ -165,7 +158,7 @@ def test_the_audit_finds_lost_and_doubled_effects(chaos: SimpleNamespace) -> Non
         pending_outbox={"inventory": 0, "payment": 1, "shipping": 0, "notification": 0},
         inbox_rows=0,
     )
-    result = chaos.audit.audit(
+    result = sagakit_chaos.audit(
         spec=ORDER_SAGA,
         # a zombie still holds its queue beside the new process
         consumers={"payment.inventory.reserved": 2, "inventory.order.created": 1},
@@ -174,7 +167,7 @@ def test_the_audit_finds_lost_and_doubled_effects(chaos: SimpleNamespace) -> Non
         parked=[],
         stores=stores,
         malformed={
-            "chaos-malformed-0001": chaos.faults.Malformed(
+            "chaos-malformed-0001": sagakit_chaos.Malformed(
                 "chaos-malformed-0001", "order.created", "bytes", frozenset({"inventory"})
             )
         },
@@ -215,26 +208,25 @@ def _parked(service: str, message_id: str, saga: str, reason: str) -> Any:
     )
 
 
-def test_the_audit_finds_stranded_wrongly_cancelled_and_strangers(chaos: SimpleNamespace) -> None:
+def test_the_audit_finds_stranded_wrongly_cancelled_and_strangers() -> None:
     from order_contracts import ORDER_SAGA
     from order_contracts.samples import Scenario, sample_order
 
-    orders = chaos.orders
     outage, parked, large, stranger = (str(uuid.uuid4()) for _ in range(4))
     planned = {
         # a valid order, cancelled because a database was down
-        outage: orders.PlannedOrder(Scenario.FULFILLED, sample_order()),
+        outage: sagakit_chaos.PlannedOrder(Scenario.FULFILLED, sample_order()),
         # a valid order whose charge was parked: it never ends
-        parked: orders.PlannedOrder(Scenario.FULFILLED, sample_order()),
+        parked: sagakit_chaos.PlannedOrder(Scenario.FULFILLED, sample_order()),
         # an order too large to travel, parked where and why the run allows
-        large: orders.PlannedOrder(
+        large: sagakit_chaos.PlannedOrder(
             Scenario.FULFILLED,
             sample_order(),
-            override=(orders.ANY_STEP, "event_too_large"),
+            override=(sagakit_chaos.ANY_STEP, "event_too_large"),
             may_park=("inventory", "too_large"),
         ),
     }
-    ledger = chaos.ledger.Ledger("amqp://unused", spec=ORDER_SAGA)
+    ledger = sagakit_chaos.Ledger("amqp://unused", spec=ORDER_SAGA)
     for event_type in ("order.created", "inventory.reservation_failed"):
         ledger._record(_event(outage, event_type))
     ledger._record(
@@ -248,8 +240,8 @@ def test_the_audit_finds_stranded_wrongly_cancelled_and_strangers(chaos: SimpleN
         ledger._record(_event(stranger, event_type))
     stranger_id = ledger.by_saga[stranger][0].message_id
     created = ledger.by_saga[outage][0].message_id
-    initial = chaos.orders.INITIAL_STOCK
-    stores = chaos.stores.StoreState(
+    initial = sagakit_chaos.INITIAL_STOCK
+    stores = sagakit_chaos.StoreState(
         stock={**initial, "SKU-APPLE": initial["SKU-APPLE"] - 2},
         reservations={parked: "active", stranger: "released"},
         reserved={parked: {"SKU-APPLE": 2}},
@@ -262,15 +254,15 @@ def test_the_audit_finds_stranded_wrongly_cancelled_and_strangers(chaos: SimpleN
     )
     expected = {
         # a stranger's event inventory should have parked as unknown_saga, and did not
-        stranger_id: chaos.faults.Malformed(
+        stranger_id: sagakit_chaos.Malformed(
             stranger_id, "payment.failed", "stranger", frozenset({"inventory"}), ("unknown_saga",)
         ),
         # a conflicting copy only the broker's delivery limit stopped
-        created: chaos.faults.Malformed(
+        created: sagakit_chaos.Malformed(
             created, "order.created", "conflict", frozenset({"inventory"}), ("conflicting",)
         ),
     }
-    result = chaos.audit.audit(
+    result = sagakit_chaos.audit(
         spec=ORDER_SAGA,
         consumers={},
         planned=planned,

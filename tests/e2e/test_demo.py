@@ -16,7 +16,7 @@ import sys
 import tempfile
 import time
 from collections import Counter
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
 import aio_pika
@@ -29,6 +29,8 @@ from sagakit import BrokerUnavailable
 from sagakit.broker import with_vhost
 from sagakit.client import SagaClient, connect
 from sagakit.testing import ServiceApp, ServiceProcesses, ServiceStartError, consumed_queues
+
+from tests.brokers import fresh_broker_url
 
 NO_module_broker_url = "amqp://guest:guest@127.0.0.1:1/"
 
@@ -135,7 +137,7 @@ def test_without_a_broker_the_demo_says_so_in_one_line_and_starts_nothing(
 async def test_a_killed_service_restarts_and_consumes_again(
     tmp_path: Path, module_broker_url: str
 ) -> None:
-    services = {"inventory": ServiceApp("inventory", "inventory_service.main:app")}
+    services = {"inventory": ServiceApp("inventory", "inventory_service.main:create_app")}
     database = {"INVENTORY_DATABASE_URL": f"sqlite+aiosqlite:///{tmp_path}/inventory.db"}
     async with (
         ServiceProcesses(
@@ -176,7 +178,7 @@ async def test_a_killed_service_restarts_and_consumes_again(
 async def test_a_service_that_cannot_start_is_reported_with_its_log(
     tmp_path: Path, module_broker_url: str
 ) -> None:
-    services = {"inventory": ServiceApp("inventory", "inventory_service.no_such_module:app")}
+    services = {"inventory": ServiceApp("inventory", "inventory_service.no_such_module:create_app")}
     async with ServiceProcesses(
         services, spec=ORDER_SAGA, url=module_broker_url, log_dir=tmp_path
     ) as procs:
@@ -184,6 +186,14 @@ async def test_a_service_that_cannot_start_is_reported_with_its_log(
             await procs.start(timeout=60)
     assert "no_such_module" in str(failure.value)
     assert not procs.alive("inventory")
+
+
+@pytest.fixture
+def own_broker_url() -> Iterator[str]:
+    """A virtual host of the test's own: the foreign consumer declares the demo's first queue
+    as a stranger would, plainly, which a queue the module's other tests declared refuses."""
+    with fresh_broker_url() as url:
+        yield url
 
 
 def demo_directories() -> set[Path]:
@@ -212,11 +222,11 @@ async def foreign_consumer(url: str) -> AsyncIterator[list[bytes]]:
 
 @pytest.mark.e2e
 async def test_the_demo_runs_on_a_vhost_of_its_own_beside_other_consumers(
-    module_broker_url: str,
+    own_broker_url: str,
 ) -> None:
-    async with foreign_consumer(module_broker_url) as taken:
+    async with foreign_consumer(own_broker_url) as taken:
         result = await asyncio.to_thread(
-            run_saga, "demo", "--orders", "6", "--json", url=module_broker_url, timeout=110
+            run_saga, "demo", "--orders", "6", "--json", url=own_broker_url, timeout=110
         )
     assert result.returncode == 0, result.stderr[-3000:]
     assert taken == []  # none of the demo's orders went to the other consumer
@@ -224,17 +234,17 @@ async def test_the_demo_runs_on_a_vhost_of_its_own_beside_other_consumers(
     [vhost] = re.findall(r"virtual host (saga-demo-[0-9a-f]{8}) of its own", result.stderr)
     # Deleted at the end: logging in to it is refused.
     with pytest.raises(BrokerUnavailable):
-        await connect(with_vhost(module_broker_url, vhost), connect_timeout=5, robust=False)
+        await connect(with_vhost(own_broker_url, vhost), connect_timeout=5, robust=False)
 
 
 @pytest.mark.e2e
 async def test_on_a_shared_vhost_the_demo_refuses_to_start_beside_other_consumers(
-    module_broker_url: str,
+    own_broker_url: str,
 ) -> None:
     before = demo_directories()
-    async with foreign_consumer(module_broker_url) as taken:
+    async with foreign_consumer(own_broker_url) as taken:
         result = await asyncio.to_thread(
-            run_saga, "demo", "--shared", url=module_broker_url, timeout=60
+            run_saga, "demo", "--shared", url=own_broker_url, timeout=60
         )
     assert result.returncode == 5, result.stderr
     assert result.stdout == ""

@@ -289,7 +289,14 @@ def spawn_tracker(
 ) -> subprocess.Popen[bytes]:
     with log_path.open("ab") as log:
         return subprocess.Popen(
-            [sys.executable, "-m", "faststream", "run", "tracker_service.main:app"],
+            [
+                sys.executable,
+                "-m",
+                "faststream",
+                "run",
+                "tracker_service.main:create_app",
+                "--factory",
+            ],
             env={
                 **os.environ,
                 **env,

@@ -6,7 +6,7 @@ cluster, a small volume, or a plain SQLite file), an independent ledger (a queue
 to the flow's exchange, declared before the first saga) and a client. After the harm, the
 case waits until every saga has ended and the system is at rest, then audits the wire
 (the ledger), every store and the dead-letter queues with the chaos run's audit
-(bench/_chaos_audit.py): every saga ended as the rules say, none stranded, none cancelled
+(``sagakit_chaos.audit``): every saga ended as the rules say, none stranded, none cancelled
 for a fault, nothing lost or applied twice, parked messages only where expected, with their
 reason. A case adds what it saw while the fault lasted (``evidence``), so that a fault that
 never met a saga cannot pass for one that was survived.
@@ -30,19 +30,28 @@ from types import MappingProxyType
 from typing import Any
 from urllib.parse import unquote, urlsplit
 
-from _chaos_audit import Audit, audit
-from _chaos_faults import Malformed
-from _chaos_hostile import Hostile
-from _chaos_ledger import Ledger, Seen
-from _chaos_orders import INITIAL_STOCK, PlannedOrder, plan_order
-from _chaos_settle import consumers, quiesce, wait_for_end
-from _chaos_store_faults import Placement, StoreFaults
-from _chaos_stores import read_stores
 from order_contracts import ORDER_SAGA
 from order_contracts.samples import Scenario, sample_order
 from sagakit import Envelope
 from sagakit.client import DeadLetters, SagaClient
 from sagakit.testing import ServiceProcesses
+from sagakit_chaos import (
+    INITIAL_STOCK,
+    Audit,
+    Hostile,
+    Ledger,
+    Malformed,
+    Placement,
+    PlannedOrder,
+    Seen,
+    StoreFaults,
+    audit,
+    consumers,
+    plan_order,
+    quiesce,
+    read_stores,
+    wait_for_end,
+)
 from sagakit_lab import free_port
 
 from tests.brokers import fresh_broker_url
@@ -254,7 +263,7 @@ class FaultSystem:
             service_env[participant] = env
         service_env["inventory"]["INVENTORY_STOCK"] = json.dumps(INITIAL_STOCK)
         self.procs = ServiceProcesses(
-            {name: (name, f"{name}_service.main:app") for name in PARTICIPANTS},
+            {name: (name, f"{name}_service.main:create_app") for name in PARTICIPANTS},
             spec=SPEC,
             url=self.url,
             log_dir=self.workdir,

@@ -1,21 +1,14 @@
 """The fault tier: the fault matrix (issue #12) and the private infrastructure it stands on.
 
-The matrix reuses the chaos run's ledger, audit, hostile messages and store faults, which
-live in bench/ as top-level modules: bench goes on ``sys.path`` for this tier.
+The matrix reuses the chaos run's ledger, audit, hostile messages and store faults
+(``sagakit_chaos``, tools/chaos).
 """
 
 from __future__ import annotations
 
-import sys
-from pathlib import Path
 from typing import Any
 
 import pytest
-
-BENCH = Path(__file__).resolve().parents[2] / "bench"
-if str(BENCH) not in sys.path:
-    sys.path.insert(0, str(BENCH))
-
 
 MATRIX_SUMMARY = pytest.StashKey[list[dict[str, Any]]]()
 

@@ -37,9 +37,17 @@ from pathlib import Path
 
 import pytest
 import pytest_asyncio
-from _chaos_hostile import (
+from order_contracts import OrderCreated
+from order_contracts.samples import Scenario, sample_order
+from sagakit.client import SagaClient
+from sagakit_chaos import (
+    ANY_STEP,
     MAX_MESSAGE_BYTES,
     Hostile,
+    Placement,
+    PlannedOrder,
+    Seen,
+    StoreFault,
     amplified_start,
     backward_events,
     conflicting_copy,
@@ -48,12 +56,6 @@ from _chaos_hostile import (
     poison_start,
     stranger_backward,
 )
-from _chaos_ledger import Seen
-from _chaos_orders import ANY_STEP, PlannedOrder
-from _chaos_store_faults import Placement, StoreFault
-from order_contracts import OrderCreated
-from order_contracts.samples import Scenario, sample_order
-from sagakit.client import SagaClient
 from sagakit_lab import ClusterError, SmallVolume, VolumeUnavailable, postgres_bin_dir
 
 from tests.brokers import unavailable

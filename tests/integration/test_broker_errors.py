@@ -68,7 +68,9 @@ def test_a_service_refused_by_the_broker_says_why_in_two_lines(
         "INVENTORY_RABBITMQ_URL": _with(rabbitmq_url, password="wrong-pw"),
         "INVENTORY_DATABASE_URL": f"sqlite+aiosqlite:///{tmp_path}/inventory.db",
     }
-    result = _run(_command("faststream"), "run", "inventory_service.main:app", env=env)
+    result = _run(
+        _command("faststream"), "run", "inventory_service.main:create_app", "--factory", env=env
+    )
     assert result.returncode == 4, result.stderr[-2000:]
     assert "inventory: the broker at" in result.stderr
     assert "wrong user name or password" in result.stderr

@@ -10,10 +10,8 @@ from __future__ import annotations
 
 import asyncio
 import socket
-import sys
 import uuid
 from collections.abc import AsyncIterator
-from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -24,11 +22,9 @@ from faststream.rabbit import RabbitQueue
 from sagakit import BrokerUnavailable
 from sagakit.broker import FailoverConnection, rabbit_broker
 from sagakit.client import connect
+from sagakit_lab import TcpProxy
 
 pytestmark = pytest.mark.integration
-
-sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "bench"))
-from tcp_proxy import TcpProxy  # noqa: E402
 
 
 def _refusing_port() -> int:

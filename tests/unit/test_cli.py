@@ -162,7 +162,7 @@ def test_the_password_never_shows() -> None:
 def test_every_participant_is_a_demo_service_with_its_queues() -> None:
     services = demo_services()
     assert list(services) == ["inventory", "payment", "shipping", "notification"]
-    assert services["payment"].app == "payment_service.main:app"
+    assert services["payment"].app == "payment_service.main:create_app"
     assert consumed_queues(ORDER_SAGA, "inventory") == (
         "inventory.order.created",
         "inventory.payment.failed",

@@ -14,7 +14,9 @@ import hashlib
 import importlib
 import importlib.util
 import json
+import os
 import re
+import subprocess
 import sys
 import tomllib
 from collections.abc import Iterator, Mapping
@@ -506,10 +508,11 @@ def test_the_image_entry_point_exists(service: str) -> None:
     text = _dockerfile()
     app = re.search(r"SAGAKIT_APP=\$\{SERVICE\}(\S+)", text)
     assert app is not None
-    assert 'exec faststream run \\"$SAGAKIT_APP\\"' in text
+    assert 'exec faststream run --factory \\"$SAGAKIT_APP\\"' in text
     module_name, _, attribute = f"{service}{app.group(1)}".partition(":")
     module = importlib.import_module(module_name)
-    assert isinstance(getattr(module, attribute), FastStream)
+    # A factory: the app is built (and the environment read) when FastStream calls it.
+    assert isinstance(module.__dict__[attribute](), FastStream)
 
 
 @pytest.mark.parametrize("service", SERVICES)
@@ -602,3 +605,29 @@ def test_the_build_backend_is_pinned_as_the_pyprojects_pin_it() -> None:
     assert len(backends) == 1
     name, version = next(iter(backends)).split("==")
     assert _locked(REQUIREMENTS / "build.txt")[name] == version
+
+
+def test_importing_a_service_reads_no_environment() -> None:
+    """Settings are read by the factory, when FastStream calls it, not at import."""
+    modules = [f"{service}_service.main" for service in SERVICES]
+    script = (
+        "import importlib, sys\n"
+        f"for name in {modules!r}:\n"
+        "    importlib.import_module(name)\n"
+        "from inventory_service.main import create_app\n"
+        "try:\n"
+        "    create_app()\n"
+        "except ValueError as error:\n"
+        "    sys.exit(0 if 'prefetch' in str(error) else 3)\n"
+        "sys.exit(4)\n"
+    )
+    # A setting every service would refuse: importing must not notice, building must.
+    broken = {f"{service.upper()}_PREFETCH": "not-a-number" for service in SERVICES}
+    run = subprocess.run(
+        [sys.executable, "-c", script],
+        env={**os.environ, **broken},
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert run.returncode == 0, run.stderr[-3000:]

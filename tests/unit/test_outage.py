@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import sqlite3
 
-import asyncpg  # type: ignore[import-untyped]
+import asyncpg  # type: ignore[import-untyped]  # asyncpg ships no type hints
 import pytest
 from aiormq.abc import DeliveredMessage
 from aiormq.exceptions import ChannelInvalidStateError, DeliveryError, PublishError

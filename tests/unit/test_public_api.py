@@ -19,6 +19,7 @@ ROOT = Path(__file__).resolve().parents[2]
 # Code that uses sagakit as a library: it may import only from the public packages.
 LIBRARY_USERS = ("services", "contracts", "bench", "tools")
 TOP_LEVEL_BUDGET = 30
+EXCEPTIONS = "sagakit._exceptions"
 
 
 def _packages() -> list[ModuleType]:
@@ -99,25 +100,34 @@ def test_all_is_complete(package: ModuleType) -> None:
 )
 def test_subpackages_export_their_own_names(package: ModuleType) -> None:
     """A class or function is exported by the subpackage that defines it, not by a neighbour;
-    but for the exceptions of ``sagakit._exceptions`` (one tree), which a subpackage exports
-    where its callers catch them."""
+    only an exception of the one tree (sagakit._exceptions) may be re-exported by the
+    subpackage whose callers catch it."""
     foreign = [
         name
         for name in package.__all__
         if (inspect.isclass(value := getattr(package, name)) or inspect.isroutine(value))
         and value.__module__ != package.__name__
         and not value.__module__.startswith(package.__name__ + ".")
-        and value.__module__ != "sagakit._exceptions"
+        and not (value.__module__ == EXCEPTIONS and inspect.isclass(value))
     ]
     assert foreign == []
+
+
+def test_every_exception_is_exported_somewhere() -> None:
+    exported = {name for package in PACKAGES for name in package.__all__}
+    tree = {
+        name
+        for name, value in vars(sagakit._exceptions).items()
+        if inspect.isclass(value) and issubclass(value, sagakit.SagaError)
+    }
+    assert sorted(tree - exported) == []
 
 
 def test_top_level_is_a_participant_authors_api() -> None:
     """The top holds about 25 names; each one is also where its subpackage says it lives."""
     assert len(sagakit.__all__) <= TOP_LEVEL_BUDGET
     for name in sagakit.__all__:
-        module = getattr(sagakit, name).__module__
-        home = _public_home(module)
+        home = _public_home(getattr(sagakit, name).__module__)
         assert name in home.__all__, f"sagakit.{name} is not exported by {home.__name__}"
 
 

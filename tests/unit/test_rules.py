@@ -1,4 +1,4 @@
-"""The compensation rules (DESIGN.md §4 rule 1) as pure decisions."""
+"""The compensation rules (docs/design.md §4 rule 1) as pure decisions."""
 
 from __future__ import annotations
 

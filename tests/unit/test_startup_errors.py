@@ -80,14 +80,20 @@ def test_the_cli_exit_codes_differ_by_kind() -> None:
 def test_a_service_with_a_bad_setting_prints_two_lines_not_a_traceback(tmp_path: Path) -> None:
     env = {"INVENTORY_PREFETCH": "abc", "INVENTORY_DATABASE_URL": f"sqlite:///{tmp_path}/i.db"}
     faststream = _command("faststream")
-    result = _run(faststream, "run", "inventory_service.main:app", env=env)
+    result = _run(faststream, "run", "inventory_service.main:create_app", "--factory", env=env)
     assert result.returncode == 2, result.stderr[-2000:]
     lines = result.stderr.strip().splitlines()
     assert len(lines) <= 3, lines
     assert "INVENTORY_PREFETCH" in result.stderr
     assert "Traceback" not in result.stderr
 
-    debug = _run(faststream, "run", "inventory_service.main:app", env={**env, "LOG_LEVEL": "DEBUG"})
+    debug = _run(
+        faststream,
+        "run",
+        "inventory_service.main:create_app",
+        "--factory",
+        env={**env, "LOG_LEVEL": "DEBUG"},
+    )
     assert debug.returncode != 0
     assert "Traceback" in debug.stderr
     assert len(debug.stderr.splitlines()) > 10

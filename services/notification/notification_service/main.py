@@ -1,7 +1,12 @@
-"""Composition root: ``faststream run notification_service.main:app``."""
+"""Composition root: ``faststream run notification_service.main:create_app --factory``.
+
+Nothing is built or read from the environment when this module is imported: the factory
+reads the settings when FastStream calls it.
+"""
 
 from __future__ import annotations
 
+from faststream import FastStream
 from sagakit import SagaService, build_service
 
 from .handlers import create_participant
@@ -14,5 +19,6 @@ def create_service(settings: NotificationSettings | None = None) -> SagaService:
     return build_service(create_participant(settings), settings)
 
 
-service = create_service()
-app = service.app
+def create_app() -> FastStream:
+    """The notification service's FastStream app, its settings read from the environment now."""
+    return create_service().app

@@ -1,7 +1,12 @@
-"""Composition root: ``faststream run tracker_service.main:app``."""
+"""Composition root: ``faststream run tracker_service.main:create_app --factory``.
+
+Nothing is built or read from the environment when this module is imported: the factory
+reads the settings when FastStream calls it.
+"""
 
 from __future__ import annotations
 
+from faststream import FastStream
 from order_contracts import ORDER_SAGA
 from sagakit.tracker import TrackerService, build_tracker
 
@@ -13,5 +18,6 @@ def create_service(settings: TrackerSettings | None = None) -> TrackerService:
     return build_tracker(ORDER_SAGA, settings or TrackerSettings())
 
 
-service = create_service()
-app = service.app
+def create_app() -> FastStream:
+    """The tracker's FastStream app, its settings read from the environment now."""
+    return create_service().app

@@ -1,21 +1,22 @@
 """Talking to a flow from outside: starting and watching sagas, the dead-letter tool, and
 steering a stalled saga (cancel, re-drive)."""
 
-from sagakit._exceptions import SteeringRefused
-from sagakit.client._client import EventNotRouted, EventWatch, SagaClient, WatchTimeout, connect
-from sagakit.client._dead_letters import (
-    DeadLetters,
-    Death,
-    ParkedMessage,
+from sagakit._exceptions import (
+    DeadLetterError,
+    EventNotRouted,
     ReplayFailed,
-    Selection,
+    SteeringRefused,
     UnknownMessages,
     UnknownService,
+    WatchTimeout,
 )
+from sagakit.client._client import EventWatch, SagaClient, connect
+from sagakit.client._dead_letters import DeadLetters, Death, ParkedMessage, Selection
 from sagakit.client._steering import Action, SteeringPlan, plan_steering, steer
 
 __all__ = [
     "Action",
+    "DeadLetterError",
     "DeadLetters",
     "Death",
     "EventNotRouted",

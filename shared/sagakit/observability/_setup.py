@@ -7,7 +7,7 @@ protocol is ``OTEL_EXPORTER_OTLP_TRACES_PROTOCOL`` or ``OTEL_EXPORTER_OTLP_PROTO
 
 The aio-pika instrumentation carries the trace across RabbitMQ (it wraps ``Queue.consume``
 and ``Exchange.publish``, which FastStream uses); FastStream's own telemetry middleware is
-deliberately not used, as it would add a second span for every message (DESIGN.md §5).
+deliberately not used, as it would add a second span for every message (docs/design.md §5).
 """
 
 from __future__ import annotations

@@ -2,10 +2,10 @@
 parking, the breaker and the outbox relay.
 """
 
+from sagakit._exceptions import StoreUnavailable
 from sagakit.runtime._app import SagaService, build_service
 from sagakit.runtime._breaker import CircuitBreaker, Dependency
 from sagakit.runtime._faults import CrashPoint
-from sagakit.runtime._outage import StoreUnavailable
 from sagakit.runtime._participant import HandlerKind, Participant, StepContext, Subscription
 from sagakit.runtime._relay import OutboxRelay
 from sagakit.runtime._settings import ParticipantSettings

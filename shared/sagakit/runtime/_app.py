@@ -133,7 +133,7 @@ async def _closing_on_failure(broker: RabbitBroker) -> AsyncIterator[None]:
     # When the app fails (the connection lost while subscribers start), the robust
     # connection is left reconnecting, and it survives the cancellation at exit: the
     # process would hang for ever, its consumers restored for an app that is gone, holding
-    # deliveries it never acks (bench/chaos.py found one). Closed, the process exits.
+    # deliveries it never acks (the chaos run found one). Closed, the process exits.
     try:
         yield
     except BaseException:

@@ -1,4 +1,4 @@
-"""DESIGN.md §4 rule 1 as pure decisions: what a participant does with an incoming event,
+"""docs/design.md §4 rule 1 as pure decisions: what a participant does with an incoming event,
 given where its step stands for that saga. The runtime carries the decisions out."""
 
 from __future__ import annotations

@@ -1,7 +1,7 @@
 """Local persistence: the participant's own tables plus sagakit's inbox, outbox and step log.
 
 Everything a handler changes, the inbox record of the message that caused it, the step's new
-status and the events it emits are written in one transaction (DESIGN.md §4 rule 2).
+status and the events it emits are written in one transaction (docs/design.md §4 rule 2).
 """
 
 from __future__ import annotations

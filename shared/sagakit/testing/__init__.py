@@ -11,6 +11,7 @@ Example:
     ```
 """
 
+from sagakit._exceptions import ServiceStartError
 from sagakit.testing._conformance import ParticipantConformance
 from sagakit.testing._harness import (
     INJECTED_REASON,
@@ -20,13 +21,7 @@ from sagakit.testing._harness import (
     ParticipantHarness,
     assert_all_or_nothing,
 )
-from sagakit.testing._processes import (
-    QueueProbe,
-    ServiceApp,
-    ServiceProcesses,
-    ServiceStartError,
-    consumed_queues,
-)
+from sagakit.testing._processes import QueueProbe, ServiceApp, ServiceProcesses, consumed_queues
 
 __all__ = [
     "FlowHarness",

@@ -41,7 +41,12 @@ _SETTLE_SECONDS = 5.0
 
 
 class ServiceApp(NamedTuple):
-    """What to run for one service: its participant in the spec, and ``module:app``."""
+    """What to run for one service: its participant in the spec, and its app factory.
+
+    ``app`` is ``module:function``, a function that builds the FastStream app (it reads the
+    service's settings then, not when the module is imported); it runs as
+    ``faststream run module:function --factory``.
+    """
 
     participant: str
     app: str
@@ -127,7 +132,7 @@ class _Running:
 
 
 class ServiceProcesses:
-    """Runs services as ``python -m faststream run <module:app>`` processes.
+    """Runs services as ``python -m faststream run <module:factory> --factory`` processes.
 
     Each child inherits the environment plus ``RABBITMQ_URL`` (``url``), ``env`` and its own
     entry of ``service_env``; its stdout and stderr go to ``<log_dir>/<service>.log``. Use it
@@ -138,7 +143,7 @@ class ServiceProcesses:
     them from a thread that lives as long as they should, such as the event loop's.
 
     Args:
-        services: Service name to (participant name, ``module:app``).
+        services: Service name to (participant name, ``module:factory``), see ServiceApp.
         spec: The flow, to know which queues each participant consumes from.
         url: The broker the services use, and where readiness is checked.
         log_dir: Directory for the log files (created if missing).
@@ -148,7 +153,7 @@ class ServiceProcesses:
 
     Example:
         ```python
-        services = {"inventory": ServiceApp("inventory", "inventory_service.main:app")}
+        services = {"inventory": ServiceApp("inventory", "inventory_service.main:create_app")}
         async with ServiceProcesses(services, spec=ORDER_SAGA, url=url, log_dir=tmp) as procs:
             await procs.start(timeout=60)
             procs.kill("inventory")
@@ -303,7 +308,7 @@ class ServiceProcesses:
         with self.log_path(service.name).open("ab") as log:
             # The child writes through its own copy of the descriptor.
             service.process = subprocess.Popen(
-                [sys.executable, "-m", "faststream", "run", service.target.app],
+                [sys.executable, "-m", "faststream", "run", service.target.app, "--factory"],
                 env=self._child_env(service),
                 stdin=subprocess.DEVNULL,
                 stdout=log,

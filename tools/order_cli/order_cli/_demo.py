@@ -133,9 +133,10 @@ def _round(value: float | None) -> float | None:
 
 
 def demo_services() -> dict[str, ServiceApp]:
-    """Each participant of the order flow, as ``<name>_service.main:app``."""
+    """Each participant of the order flow, as ``<name>_service.main:create_app``."""
     return {
-        name: ServiceApp(name, f"{name}_service.main:app") for name in ORDER_SAGA.participants()
+        name: ServiceApp(name, f"{name}_service.main:create_app")
+        for name in ORDER_SAGA.participants()
     }
 
 
@@ -288,7 +289,7 @@ async def _require_consumers(url: str) -> None:
     if idle:
         raise ServiceStartError(
             f"--no-start, but nothing consumes from {', '.join(idle)}: start the services "
-            "(faststream run <name>_service.main:app) or drop --no-start"
+            "(faststream run <name>_service.main:create_app --factory) or drop --no-start"
         )
 
 

@@ -18,12 +18,13 @@ from decimal import Decimal
 from enum import StrEnum
 from typing import Any
 
-from _chaos_faults import MALFORMED_PREFIX, Malformed
-from _chaos_ledger import Ledger, Seen
-from _chaos_orders import ANY_STEP, INITIAL_STOCK, PlannedOrder
-from _chaos_stores import StoreState
 from sagakit import SagaSpec
 from sagakit.client import ParkedMessage
+
+from ._faults import MALFORMED_PREFIX, Malformed
+from ._ledger import Ledger, Seen
+from ._orders import ANY_STEP, INITIAL_STOCK, PlannedOrder
+from ._stores import StoreState
 
 # Reasons that name a fault rather than the order: a saga cancelled with one of these was
 # cancelled because something was down, which no outage may cause.

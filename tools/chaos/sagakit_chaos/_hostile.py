@@ -26,16 +26,6 @@ from datetime import UTC, datetime
 from decimal import Decimal
 from typing import Any
 
-from _chaos_faults import (
-    Fault,
-    FaultKind,
-    Injector,
-    Malformed,
-    bound_participants,
-    until_confirmed,
-)
-from _chaos_ledger import Ledger, Seen
-from _chaos_orders import SKUS, PlannedOrder, plan_order
 from order_contracts import OrderCreated
 from order_contracts.samples import Scenario, sample_order
 from pamqp import commands
@@ -43,6 +33,17 @@ from pamqp import frame as amqp_frame
 from pamqp import header as amqp_header
 from sagakit import Envelope, SagaContext, SagaSpec, StepOutcome, derived_event_id
 from sagakit.client import SagaClient
+
+from ._faults import (
+    Fault,
+    FaultKind,
+    Injector,
+    Malformed,
+    bound_participants,
+    until_confirmed,
+)
+from ._ledger import Ledger, Seen
+from ._orders import SKUS, PlannedOrder, plan_order
 
 # RabbitMQ's default frame_max, which clients accept: no frame may be larger.
 FRAME_MAX = 131_072

@@ -25,8 +25,9 @@ from collections.abc import Awaitable, Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Literal, cast
 
-from _chaos_faults import STORE_FAULTS, Fault, FaultKind, Injector
 from sagakit_lab import PostgresCluster, SmallVolume
+
+from ._faults import STORE_FAULTS, Fault, FaultKind, Injector
 
 logger = logging.getLogger("chaos.stores")
 

@@ -22,13 +22,13 @@ from dataclasses import dataclass
 from enum import StrEnum
 from typing import Any
 
-from _chaos_crashes import CrashPoints
-from _chaos_ledger import Ledger, Seen
 from sagakit import SagaSpec
 from sagakit.client import SagaClient
 from sagakit.testing import ServiceProcesses, ServiceStartError
-from sagakit_lab import RabbitNode
-from tcp_proxy import TcpProxy
+from sagakit_lab import RabbitNode, TcpProxy
+
+from ._crashes import CrashPoints
+from ._ledger import Ledger, Seen
 
 logger = logging.getLogger("chaos.faults")
 
@@ -233,7 +233,7 @@ class Injector:
         self.unexpected_exits: list[str] = []
         self.started = 0  # sagas started so far, kept up to date by whoever starts them
         self.started_by_faults = 0  # sagas the faults started themselves (beside their input)
-        # Hands for the kinds carried out elsewhere (_chaos_hostile, _chaos_store_faults).
+        # Hands for the kinds carried out elsewhere (_hostile, _store_faults).
         self.handlers: dict[FaultKind, Callable[[Fault], Awaitable[None]]] = {}
         self._bound = bound_participants(spec)
         self._lock = asyncio.Lock()

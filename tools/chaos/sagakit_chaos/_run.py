@@ -1,6 +1,6 @@
 """Chaos run: thousands of sagas under faults, and proof that nothing was lost or done twice.
 
-    uv run python bench/chaos.py --sagas 1000 --seed 42 [--store postgresql] [--json out.json]
+    uv run python -m sagakit_chaos --sagas 1000 --seed 42 [--store postgresql] [--json out.json]
 
 Starts a RabbitMQ node of its own (sagakit_lab: free ports, data in the work directory; it
 needs ``rabbitmq-server`` installed, and never touches a broker it did not start), the four
@@ -43,22 +43,22 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from _chaos_audit import audit
-from _chaos_crashes import CrashPoints
-from _chaos_faults import STORE_FAULTS, Fault, FaultKind, Injector, plan_faults, until_confirmed
-from _chaos_hostile import InputFaults
-from _chaos_ledger import Ledger
-from _chaos_orders import INITIAL_STOCK, PlannedOrder, plan_order
-from _chaos_report import print_report, report_dict
-from _chaos_settle import consumers as settled_consumers
-from _chaos_settle import quiesce, wait_for_end
-from _chaos_store_faults import StoreFaultHands, StoreFaults, placements
-from _chaos_stores import read_stores
 from order_contracts import ORDER_SAGA
 from sagakit.client import DeadLetters, SagaClient
 from sagakit.testing import ServiceProcesses
-from sagakit_lab import ClusterError, RabbitNode, VolumeError
-from tcp_proxy import TcpProxy
+from sagakit_lab import ClusterError, RabbitNode, TcpProxy, VolumeError
+
+from ._audit import audit
+from ._crashes import CrashPoints
+from ._faults import STORE_FAULTS, Fault, FaultKind, Injector, plan_faults, until_confirmed
+from ._hostile import InputFaults
+from ._ledger import Ledger
+from ._orders import INITIAL_STOCK, PlannedOrder, plan_order
+from ._report import print_report, report_dict
+from ._settle import consumers as settled_consumers
+from ._settle import quiesce, wait_for_end
+from ._store_faults import StoreFaultHands, StoreFaults, placements
+from ._stores import read_stores
 
 __all__ = ["ChaosOptions", "main", "run_chaos"]
 
@@ -130,7 +130,7 @@ async def placed_stores(
 
 
 async def run_chaos(options: ChaosOptions) -> dict[str, Any]:
-    """One chaos run; the report as a dict (see ``_chaos_report.report_dict``)."""
+    """One chaos run; the report as a dict (see ``report_dict``)."""
     began = time.monotonic()
     orders_rng = random.Random(f"{options.seed}:orders")
     faults_rng = random.Random(f"{options.seed}:faults")
@@ -175,7 +175,7 @@ async def run_chaos(options: ChaosOptions) -> dict[str, Any]:
             }
             service_env["inventory"]["INVENTORY_STOCK"] = json.dumps(INITIAL_STOCK)
             procs = ServiceProcesses(
-                {name: (name, f"{name}_service.main:app") for name in PARTICIPANTS},
+                {name: (name, f"{name}_service.main:create_app") for name in PARTICIPANTS},
                 spec=ORDER_SAGA,
                 url=url,  # readiness is checked straight at the broker ...
                 log_dir=workdir,
@@ -325,7 +325,9 @@ async def _inject(
 
 
 def _options(argv: Sequence[str] | None) -> tuple[ChaosOptions, str | None, bool]:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(
+        prog="python -m sagakit_chaos", description=__doc__.split("\n\n")[0]
+    )
     parser.add_argument("--sagas", type=int, default=1000, help="how many sagas (1000)")
     parser.add_argument("--seed", type=int, default=None, help="the seed (random when unset)")
     parser.add_argument("--rate", type=float, default=8.0, help="sagas started per second (8)")
@@ -382,7 +384,3 @@ def main(argv: Sequence[str] | None = None) -> int:
         for verdict in ("stranded", "wrongly_cancelled", "lost", "applied_twice", "wrong_outcomes")
     )
     return 1 if failed else 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -11,12 +11,13 @@ import logging
 from collections.abc import Collection, Mapping, Sequence
 
 import aio_pika
-from _chaos_ledger import Ledger
-from _chaos_stores import read_stores
 from sagakit import SagaSpec
 from sagakit.broker import retry_queue_name
 from sagakit.client import DeadLetters
 from sagakit.testing import QueueProbe, consumed_queues
+
+from ._ledger import Ledger
+from ._stores import read_stores
 
 logger = logging.getLogger("chaos.settle")
 
