@@ -167,7 +167,7 @@ async def steer(
         chosen.event.event_type,
         chosen.queue,
         chosen.step,
-        extra={"saga_id": chosen.saga_id, "operator": operator, "event_type": action.value},
+        extra={"saga_id": chosen.saga_id, "operator": operator, "step": chosen.step},
     )
     return chosen
 
