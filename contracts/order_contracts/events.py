@@ -11,7 +11,7 @@ from decimal import Decimal
 from typing import ClassVar
 
 from pydantic import BaseModel, ConfigDict, Field
-from sagakit import EventPayload
+from sagakit import CancelledEvent, CompensatedEvent, EventPayload, FailureEvent
 
 from ._money import CountryCode, CurrencyCode, Money
 
@@ -76,11 +76,8 @@ class OrderEvent(EventPayload):
     order: Order
 
 
-class StepFailure(OrderEvent):
-    """Base of the business-failure events: a reason code and a human explanation."""
-
-    reason: str
-    detail: str = ""
+class StepFailure(FailureEvent, OrderEvent):
+    """Base of the failure events: a reason code and a human explanation (sagakit fills)."""
 
 
 class InventoryReserved(OrderEvent):
@@ -96,7 +93,7 @@ class InventoryReservationFailed(StepFailure):
     event_type: ClassVar[str] = "inventory.reservation_failed"
 
 
-class InventoryReleased(OrderEvent):
+class InventoryReleased(CompensatedEvent, OrderEvent):
     """Compensation of ``inventory.reserved``: the reserved stock is available again."""
 
     event_type: ClassVar[str] = "inventory.released"
@@ -118,7 +115,7 @@ class PaymentFailed(StepFailure):
     event_type: ClassVar[str] = "payment.failed"
 
 
-class PaymentRefunded(OrderEvent):
+class PaymentRefunded(CompensatedEvent, OrderEvent):
     """Compensation of ``payment.processed``: the charge was refunded."""
 
     event_type: ClassVar[str] = "payment.refunded"
@@ -140,7 +137,7 @@ class ShipmentFailed(StepFailure):
     event_type: ClassVar[str] = "shipment.failed"
 
 
-class ShipmentCancelled(OrderEvent):
+class ShipmentCancelled(CompensatedEvent, OrderEvent):
     """Compensation of ``shipment.created``: the shipment was cancelled."""
 
     event_type: ClassVar[str] = "shipment.cancelled"
@@ -160,12 +157,10 @@ class NotificationFailed(StepFailure):
     event_type: ClassVar[str] = "notification.failed"
 
 
-class OrderCancelled(OrderEvent):
+class OrderCancelled(CancelledEvent, OrderEvent):
     """Terminal: every completed step was undone. Names the step that failed and why."""
 
     event_type: ClassVar[str] = "order.cancelled"
-    failed_step: str
-    reason: str
 
 
 ALL_EVENTS: tuple[type[EventPayload], ...] = (

@@ -12,7 +12,7 @@ ORDER_SAGA = SagaSpec(
     start_event="order.created",
     completed_event="order.fulfilled",
     cancelled_event="order.cancelled",
-    carry="order",
+    start_field="order",
     business_key="order_id",
     steps=(
         StepSpec(
@@ -21,7 +21,6 @@ ORDER_SAGA = SagaSpec(
             trigger="order.created",
             success="inventory.reserved",
             failure="inventory.reservation_failed",
-            compensate_on=("payment.failed", "payment.refunded"),
             compensated="inventory.released",
         ),
         StepSpec(
@@ -30,7 +29,6 @@ ORDER_SAGA = SagaSpec(
             trigger="inventory.reserved",
             success="payment.processed",
             failure="payment.failed",
-            compensate_on=("shipment.failed", "shipment.cancelled"),
             compensated="payment.refunded",
         ),
         StepSpec(
@@ -39,7 +37,6 @@ ORDER_SAGA = SagaSpec(
             trigger="payment.processed",
             success="shipment.created",
             failure="shipment.failed",
-            compensate_on=("notification.failed",),
             compensated="shipment.cancelled",
         ),
         StepSpec(

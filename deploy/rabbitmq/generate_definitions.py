@@ -94,7 +94,7 @@ def emitted(spec: SagaSpec, participant: str) -> tuple[str, ...]:
         events += [step.success, step.failure]
         if step.compensated is not None:
             events.append(step.compensated)
-        if spec.is_first(step):
+        if spec.ends_backward_path(step):
             events.append(spec.cancelled_event)
     return tuple(dict.fromkeys(events))
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import json
 import uuid
 from collections.abc import Iterator, Mapping
 from contextvars import ContextVar, Token
@@ -17,7 +18,16 @@ from datetime import UTC, datetime
 from enum import StrEnum
 from typing import Any
 
-from pydantic import AwareDatetime, BaseModel, ConfigDict, Field
+from pydantic import (
+    AwareDatetime,
+    BaseModel,
+    ConfigDict,
+    Field,
+    JsonValue,
+    SerializerFunctionWrapHandler,
+    field_validator,
+    model_serializer,
+)
 
 
 def utc_now() -> datetime:
@@ -41,6 +51,9 @@ REASON_MAX_LENGTH = 200
 DETAIL_MAX_LENGTH = 1000
 """A failure's human explanation (in failure events' payloads) is cut to this length."""
 STEPS_MAX_LENGTH = 256
+DATA_MAX_KEYS = 32
+DATA_MAX_BYTES = 4096
+"""The saga's data bag (``SagaContext.data``): at most this many keys and JSON bytes."""
 
 
 class StepRecord(BaseModel):
@@ -65,6 +78,23 @@ class SagaContext(BaseModel):
     causation_id: uuid.UUID | None = None
     deadline: AwareDatetime | None = None
     steps: tuple[StepRecord, ...] = Field(default_factory=tuple, max_length=STEPS_MAX_LENGTH)
+    data: dict[str, JsonValue] = Field(default_factory=dict)
+    """What the steps so far added for the later ones (``StepContext.add_data``), bounded:
+    32 keys, 4 KiB of JSON."""
+
+    @field_validator("data")
+    @classmethod
+    def _bounded(cls, data: dict[str, JsonValue]) -> dict[str, JsonValue]:
+        check_data(data)
+        return data
+
+    @model_serializer(mode="wrap")
+    def _without_empty_data(self, handler: SerializerFunctionWrapHandler) -> dict[str, Any]:
+        # A saga that adds nothing sends the context as it was before the data bag existed.
+        fields: dict[str, Any] = handler(self)
+        if not self.data:
+            fields.pop("data", None)
+        return fields
 
     @classmethod
     def start(cls, saga_type: str, *, deadline: datetime | None = None) -> SagaContext:
@@ -83,10 +113,34 @@ class SagaContext(BaseModel):
         """Names of the steps completed so far, in order."""
         return tuple(r.step for r in self.steps if r.outcome is StepOutcome.COMPLETED)
 
-    def followed_by(self, caused_by: uuid.UUID, record: StepRecord | None) -> SagaContext:
-        """The context of an event caused by ``caused_by``, with ``record`` appended."""
+    def followed_by(
+        self,
+        caused_by: uuid.UUID,
+        record: StepRecord | None,
+        *,
+        data: Mapping[str, JsonValue] | None = None,
+    ) -> SagaContext:
+        """The context of an event caused by ``caused_by``, with ``record`` appended and
+        ``data`` added to the saga's data bag."""
         steps = (*self.steps, record) if record is not None else self.steps
-        return self.model_copy(update={"causation_id": caused_by, "steps": steps})
+        update: dict[str, Any] = {"causation_id": caused_by, "steps": steps}
+        if data:
+            merged = {**self.data, **data}
+            check_data(merged)
+            update["data"] = merged
+        return self.model_copy(update=update)
+
+
+def check_data(data: Mapping[str, Any]) -> None:
+    """Raise ValueError when ``data`` is over the data bag's bounds or not JSON."""
+    if len(data) > DATA_MAX_KEYS:
+        raise ValueError(f"the saga's data holds at most {DATA_MAX_KEYS} keys, not {len(data)}")
+    size = len(json.dumps(data, separators=(",", ":")).encode())
+    if size > DATA_MAX_BYTES:
+        raise ValueError(
+            f"the saga's data holds at most {DATA_MAX_BYTES} bytes of JSON, not {size}: keep "
+            "what later steps need (ids, amounts), and the rest in your own tables"
+        )
 
 
 @dataclasses.dataclass(slots=True, eq=False)

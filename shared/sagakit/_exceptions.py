@@ -3,9 +3,10 @@
 The tree:
 
 * SagaError
-  + StepFailed - a handler's signal: a business failure, the saga is undone
+  + BusinessFailure - a handler's signal: a business failure, the saga is undone
   + TransientError - a handler's signal: a failure that may pass, the message is retried
   + InvalidMessage - a message that can never be processed: parked with its reason
+    + HandlerError - a bug in a handler: parked as ``handler_error`` with its summary
   + SpecError - the spec, or a participant's registration against it, is inconsistent
   + BrokerUrlError (also a ValueError) - a broker URL that cannot be used
   + BrokerUnavailable - no broker answered
@@ -20,7 +21,7 @@ The tree:
     + ReplayFailed
   + SteeringRefused - an operator's cancel or re-drive does not apply to the saga
 
-``StepFailed`` and ``TransientError`` are signals rather than errors: a handler raises them
+``BusinessFailure`` and ``TransientError`` are signals rather than errors: a handler raises them
 and the runtime answers (a failure event and compensation; a retry through a delay queue),
 so they never reach the handler's caller. They are ``SagaError``s all the same, so that one
 ``except SagaError`` around code that calls handlers directly (a test, a script) sees them.
@@ -45,7 +46,7 @@ class SagaError(Exception):
     """Base of every error sagakit raises or expects handlers to raise."""
 
 
-class StepFailed(SagaError):
+class BusinessFailure(SagaError):
     """A business failure: the step cannot be done, and the saga must be undone.
 
     Raise it from a step handler. sagakit publishes the step's failure event with the
@@ -79,6 +80,22 @@ class InvalidMessage(SagaError):
     def __init__(self, reason: str) -> None:
         super().__init__(reason)
         self.reason = reason
+
+
+class HandlerError(InvalidMessage):
+    """A programming error: a handler returned the wrong type, raised ``TypeError``,
+    ``AttributeError``, ``NameError`` or a ``ValidationError`` on its own code path, or an
+    event sagakit has to build does not validate.
+
+    Retrying cannot fix it and it is not the saga's fault: the message is parked with the
+    reason ``handler_error`` and the error's summary (nothing committed, the saga neither
+    retried nor cancelled); redrive it once the code is fixed. The test harnesses raise it
+    at once.
+    """
+
+    def __init__(self, summary: str) -> None:
+        super().__init__(f"handler_error: {summary}")
+        self.summary = summary
 
 
 class SpecError(SagaError):
@@ -166,3 +183,12 @@ class SteeringRefused(SagaError):
         super().__init__(f"saga {saga_id}: {why}")
         self.saga_id = saga_id
         self.why = why
+
+
+def __getattr__(name: str) -> Any:
+    # ``StepFailed``, the old name of ``BusinessFailure`` (a step's failure *event* is
+    # ``StepSpec.failure``): kept while code written against it lands; removed before the
+    # first release.
+    if name == "StepFailed":
+        return BusinessFailure
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -62,7 +62,7 @@ def _emitted(participant: str) -> set[str]:
     for step in ORDER_SAGA.steps:
         if step.participant == participant:
             events |= {step.success, step.failure, *filter(None, [step.compensated])}
-            if ORDER_SAGA.is_first(step):
+            if ORDER_SAGA.ends_backward_path(step):
                 events.add(ORDER_SAGA.cancelled_event)
     return events
 

@@ -18,6 +18,7 @@ from typing import Any, ClassVar
 
 import aio_pika
 from sagakit import (
+    BusinessFailure,
     Envelope,
     EventPayload,
     Participant,
@@ -26,7 +27,6 @@ from sagakit import (
     SagaService,
     SagaSpec,
     StepContext,
-    StepFailed,
     StepSpec,
     TransientError,
     build_service,
@@ -107,7 +107,7 @@ class Behaviour:
     """How the probe handlers misbehave: transient failures to raise before succeeding.
 
     ``script`` says, per saga id and handler, what each call does in turn: ``transient``
-    (TransientError), ``fail`` (StepFailed), ``crash`` (SIGKILL of this process: a consumer
+    (TransientError), ``fail`` (BusinessFailure), ``crash`` (SIGKILL of this process: a consumer
     that dies before it acks) or ``ok``; calls past the end of the list succeed. A service
     running as a process reads its script from ``script_file`` on every call (the test
     rewrites it to heal the handlers) and counts calls in ``count_dir`` (they outlive a
@@ -140,7 +140,7 @@ class Behaviour:
         if action == "transient":
             raise TransientError(f"{name} scripted to fail (call {number})")
         if action == "fail":
-            raise StepFailed("rejected", detail=f"{name} scripted to fail")
+            raise BusinessFailure("rejected", detail=f"{name} scripted to fail")
         if action == "crash":
             os.kill(os.getpid(), signal.SIGKILL)
 
@@ -188,7 +188,7 @@ def probe_services(
         if behaviour.call("second") <= behaviour.second_transient:
             raise TimeoutError
         if behaviour.second_fails:
-            raise StepFailed("rejected", detail="beta says no")
+            raise BusinessFailure("rejected", detail="beta says no")
         return Finished()
 
     defaults: dict[str, Any] = {

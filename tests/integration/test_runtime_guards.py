@@ -13,6 +13,7 @@ from typing import Any, ClassVar
 
 import pytest
 from sagakit import (
+    BusinessFailure,
     Envelope,
     EventPayload,
     Participant,
@@ -20,7 +21,6 @@ from sagakit import (
     SagaContext,
     SagaSpec,
     StepContext,
-    StepFailed,
     StepOutcome,
     StepRecord,
     StepSpec,
@@ -118,7 +118,7 @@ _EFFECT = insert(effects)
 class Behaviour:
     done_blob: int = 0  # characters in solo.done's blob
     undo_blob: int = 0  # characters in solo.undone's blob
-    refusal: StepFailed | None = None
+    refusal: BusinessFailure | None = None
 
 
 @pytest.fixture
@@ -279,7 +279,7 @@ async def test_a_padded_reason_in_the_context_is_refused_at_the_door(
 async def test_a_long_failure_reason_and_detail_are_cut_to_their_bounds(
     harness: ParticipantHarness, behaviour: Behaviour
 ) -> None:
-    behaviour.refusal = StepFailed("r" * 500, detail="d" * 5000)
+    behaviour.refusal = BusinessFailure("r" * 500, detail="d" * 5000)
     started = harness.start_saga(Started())
 
     await harness.publish(started)

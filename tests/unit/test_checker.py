@@ -9,10 +9,11 @@ from typing import Any, ClassVar
 import pytest
 import typer
 from order_contracts import ORDER_SAGA, OrderEvent
-from sagakit import EventPayload, Participant, ReactionSpec, SagaSpec, StepContext
+from sagakit import EventPayload, Participant, ReactionSpec, SagaSpec, SpecError, StepContext
 from sagakit.cli import app, load_plugins
 from sagakit.runtime import Subscription
-from sagakit.spec import Gap, GapKind, check_choreography
+from sagakit.spec import Gap, GapKind, all_paths, check_choreography
+from sagakit.spec._checker import Move
 from typer.testing import CliRunner
 
 
@@ -61,7 +62,7 @@ def subscriptions_of(spec: SagaSpec) -> list[Subscription]:
                     participant.on_compensation(step.name)(handler)
         for reaction in spec.reactions:
             if reaction.participant == name:
-                participant.on_event(reaction.trigger)(handler)
+                participant.on_reaction(reaction.name)(handler)
         subs.extend(participant.subscriptions())
     return subs
 
@@ -93,8 +94,9 @@ def test_a_step_not_undone_on_the_next_steps_failure() -> None:
     assert check_choreography(spec) == [
         Gap(
             GapKind.MISSING_COMPENSATION,
-            "step reserve_stock (inventory) has an effect to undo, but is not compensated on "
-            "payment.failed, the failure of the next step charge_payment",
+            "step reserve_stock (inventory) has an effect to undo, but its compensate_on leaves "
+            "out payment.failed, the failure of the later step charge_payment: add it, or "
+            "leave compensate_on out to have it derived",
         ),
         Gap(
             GapKind.NEVER_CONSUMED,
@@ -118,8 +120,9 @@ def test_a_step_not_undone_on_the_next_steps_compensation() -> None:
     assert [g for g in gaps if g.kind is GapKind.MISSING_COMPENSATION] == [
         Gap(
             GapKind.MISSING_COMPENSATION,
-            "step reserve_stock (inventory) has an effect to undo, but is not compensated on "
-            "payment.refunded, the compensated event of the next step charge_payment",
+            "step reserve_stock (inventory) has an effect to undo, but its compensate_on leaves "
+            "out payment.refunded, the compensated event of the later step charge_payment: add "
+            "it, or leave compensate_on out to have it derived",
         )
     ]
     # What it costs: every failure after the charge stops at the refund.
@@ -215,19 +218,65 @@ def test_a_backward_path_out_of_order() -> None:
     ]
 
 
-def test_a_first_step_without_compensation_never_cancels() -> None:
-    spec = respec(**with_step("reserve_stock", compensate_on=(), compensated=None))
+def test_a_first_step_without_an_effect_leaves_the_cancellation_to_the_next_one() -> None:
+    # A first step that only validates: nothing to undo. Who ends the saga is sagakit's
+    # business: the failing step when nothing before it has a compensation, else the
+    # earliest step with one, once undone.
+    steps = tuple(
+        s.model_copy(update={"compensated": None, "compensate_on": ()})
+        if s.name == "reserve_stock"
+        else s.model_copy(update={"compensate_on": ()})
+        for s in ORDER_SAGA.steps
+    )
+    spec = respec(steps=steps)
 
-    broken = [g.message for g in check_choreography(spec) if g.kind is GapKind.BROKEN_PATH]
-
-    assert broken == [
-        "after a failure at charge_payment, the backward path never reaches order.cancelled: "
-        "it stops at payment.failed, which no one consumes",
-        "after a failure at ship_order, the backward path never reaches order.cancelled: "
-        "it stops at payment.refunded, which no one consumes",
-        "after a failure at confirm_order, the backward path never reaches order.cancelled: "
-        "it stops at payment.refunded, which no one consumes",
+    assert check_choreography(spec) == []
+    assert [s.name for s in spec.steps if spec.ends_backward_path(s)] == [
+        "reserve_stock",
+        "charge_payment",
     ]
+    cancels = {
+        (hop.participant, hop.source)
+        for path in all_paths(spec)
+        for hop in path.hops
+        if hop.move is Move.CANCEL
+    }
+    assert cancels == {
+        ("inventory", "inventory.reservation_failed"),
+        ("payment", "payment.failed"),
+        ("payment", "payment.refunded"),
+    }
+
+
+def test_compensate_on_is_derived_from_the_step_order() -> None:
+    # Nobody writes compensate_on in the order flow: each one comes from the step order.
+    assert {s.name: s.compensate_on for s in ORDER_SAGA.steps} == {
+        "reserve_stock": ("payment.failed", "payment.refunded"),
+        "charge_payment": ("shipment.failed", "shipment.cancelled"),
+        "ship_order": ("notification.failed",),
+        "confirm_order": (),
+    }
+
+
+def test_a_step_between_without_a_compensation_passes_failures_back() -> None:
+    # shipping has nothing to undo: payment is undone on shipping's failure and on
+    # notification's, and the path still ends once inventory is undone.
+    spec = respec(
+        steps=tuple(
+            s.model_copy(update={"compensated": None, "compensate_on": ()})
+            if s.name == "ship_order"
+            else s.model_copy(update={"compensate_on": ()})
+            for s in ORDER_SAGA.steps
+        )
+    )
+
+    assert spec.step("charge_payment").compensate_on == ("shipment.failed", "notification.failed")
+    assert check_choreography(spec) == []
+
+
+def test_the_last_step_cannot_declare_a_compensation_nothing_triggers() -> None:
+    with pytest.raises(SpecError, match="no later step can fail, so nothing would ever undo it"):
+        respec(**with_step("confirm_order", compensated="shipment.cancelled"))
 
 
 def test_a_trigger_no_service_subscribes_to() -> None:

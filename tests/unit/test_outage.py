@@ -9,7 +9,7 @@ import pytest
 from aiormq.abc import DeliveredMessage
 from aiormq.exceptions import ChannelInvalidStateError, DeliveryError, PublishError
 from pamqp import commands
-from sagakit import StepFailed, TransientError
+from sagakit import BusinessFailure, TransientError
 from sagakit.runtime import StoreUnavailable
 from sagakit.runtime._outage import Verdict, broker_refused, causes, store_verdict
 from sqlalchemy import exc as sa_exc
@@ -88,7 +88,7 @@ def raised_from(outer: BaseException, inner: BaseException) -> BaseException:
         (StoreUnavailable("the SQLite file is gone"), Verdict.DEFINITE),
         # a step's own failures
         (TransientError("the payment gateway is slow"), Verdict.NO),
-        (StepFailed("card_declined"), Verdict.NO),
+        (BusinessFailure("card_declined"), Verdict.NO),
         (ValueError("bad amount"), Verdict.NO),
         (KeyError("sku"), Verdict.NO),
     ],

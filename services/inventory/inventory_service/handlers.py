@@ -11,7 +11,7 @@ from order_contracts import (
     OrderCreated,
     OrderEvent,
 )
-from sagakit import Participant, StepContext, StepFailed, TransientError, utc_now
+from sagakit import BusinessFailure, Participant, StepContext, TransientError, utc_now
 from sqlalchemy import bindparam, insert, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
@@ -76,7 +76,7 @@ def create_participant(settings: InventorySettings) -> Participant:
                 available[sku] = int(found)
         shortages = domain.find_shortages(requested, available)
         if shortages:
-            raise StepFailed("insufficient_stock", detail="; ".join(map(str, shortages)))
+            raise BusinessFailure("insufficient_stock", detail="; ".join(map(str, shortages)))
         # SKUs in one order everywhere (here and in release_stock), so that two transactions
         # touching the same SKUs lock their rows in the same order and cannot deadlock.
         for sku, quantity in sorted(requested.items()):

@@ -2,10 +2,7 @@
 
 from __future__ import annotations
 
-from typing import ClassVar
-
 from pydantic import Field
-from pydantic_settings import SettingsConfigDict
 from sagakit import ParticipantSettings
 
 DEFAULT_STOCK: dict[str, int] = {
@@ -16,10 +13,7 @@ DEFAULT_STOCK: dict[str, int] = {
 }
 
 
-class InventorySettings(ParticipantSettings):
+class InventorySettings(ParticipantSettings, participant="inventory"):
     """``INVENTORY_STOCK`` (JSON, SKU → quantity) seeds SKUs the database does not know yet."""
-
-    model_config = SettingsConfigDict(env_prefix="INVENTORY_", extra="ignore")
-    service_name: ClassVar[str] = "inventory"
 
     stock: dict[str, int] = Field(default_factory=lambda: dict(DEFAULT_STOCK))

@@ -6,7 +6,7 @@ import logging
 import uuid
 
 from order_contracts import ORDER_SAGA, OrderCancelled, OrderFulfilled, ShipmentCreated
-from sagakit import Participant, StepContext, StepFailed, utc_now
+from sagakit import BusinessFailure, Participant, StepContext, utc_now
 from sqlalchemy import bindparam, insert, select
 
 from . import domain
@@ -33,7 +33,7 @@ def create_participant(settings: NotificationSettings) -> Participant:
         order = event.order
         if not domain.is_reachable(order.customer.email, unreachable):
             # The address is personal data: the detail names the rule, not the contact.
-            raise StepFailed(
+            raise BusinessFailure(
                 domain.CONTACT_UNREACHABLE, detail="the customer's email domain cannot be reached"
             )
         notice_id = str(uuid.uuid4())
@@ -51,7 +51,7 @@ def create_participant(settings: NotificationSettings) -> Participant:
         )
         return OrderFulfilled(order=order, notification_id=notice_id)
 
-    @notification.on_event("order.cancelled")
+    @notification.on_reaction("send_cancellation_notice")
     async def send_cancellation_notice(event: OrderCancelled, step: StepContext) -> None:
         saga_id = str(step.saga_id)
         already = (

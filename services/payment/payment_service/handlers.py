@@ -11,7 +11,7 @@ from order_contracts import (
     PaymentProcessed,
     PaymentRefunded,
 )
-from sagakit import Participant, StepContext, StepFailed, utc_now
+from sagakit import BusinessFailure, Participant, StepContext, utc_now
 from sqlalchemy import bindparam, insert, select, update
 
 from . import domain
@@ -50,7 +50,7 @@ def create_participant(settings: PaymentSettings) -> Participant:
             limit=settings.order_limit,
         )
         if refusal is not None:
-            raise StepFailed(refusal.reason, detail=refusal.detail)
+            raise BusinessFailure(refusal.reason, detail=refusal.detail)
         payment_id = str(uuid.uuid4())
         await step.execute(
             _CHARGE,

@@ -11,7 +11,7 @@ from order_contracts import (
     ShipmentCancelled,
     ShipmentCreated,
 )
-from sagakit import Participant, StepContext, StepFailed, utc_now
+from sagakit import BusinessFailure, Participant, StepContext, utc_now
 from sqlalchemy import bindparam, insert, select, update
 
 from . import domain
@@ -41,7 +41,7 @@ def create_participant(settings: ShippingSettings) -> Participant:
         order = event.order
         country = order.shipping_address.country
         if not domain.is_served(country, served_countries):
-            raise StepFailed(
+            raise BusinessFailure(
                 domain.DESTINATION_NOT_SERVED, detail=f"no shipments to country {country}"
             )
         shipment_id = uuid.uuid4()

@@ -2,10 +2,7 @@
 
 from __future__ import annotations
 
-from typing import ClassVar
-
 from pydantic import Field, field_validator
-from pydantic_settings import SettingsConfigDict
 from sagakit import ParticipantSettings
 
 DEFAULT_SERVED_COUNTRIES: tuple[str, ...] = (
@@ -22,11 +19,8 @@ DEFAULT_SERVED_COUNTRIES: tuple[str, ...] = (
 )
 
 
-class ShippingSettings(ParticipantSettings):
+class ShippingSettings(ParticipantSettings, participant="shipping"):
     """``SHIPPING_SERVED_COUNTRIES`` (JSON list of ISO 3166 alpha-2 codes) ships there only."""
-
-    model_config = SettingsConfigDict(env_prefix="SHIPPING_", extra="ignore")
-    service_name: ClassVar[str] = "shipping"
 
     served_countries: list[str] = Field(default_factory=lambda: list(DEFAULT_SERVED_COUNTRIES))
 

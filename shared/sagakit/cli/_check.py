@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import importlib
 import json
+import os
 from collections.abc import Callable
 from dataclasses import dataclass
+from importlib.metadata import entry_points
 from typing import Annotated
 
 import typer
@@ -19,9 +21,39 @@ from sagakit.spec._spec import SagaSpec
 from . import app
 from ._spec_ref import SpecOption, load_spec
 
+SERVICES_ENV = "SAGA_SERVICES"
+SERVICES_GROUP = "sagakit.services"
 SERVICE_FACTORY = "{participant}_service.main:create_service"
-"""Where ``--with-services`` finds each participant's service: the FastStream layout of a
-service package, ``<participant>_service/main.py`` with ``create_service()``."""
+"""The last place ``--with-services`` looks for a participant's service (see
+``service_factories``)."""
+
+
+def service_factories(spec: SagaSpec, *, factory: str | None = None) -> dict[str, str]:
+    """Where each participant's service is built (``module:callable``), first found first:
+
+    1. ``factory``, a pattern with ``{participant}`` in place of each name;
+    2. ``$SAGA_SERVICES``: ``participant=module:callable`` pairs, separated by commas;
+    3. an entry point of the ``sagakit.services`` group named ``<saga_type>.<participant>``
+       (or ``<participant>``), which a service's package declares;
+    4. ``<participant>_service.main:create_service``.
+    """
+    named: dict[str, str] = {}
+    for pair in filter(None, (p.strip() for p in os.environ.get(SERVICES_ENV, "").split(","))):
+        participant, _, reference = pair.partition("=")
+        if not reference:
+            raise SpecError(f"{SERVICES_ENV}: {pair!r} is not participant=module:callable")
+        named[participant.strip()] = reference.strip()
+    installed = {ep.name: ep.value for ep in entry_points(group=SERVICES_GROUP)}
+    found = {}
+    for participant in spec.participants():
+        found[participant] = (
+            (factory.format(participant=participant) if factory else None)
+            or named.get(participant)
+            or installed.get(f"{spec.saga_type}.{participant}")
+            or installed.get(participant)
+            or SERVICE_FACTORY.format(participant=participant)
+        )
+    return found
 
 
 @dataclass(frozen=True, slots=True)
@@ -34,25 +66,29 @@ class LoadedService:
 
 
 def load_services(
-    spec: SagaSpec, *, factory: str = SERVICE_FACTORY, rabbitmq_url: str | None = None
+    spec: SagaSpec, *, factory: str | None = None, rabbitmq_url: str | None = None
 ) -> list[LoadedService]:
     """Build the service of every participant of ``spec`` from its settings (the
     environment). Building connects to nothing.
 
     Args:
         spec: The flow whose participants to load.
-        factory: ``module:callable`` with ``{participant}`` in place of each name; the
-            callable takes the service's settings, or None for the environment's.
+        factory: ``module:callable`` with ``{participant}`` in place of each name, or None
+            to find each service as ``service_factories`` says; the callable takes the
+            service's settings, or None for the environment's.
         rabbitmq_url: Build each service for this broker instead of the configured one.
     """
     loaded = []
-    for participant in spec.participants():
-        reference = factory.format(participant=participant)
+    for participant, reference in service_factories(spec, factory=factory).items():
         module_name, _, attribute = reference.partition(":")
         try:
             module = importlib.import_module(module_name)
         except ImportError as error:
-            raise SpecError(f"no service for {participant!r}: {error}") from error
+            raise SpecError(
+                f"no service for {participant!r} at {reference} ({error}): declare it as an "
+                f"entry point of {SERVICES_GROUP} named {spec.saga_type}.{participant}, or "
+                f"set {SERVICES_ENV}={participant}=module:callable"
+            ) from error
         create: Callable[..., SagaService] | None = getattr(module, attribute or "", None)
         if create is None:
             raise SpecError(f"{reference} does not exist")
@@ -81,20 +117,35 @@ def check(
         ),
     ] = False,
     factory: Annotated[
-        str,
-        typer.Option("--service-factory", help="where each participant's service is built"),
-    ] = SERVICE_FACTORY,
+        str | None,
+        typer.Option(
+            "--service-factory",
+            help="where each participant's service is built, {participant} in place of its "
+            f"name (default: ${SERVICES_ENV}, the {SERVICES_GROUP} entry points, then "
+            f"{SERVICE_FACTORY})",
+        ),
+    ] = None,
     as_json: Annotated[bool, typer.Option("--json", help="print JSON")] = False,
 ) -> None:
     """Check the choreography: compensations, paths, producers and consumers, subscriptions.
 
     Exits 0 and prints "no gap" when every promise holds, 1 with one line per gap otherwise.
     """
-    flow = load_spec(spec)
+    try:
+        flow = load_spec(spec)
+    except SpecError as error:
+        # A spec that sagakit could not run is refused when it is built (its module does
+        # not even import): say what to change, as for any gap.
+        typer.echo(f"the spec is refused: {error}")
+        raise typer.Exit(1) from None
     subscriptions = None
     against = "the spec"
     if with_services:
-        services = load_services(flow, factory=factory)
+        try:
+            services = load_services(flow, factory=factory)
+        except SpecError as error:
+            typer.echo(f"{flow.saga_type}: a service is refused: {error}")
+            raise typer.Exit(1) from None
         subscriptions = service_subscriptions(services)
         against += " and the subscriptions of " + ", ".join(s.participant for s in services)
     gaps = check_choreography(flow, subscriptions)

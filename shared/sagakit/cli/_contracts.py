@@ -24,7 +24,7 @@ from sagakit.spec._spec import SagaSpec
 from sagakit.tracker._app import TrackerSettings, build_tracker
 
 from . import app
-from ._check import SERVICE_FACTORY, LoadedService, load_services
+from ._check import LoadedService, load_services
 from ._spec_ref import SpecOption, load_spec, spec_home
 
 contracts_app = typer.Typer(
@@ -125,9 +125,12 @@ def export(
     ] = None,
     spec: SpecOption = None,
     factory: Annotated[
-        str,
-        typer.Option("--service-factory", help="where each participant's service is built"),
-    ] = SERVICE_FACTORY,
+        str | None,
+        typer.Option(
+            "--service-factory",
+            help="where each participant's service is built (default: as saga check finds it)",
+        ),
+    ] = None,
     check: Annotated[
         bool, typer.Option("--check", help="write nothing; exit 1 if a file is out of date")
     ] = False,

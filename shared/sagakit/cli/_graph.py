@@ -117,7 +117,7 @@ def _edge(hop: Hop) -> str:
 
 _LEGEND = (
     "Solid arrows go forward; a dotted arrow is a step that fails; a thick arrow undoes a "
-    "step. Generated from the spec by `saga graph --readme README.md`; a test keeps it so."
+    "step. Generated from the spec: run `saga graph --readme README.md` after changing it."
 )
 
 

@@ -6,7 +6,13 @@ from sagakit._exceptions import StoreUnavailable
 from sagakit.runtime._app import SagaService, build_service
 from sagakit.runtime._breaker import CircuitBreaker, Dependency
 from sagakit.runtime._faults import CrashPoint
-from sagakit.runtime._participant import HandlerKind, Participant, StepContext, Subscription
+from sagakit.runtime._participant import (
+    HandlerKind,
+    Participant,
+    StepContext,
+    StepRun,
+    Subscription,
+)
 from sagakit.runtime._relay import OutboxRelay
 from sagakit.runtime._settings import ParticipantSettings
 
@@ -20,6 +26,7 @@ __all__ = [
     "ParticipantSettings",
     "SagaService",
     "StepContext",
+    "StepRun",
     "StoreUnavailable",
     "Subscription",
     "build_service",

@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 from faststream import FastStream
 from faststream.rabbit import Channel, RabbitBroker
 
+from sagakit._exceptions import SpecError
 from sagakit.broker._failover import rabbit_broker
 from sagakit.observability._health import (
     HttpEndpoint,
@@ -22,6 +23,7 @@ from sagakit.observability._health import (
 )
 from sagakit.observability._logging import BROKER_LOGGER
 from sagakit.observability._setup import observe
+from sagakit.runtime import _step_results as step_results
 from sagakit.runtime._participant import Participant
 from sagakit.runtime._runtime import SagaRuntime
 from sagakit.runtime._settings import ParticipantSettings
@@ -45,19 +47,35 @@ class SagaService:
 
 
 def build_service(
-    participant: Participant, settings: ParticipantSettings, *, configure_logs: bool = True
+    participant: Participant,
+    settings: ParticipantSettings | None = None,
+    *,
+    configure_logs: bool = True,
 ) -> SagaService:
     """Wire ``participant`` to a RabbitBroker and a Store from ``settings``.
 
     Args:
         participant: The participant with its handlers registered.
-        settings: Where the broker and the database are, and the retry budgets.
+        settings: Where the broker and the database are, and the retry budgets; None to
+            read ``<PARTICIPANT>_*`` from the environment (``ParticipantSettings.named``).
         configure_logs: Set up the root logger from the settings when the app starts.
+
+    Raises:
+        SpecError: ``settings`` were made for another participant.
 
     When the app starts it also sets up tracing from ``OTEL_*`` and, when their ports are
     set, serves ``/livez`` and ``/readyz`` (broker connected, store taking writes, no
     deliveries held by the circuit breaker, publishes confirmed) and ``/metrics``.
     """
+    if settings is None:
+        settings = ParticipantSettings.named(participant.name)()
+    if settings.service_name not in {ParticipantSettings.service_name, participant.name}:
+        raise SpecError(
+            f"{type(settings).__name__} are the settings of {settings.service_name!r}, not of "
+            f"the participant {participant.name!r}: name one participant in both "
+            f"(class {type(settings).__name__}(ParticipantSettings, "
+            f"participant={participant.name!r}))"
+        )
     broker = rabbit_broker(
         settings.broker_urls,
         default_channel=Channel(prefetch_count=settings.prefetch, on_return_raises=True),
@@ -69,7 +87,8 @@ def build_service(
     )
     store = Store(
         settings.database_url,
-        metadata=[participant.tables] if participant.tables is not None else [],
+        # sagakit's step results (_step_results.py) beside the service's own tables.
+        metadata=[step_results.metadata, *filter(None, [participant.tables])],
     )
     runtime = SagaRuntime(participant, broker=broker, store=store, settings=settings)
     # The app's first line ("starting") comes before logging is configured: a logger of

@@ -11,7 +11,7 @@ from opentelemetry.trace import Span
 
 from sagakit._context import DeliveryScope
 from sagakit._envelope import Envelope
-from sagakit._exceptions import InvalidMessage, StepFailed
+from sagakit._exceptions import BusinessFailure, InvalidMessage
 from sagakit.observability._metrics import (
     EVENTS_CONSUMED,
     HELD_DELIVERIES,
@@ -282,7 +282,7 @@ class Dispatcher:
         if sub.kind is HandlerKind.STEP:
             assert sub.step is not None
             logger.warning("retries exhausted, failing the step: %s", retry)
-            failure = StepFailed("retries_exhausted", detail=type(retry.cause).__name__)
+            failure = BusinessFailure("retries_exhausted", detail=type(retry.cause).__name__)
             try:
                 return await self.forward.record_failure(sub, sub.step, envelope, failure, digest)
             except (InvalidMessage, Outage):

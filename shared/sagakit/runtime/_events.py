@@ -7,13 +7,15 @@ from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
 from faststream.rabbit import RabbitBroker
-from pydantic import BaseModel
+from pydantic import BaseModel, ValidationError
 
 from sagakit._context import StepOutcome, StepRecord, current_scope, utc_now
 from sagakit._envelope import Envelope, EventPayload, derived_event_id
+from sagakit._exceptions import HandlerError
 from sagakit.broker._headers import DEFAULT_FRAME_MAX, frame_max_of
 from sagakit.observability._tracing import current_trace_headers
 from sagakit.runtime._outcome import Handled, Outcome
+from sagakit.runtime._participant import Subscription
 from sagakit.runtime._relay import OutboxRelay
 from sagakit.spec._spec import SagaSpec, StepSpec
 from sagakit.store._sql import Transaction
@@ -57,16 +59,17 @@ class Events:
             step=step.name, participant=self.name, outcome=outcome, at=utc_now(), reason=reason
         )
 
-    def expect(self, result: object, event_type: str) -> None:
-        """Refuse a handler's result that is not the payload of ``event_type``."""
+    def expect(self, result: object, event_type: str, sub: Subscription) -> None:
+        """Refuse a handler's result that is not the payload of ``event_type``: a bug."""
         expected = self.spec.model_for(event_type)
         if not isinstance(result, expected):
-            raise TypeError(
-                f"handler returned {type(result).__name__}, expected {expected.__name__}"
+            raise HandlerError(
+                f"{sub.kind.value} handler of {sub.name!r} returned {type(result).__name__},"
+                f" expected {expected.__name__} ({event_type})"
             )
 
     def _carried(self, envelope: Envelope[Any]) -> dict[str, Any]:
-        carry = self.spec.carry
+        carry = self.spec.start_field
         if carry is None:
             return {}
         if envelope.event_type == self.spec.start_event:
@@ -80,14 +83,29 @@ class Events:
         """A payload sagakit writes itself (a failure, a no-op compensation, a cancellation):
         what the saga carries, plus ``fields``."""
         model = self.spec.model_for(event_type)
-        return model.model_validate({**self._carried(envelope), **fields})
+        try:
+            return model.model_validate({**self._carried(envelope), **fields})
+        except ValidationError as error:
+            # The spec checks what it can when built; what is left is a bug, not a retry.
+            problems = "; ".join(
+                f"{'.'.join(str(p) for p in e['loc'])}: {e['msg']}" for e in error.errors()[:5]
+            )
+            raise HandlerError(
+                f"sagakit cannot build {model.__name__} ({event_type}): {problems}"
+            ) from error
 
     def envelope(
-        self, payload: EventPayload, *, cause: Envelope[Any], record: StepRecord | None
+        self,
+        payload: EventPayload,
+        *,
+        cause: Envelope[Any],
+        record: StepRecord | None,
+        data: Mapping[str, Any] | None = None,
     ) -> Envelope[Any]:
-        """The envelope of ``payload``, caused by ``cause``; its id is derived, so that the
-        same event announced again has the same id."""
-        context = cause.context.followed_by(cause.event_id, record)
+        """The envelope of ``payload``, caused by ``cause``, with ``data`` added to the
+        saga's data bag; its id is derived, so that the same event announced again has the
+        same id."""
+        context = cause.context.followed_by(cause.event_id, record, data=data)
         return Envelope.new(
             payload,
             context=context,

@@ -4,18 +4,21 @@ recorded as failed and announced (the decisions are in ``_rules.py``)."""
 from __future__ import annotations
 
 import logging
+from collections.abc import Mapping
 from typing import Any
 
 from sagakit._context import DETAIL_MAX_LENGTH, REASON_MAX_LENGTH, StepOutcome, current_scope
 from sagakit._envelope import Envelope
-from sagakit._exceptions import InvalidMessage, StepFailed
+from sagakit._exceptions import BusinessFailure, InvalidMessage
 from sagakit.broker._topology import CANCELLED_BY_OPERATOR, OPERATOR_CANCEL_HEADER
 from sagakit.observability._tracing import record_step_failure
 from sagakit.runtime import _rules as rules
+from sagakit.runtime import _step_results as step_results
 from sagakit.runtime._events import Events, EventTooLarge
-from sagakit.runtime._handlers import call_handler, first_delivery
+from sagakit.runtime._handlers import call_handler, first_delivery, run_undos
 from sagakit.runtime._outcome import Handled, Outcome
-from sagakit.runtime._participant import Subscription
+from sagakit.runtime._participant import StepRun, Subscription, UndoFunction
+from sagakit.runtime._step_results import StepResult
 from sagakit.spec._spec import SagaSpec, StepSpec
 from sagakit.store._store import StepStatus, Store
 
@@ -31,12 +34,19 @@ class ForwardStep:
     """Runs a participant's steps, and records the failures of its steps."""
 
     def __init__(
-        self, *, spec: SagaSpec, store: Store, events: Events, step_timeout: float
+        self,
+        *,
+        spec: SagaSpec,
+        store: Store,
+        events: Events,
+        step_timeout: float,
+        undo_functions: Mapping[str, UndoFunction] | None = None,
     ) -> None:
         self.spec = spec
         self.store = store
         self.events = events
         self.step_timeout = step_timeout
+        self.undo_functions = undo_functions or {}
 
     async def run(
         self, sub: Subscription, envelope: Envelope[Any], attempt: int, digest: str
@@ -45,6 +55,7 @@ class ForwardStep:
         step = sub.step
         assert step is not None
         saga_id = envelope.context.saga_id
+        run = StepRun(undo_functions=self.undo_functions)
         try:
             async with self.store.write() as transaction:
                 if not await first_delivery(self.store, transaction, sub, envelope, digest):
@@ -57,37 +68,69 @@ class ForwardStep:
                     logger.info("step already %s: forward event ignored", status)
                     return Handled(Outcome.IGNORED)
                 if decision is rules.ForwardDecision.FAIL_DEADLINE:
-                    raise StepFailed("deadline_exceeded", detail="the saga's deadline has passed")
+                    raise BusinessFailure(
+                        "deadline_exceeded", detail="the saga's deadline has passed"
+                    )
                 if _cancelled_by_operator():
                     # An operator's copy of the trigger (client/_steering.py): the step fails
                     # here, by this participant, so every rule holds as for any failure; the
                     # original, if it comes later, is a duplicate.
-                    raise StepFailed(CANCELLED_BY_OPERATOR, detail="cancelled by an operator")
+                    raise BusinessFailure(CANCELLED_BY_OPERATOR, detail="cancelled by an operator")
                 result = await call_handler(
-                    sub, envelope, transaction, attempt=attempt, step_timeout=self.step_timeout
+                    sub,
+                    envelope,
+                    transaction,
+                    attempt=attempt,
+                    step_timeout=self.step_timeout,
+                    run=run,
                 )
-                self.events.expect(result, step.success)
+                self.events.expect(result, step.success, sub)
                 record = self.events.record(step, StepOutcome.COMPLETED)
-                success = self.events.envelope(result, cause=envelope, record=record)
+                success = self.events.envelope(result, cause=envelope, record=record, data=run.data)
                 await self.store.set_step_status(
                     transaction, step=step.name, saga_id=saga_id, status=StepStatus.COMPLETED
                 )
+                # What its compensation receives, and the undos it registered.
+                kept = StepResult(payload=result.model_dump_json(), undos=tuple(run.undos))
+                await step_results.save(transaction, step=step.name, saga_id=saga_id, result=kept)
                 return Handled(Outcome.COMPLETED, await self.events.emit(transaction, [success]))
-        except StepFailed as failure:
+        except BusinessFailure as failure:
+            await self._undo_attempt(run)
             return await self.record_failure(sub, step, envelope, failure, digest)
         except EventTooLarge as too_large:
             # Nobody could take the event: the step's effects are rolled back with it, and
             # the step fails so that the saga is undone instead of stranded.
             logger.warning("the step's event is too large, failing the step: %s", too_large)
-            oversized = StepFailed("event_too_large", detail=str(too_large))
+            await self._undo_attempt(run)
+            oversized = BusinessFailure("event_too_large", detail=str(too_large))
             return await self.record_failure(sub, step, envelope, oversized, digest)
+        except Exception:
+            # Rolled back (a transient error, a bug, an outage): what the step did outside
+            # its database is undone too, so that a retry starts clean.
+            await self._undo_attempt(run)
+            raise
+
+    async def _undo_attempt(self, run: StepRun) -> None:
+        """Run the undos this run of the step registered; nothing committed keeps them."""
+        undos, run.undos = list(run.undos), []
+        if not undos:
+            return
+        try:
+            await run_undos(undos, self.undo_functions)
+        except Exception as error:
+            # The effect outside may still be there: parked, so that nothing is announced
+            # over it; once the cause is fixed, a redrive runs the step (and its undo) again.
+            raise InvalidMessage(
+                f"undo_failed: {', '.join(u.name for u in undos)} raised "
+                f"{type(error).__name__}: {str(error)[:200]}"
+            ) from error
 
     async def record_failure(
         self,
         sub: Subscription,
         step: StepSpec,
         envelope: Envelope[Any],
-        failure: StepFailed,
+        failure: BusinessFailure,
         digest: str,
     ) -> Handled:
         """In a fresh transaction (the step's own writes are gone): mark failed, emit failure."""
@@ -126,7 +169,7 @@ class ForwardStep:
             )
             failed = self.events.envelope(payload, cause=envelope, record=record)
             events = [failed]
-            if self.spec.is_first(step):
+            if self.spec.ends_backward_path(step):
                 events.append(self.events.cancellation(failed, step.name, reason))
             await self.store.set_step_status(
                 transaction,

@@ -5,11 +5,17 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import traceback
+from collections.abc import Mapping
+from pathlib import Path
 from typing import Any
 
+from pydantic import ValidationError
+
 from sagakit._envelope import Envelope
-from sagakit._exceptions import InvalidMessage
-from sagakit.runtime._participant import StepContext, Subscription
+from sagakit._exceptions import HandlerError, InvalidMessage
+from sagakit.runtime._participant import StepContext, StepRun, Subscription, UndoFunction
+from sagakit.runtime._step_results import Undo
 from sagakit.store._sql import Transaction
 from sagakit.store._store import Store
 
@@ -49,8 +55,11 @@ async def call_handler(
     *,
     attempt: int,
     step_timeout: float,
+    run: StepRun | None = None,
+    payload: Any = None,
 ) -> Any:
-    """Run the participant's handler for ``envelope`` in ``transaction``."""
+    """Run the participant's handler for ``envelope`` in ``transaction``: on ``payload``
+    (the event's own unless given), recording what it adds in ``run``."""
     context = StepContext(
         transaction=transaction,
         saga=envelope.context,
@@ -58,7 +67,50 @@ async def call_handler(
         event_type=envelope.event_type,
         attempt=attempt,
         failure=envelope.context.last_failure(),
+        run=run if run is not None else StepRun(),
     )
     # asyncio.timeout rather than wait_for, which runs every handler in a task of its own.
     async with asyncio.timeout(step_timeout):
-        return await sub.handler(envelope.payload, context)
+        try:
+            return await sub.handler(envelope.payload if payload is None else payload, context)
+        except _PROGRAMMING_ERRORS as error:
+            raise HandlerError(_summary(sub, error)) from error
+
+
+# Raised by a handler's own code, these are bugs: retrying cannot fix them, and failing the
+# step would cancel sagas for a fault of the service.
+_PROGRAMMING_ERRORS = (TypeError, AttributeError, NameError, ValidationError)
+_SAGAKIT = str(Path(__file__).resolve().parents[1])
+
+
+def _summary(sub: Subscription, error: BaseException) -> str:
+    """The error, and the last line of the service's own code (not sagakit's, not a
+    library's) it went through."""
+    own = [
+        frame
+        for frame in traceback.extract_tb(error.__traceback__)
+        if not frame.filename.startswith(_SAGAKIT) and "site-packages" not in frame.filename
+    ]
+    where = f" at {Path(own[-1].filename).name}:{own[-1].lineno}" if own else ""
+    if isinstance(error, ValidationError):
+        text = "; ".join(
+            f"{'.'.join(str(p) for p in e['loc'])}: {e['msg']}" for e in error.errors()[:5]
+        )
+        text = f"ValidationError ({error.title}): {text}"
+    else:
+        text = f"{type(error).__name__}: {str(error)[:300]}"
+    return f"{sub.kind.value} handler of {sub.name!r} raised {text}{where}"
+
+
+async def run_undos(
+    undos: list[Undo] | tuple[Undo, ...], functions: Mapping[str, UndoFunction]
+) -> None:
+    """Run ``undos``, the latest registered first."""
+    for undo in reversed(undos):
+        function = functions.get(undo.name)
+        if function is None:
+            raise HandlerError(
+                f"the step registered the undo {undo.name!r}, which this participant no "
+                f"longer has (registered: {', '.join(functions) or 'none'})"
+            )
+        await function(**undo.arguments)

@@ -87,7 +87,8 @@ class SagaMiddleware(BaseMiddleware):
         # The id as it came on the wire: FastStream makes one up for a message without any.
         message_id = getattr(msg.raw_message, "message_id", None)
         logger.warning("parking message %.80r from %s: %s", message_id, queue, reason)
-        await self.redelivery.park(msg, queue=queue, reason=reason, kind="bad_input")
+        kind = "handler_error" if reason.startswith("handler_error:") else "bad_input"
+        await self.redelivery.park(msg, queue=queue, reason=reason, kind=kind)
 
 
 def describe(exc: BaseException) -> str:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import uuid
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
@@ -12,12 +13,25 @@ from sqlalchemy import MetaData
 from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.sql import Executable
 
-from sagakit._context import SagaContext, StepRecord
+from sagakit._context import SagaContext, StepRecord, check_data
 from sagakit._envelope import EventPayload
-from sagakit._exceptions import SpecError
+from sagakit._exceptions import HandlerError, SpecError
 from sagakit.broker._topology import queue_name
+from sagakit.runtime._step_results import Undo
 from sagakit.spec._spec import SagaSpec, StepSpec
 from sagakit.store._sql import Rows, Transaction
+
+UndoFunction = Callable[..., Awaitable[None]]
+UndoT = TypeVar("UndoT", bound=UndoFunction)
+
+
+@dataclass(slots=True)
+class StepRun:
+    """What one run of a handler adds: data for the saga's later steps, undos registered."""
+
+    undo_functions: Mapping[str, UndoFunction] = field(default_factory=dict)
+    data: dict[str, Any] = field(default_factory=dict)
+    undos: list[Undo] = field(default_factory=list)
 
 
 @dataclass(frozen=True, slots=True)
@@ -35,6 +49,7 @@ class StepContext:
         event_type: The type of the incoming event.
         attempt: 0 on first delivery, then 1, 2, … on retries after transient errors.
         failure: On compensation, the failed step that started the backward path.
+        run: What this run adds (``add_data``, ``undo``); sagakit reads it.
     """
 
     transaction: Transaction
@@ -43,6 +58,46 @@ class StepContext:
     event_type: str
     attempt: int = 0
     failure: StepRecord | None = None
+    run: StepRun = field(default_factory=StepRun)
+
+    @property
+    def data(self) -> Mapping[str, Any]:
+        """The saga's data bag: what earlier steps added (and this one, so far)."""
+        return {**self.saga.data, **self.run.data}
+
+    def add_data(self, **values: Any) -> None:
+        """Add ``values`` to the saga's data bag: every later event of the saga carries
+        them, and every later handler reads them in ``data``. Bounded (32 keys, 4 KiB of
+        JSON) and kept only if the step completes: ids and amounts, not documents.
+        """
+        merged = {**self.data, **values}
+        try:
+            check_data(merged)
+        except (TypeError, ValueError) as error:
+            raise HandlerError(f"add_data({', '.join(values)}): {error}") from error
+        self.run.data.update(values)
+
+    def undo(self, function: UndoFunction, /, **arguments: Any) -> None:
+        """Register ``function(**arguments)`` to undo what this step does outside its
+        database (a card charge, a transfer at a bank).
+
+        Register it before or while doing the work: sagakit runs it (latest first) if the
+        step then fails, in any way, and when the step is compensated later; the arguments
+        are kept with the step's record, so they must be JSON. ``function`` must be
+        registered with ``Participant.undo``, and must be idempotent: a crash may run it
+        twice.
+        """
+        name = getattr(function, "__name__", repr(function))
+        if self.run.undo_functions.get(name) is not function:
+            raise HandlerError(
+                f"step.undo({name}): register it first with @<participant>.undo (the function"
+                " is found again by name when the step is compensated, maybe after a restart)"
+            )
+        try:
+            json.dumps(arguments)
+        except (TypeError, ValueError) as error:
+            raise HandlerError(f"step.undo({name}): its arguments must be JSON: {error}") from error
+        self.run.undos.append(Undo(name, arguments))
 
     @property
     def saga_id(self) -> uuid.UUID:
@@ -67,7 +122,7 @@ class StepContext:
 
 PayloadT = TypeVar("PayloadT", bound=EventPayload)
 StepHandler = Callable[[Any, StepContext], Awaitable[EventPayload]]
-CompensationHandler = Callable[[Any, StepContext], Awaitable[EventPayload]]
+CompensationHandler = Callable[[Any, StepContext], Awaitable[EventPayload | None]]
 ReactionHandler = Callable[[Any, StepContext], Awaitable[None]]
 HandlerT = TypeVar("HandlerT", bound=Callable[..., Awaitable[Any]])
 
@@ -116,7 +171,8 @@ class Participant:
         async def reserve(order: OrderCreated, step: StepContext) -> InventoryReserved: ...
 
         @inventory.on_compensation("reserve_stock")
-        async def release(event: EventPayload, step: StepContext) -> InventoryReleased: ...
+        async def release(done: InventoryReserved, step: StepContext) -> InventoryReleased:
+            ...
         ```
     """
 
@@ -129,6 +185,25 @@ class Participant:
         default_factory=dict, init=False, repr=False
     )
     _reactions: dict[str, ReactionHandler] = field(default_factory=dict, init=False, repr=False)
+    _undos: dict[str, UndoFunction] = field(default_factory=dict, init=False, repr=False)
+
+    @property
+    def undo_functions(self) -> Mapping[str, UndoFunction]:
+        """The functions registered with ``undo``, by name."""
+        return self._undos
+
+    def undo(self, function: UndoT) -> UndoT:
+        """Register an undo function that steps name in ``StepContext.undo``.
+
+        Example:
+            ```python
+            @payout.undo
+            async def reverse_transfer(transfer_id: str) -> None:
+                await bank.reverse(transfer_id)
+            ```
+        """
+        self._undos[function.__name__] = function
+        return function
 
     def on_step(self, step: str) -> Callable[[HandlerT], HandlerT]:
         """Register the forward handler of ``step``; it returns the success payload."""
@@ -141,10 +216,18 @@ class Participant:
         return register
 
     def on_compensation(self, step: str) -> Callable[[HandlerT], HandlerT]:
-        """Register the handler that undoes ``step``; it returns the compensated payload."""
+        """Register the handler that undoes ``step``.
+
+        It receives what the step produced (its success payload, kept with the step's
+        record) and returns the compensated payload, or None to have sagakit build it.
+        """
         spec = self._own_step(step)
         if not spec.has_compensation:
-            raise SpecError(f"step {step!r} declares no compensated event")
+            raise SpecError(
+                f"step {step!r} declares no compensated event, so nothing would ever call "
+                "this compensation: give the step a compensated event in the spec (if a later "
+                "step can fail), or undo an effect outside the database with StepContext.undo"
+            )
 
         def register(handler: HandlerT) -> HandlerT:
             self._compensations[spec.name] = handler
@@ -152,15 +235,18 @@ class Participant:
 
         return register
 
-    def on_event(self, event_type: str) -> Callable[[HandlerT], HandlerT]:
-        """Register a reaction: a side effect on ``event_type`` that emits nothing."""
-        if not any(
-            r.participant == self.name and r.trigger == event_type for r in self.spec.reactions
-        ):
-            raise SpecError(f"the spec gives {self.name!r} no reaction to {event_type!r}")
+    def on_reaction(self, reaction: str) -> Callable[[HandlerT], HandlerT]:
+        """Register the handler of ``reaction``: a side effect on its trigger event that
+        emits nothing (e.g. sending a cancellation notice)."""
+        if not any(r.participant == self.name and r.name == reaction for r in self.spec.reactions):
+            mine = [r.name for r in self.spec.reactions if r.participant == self.name]
+            raise SpecError(
+                f"the spec gives {self.name!r} no reaction {reaction!r} (its reactions: "
+                f"{', '.join(mine) or 'none'})"
+            )
 
         def register(handler: HandlerT) -> HandlerT:
-            self._reactions[event_type] = handler
+            self._reactions[reaction] = handler
             return handler
 
         return register
@@ -179,8 +265,16 @@ class Participant:
             )
             if step.has_compensation:
                 undo = self._compensations.get(step.name)
+                if undo is None and self._undos:
+                    # Its effect is outside the database: its undos are the compensation.
+                    undo = _undos_only
                 if undo is None:
-                    raise SpecError(f"{self.name!r} has no compensation for {step.name!r}")
+                    raise SpecError(
+                        f"{self.name!r} has no compensation for {step.name!r}: register one "
+                        f"with @{self.name}.on_compensation({step.name!r}) (or, if the "
+                        "step's only effect is outside the database, an undo it registers "
+                        f"with step.undo, the function with @{self.name}.undo)"
+                    )
                 subs.extend(
                     Subscription(
                         self.name, trigger, HandlerKind.COMPENSATION, step.name, undo, step
@@ -189,9 +283,12 @@ class Participant:
                 )
         for reaction in self.spec.reactions:
             if reaction.participant == self.name:
-                handler_r = self._reactions.get(reaction.trigger)
+                handler_r = self._reactions.get(reaction.name)
                 if handler_r is None:
-                    raise SpecError(f"{self.name!r} has no handler for {reaction.trigger!r}")
+                    raise SpecError(
+                        f"{self.name!r} has no handler for its reaction {reaction.name!r}: "
+                        f"register one with @{self.name}.on_reaction({reaction.name!r})"
+                    )
                 subs.append(
                     Subscription(
                         self.name, reaction.trigger, HandlerKind.REACTION, reaction.name, handler_r
@@ -204,3 +301,8 @@ class Participant:
         if spec.participant != self.name:
             raise SpecError(f"step {step!r} belongs to {spec.participant!r}, not {self.name!r}")
         return spec
+
+
+async def _undos_only(done: Any, step: StepContext) -> None:
+    """The compensation of a step whose only effect is outside the database: sagakit runs
+    the undos the step registered, then announces the compensated event."""

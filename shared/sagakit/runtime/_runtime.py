@@ -103,6 +103,7 @@ class SagaRuntime:
                 store=store,
                 events=events,
                 step_timeout=settings.step_timeout_seconds,
+                undo_functions=participant.undo_functions,
             ),
             compensation=Compensation(
                 name=participant.name,
@@ -110,6 +111,7 @@ class SagaRuntime:
                 store=store,
                 events=events,
                 step_timeout=settings.step_timeout_seconds,
+                undo_functions=participant.undo_functions,
             ),
         )
         # A router of its own, so that SagaMiddleware wraps sagakit's subscribers and

@@ -92,9 +92,12 @@ def _read_secret(path: Path, *, variable: str) -> str:
 class ParticipantSettings(BaseSettings):
     """Runtime settings of one participant, read from the environment.
 
-    A subclass sets ``service_name`` and ``env_prefix`` (e.g. ``INVENTORY_``); every field
-    is then read from ``<PREFIX><FIELD>``. The broker URL falls back to ``RABBITMQ_URL``
-    so that all local services can share one.
+    A service's settings name its participant once, and the rest follows from the name:
+    ``class PayoutSettings(ParticipantSettings, participant="payout")`` reads every field
+    from ``PAYOUT_<FIELD>`` and names the service ``payout``; a participant with no settings
+    of its own uses ``ParticipantSettings.named("payout")``, which ``build_service`` picks
+    when given none. The broker URL falls back to ``RABBITMQ_URL`` so that all local
+    services can share one.
 
     A broker of several nodes (a cluster) is named in the comma form of the URL
     (``amqp://user:pass@host1:5672,host2:5672/vhost``) or as a list,
@@ -122,6 +125,20 @@ class ParticipantSettings(BaseSettings):
     model_config = SettingsConfigDict(extra="ignore", hide_input_in_errors=True)
 
     service_name: ClassVar[str] = "participant"
+
+    def __init_subclass__(cls, participant: str | None = None, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        if participant is not None:
+            cls.service_name = participant
+            # The subclass's own copy of the config: the base keeps no prefix.
+            cls.model_config["env_prefix"] = f"{participant.upper()}_"
+
+    @classmethod
+    def named(cls, participant: str) -> type[ParticipantSettings]:
+        """The settings class of a participant with no settings of its own: every field
+        read from ``<PARTICIPANT>_<FIELD>``."""
+        name = "".join(part.title() for part in participant.split("_")) + "Settings"
+        return type(name, (cls,), {"__module__": __name__}, participant=participant)
 
     rabbitmq_url: str = Field(default_factory=_default_rabbitmq_url)
     rabbitmq_url_file: Path | None = None

@@ -14,7 +14,7 @@ from sagakit.spec._checker import (
     emitted_events,
     walk,
 )
-from sagakit.spec._spec import ReactionSpec, SagaSpec, StepSpec
+from sagakit.spec._spec import ReactionSpec, SagaSpec, StepSpec, event_models
 
 __all__ = [
     "FlowPath",
@@ -27,5 +27,6 @@ __all__ = [
     "all_paths",
     "check_choreography",
     "emitted_events",
+    "event_models",
     "walk",
 ]

@@ -13,7 +13,6 @@ from collections import deque
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field, replace
 from enum import StrEnum
-from itertools import pairwise
 from typing import TYPE_CHECKING
 
 from sagakit.runtime import _rules as rules
@@ -69,7 +68,7 @@ class Move(StrEnum):
     FORWARD = "forward"  # a step completed: its success event
     FAIL = "fail"  # a step failed: its failure event
     UNDO = "undo"  # a compensation ran (or was a no-op): the compensated event
-    CANCEL = "cancel"  # the first step ends the backward path: the cancelled event
+    CANCEL = "cancel"  # whoever finishes the backward path: the cancelled event
     REACT = "react"  # a reaction: a side effect, nothing emitted
 
 
@@ -187,8 +186,11 @@ def produced_events(spec: SagaSpec) -> list[EventUse]:
             uses.append(
                 EventUse(step.compensated, step.participant, f"compensation of step {step.name}")
             )
-    first = spec.steps[0]
-    uses.append(EventUse(spec.cancelled_event, first.participant, "end of the backward path"))
+    for step in spec.steps:
+        if spec.ends_backward_path(step):
+            uses.append(
+                EventUse(spec.cancelled_event, step.participant, "end of the backward path")
+            )
     return uses
 
 
@@ -199,12 +201,15 @@ def emitted_events(spec: SagaSpec, participant: str) -> tuple[str, ...]:
 
 
 def final_events(spec: SagaSpec) -> frozenset[str]:
-    """Events that end a path: the terminal events, and the first step's failure and
-    compensated events, which the runtime publishes together with the cancelled event."""
-    first = spec.steps[0]
-    ends = {spec.completed_event, spec.cancelled_event, first.failure}
-    if first.compensated is not None:
-        ends.add(first.compensated)
+    """Events that end a path: the terminal events, and the failure and compensated events
+    the runtime publishes together with the cancelled event (of the steps that end the
+    backward path: those with no compensation before them)."""
+    ends = {spec.completed_event, spec.cancelled_event}
+    for step in spec.steps:
+        if spec.ends_backward_path(step):
+            ends.add(step.failure)
+            if step.compensated is not None:
+                ends.add(step.compensated)
     return frozenset(ends)
 
 
@@ -230,18 +235,19 @@ def _unregistered_events(spec: SagaSpec) -> Iterator[Gap]:
 
 
 def _missing_compensations(spec: SagaSpec) -> Iterator[Gap]:
-    for step, following in pairwise(spec.steps):
+    # Only a compensate_on written by hand can miss one: the derived one is complete.
+    for step in spec.steps:
         if not step.has_compensation:
             continue
-        expected = [(following.failure, "failure")]
-        if following.compensated is not None:
-            expected.append((following.compensated, "compensated event"))
-        for event, what in expected:
+        for event in spec.undo_triggers(step):
             if event not in step.compensate_on:
+                producer = next(s for s in spec.steps if event in {s.failure, s.compensated})
+                what = "failure" if event == producer.failure else "compensated event"
                 yield Gap(
                     GapKind.MISSING_COMPENSATION,
-                    f"step {step.name} ({step.participant}) has an effect to undo, but is not "
-                    f"compensated on {event}, the {what} of the next step {following.name}",
+                    f"step {step.name} ({step.participant}) has an effect to undo, but its "
+                    f"compensate_on leaves out {event}, the {what} of the later step "
+                    f"{producer.name}: add it, or leave compensate_on out to have it derived",
                 )
 
 
@@ -379,7 +385,7 @@ class _Walk:
         if step.name == self.failed_step:
             self.status[step.name] = StepStatus.FAILED
             self._emit(event, handler, step.failure, Move.FAIL)
-            if self.spec.is_first(step):
+            if self.spec.ends_backward_path(step):
                 self._cancel(step.failure, handler)
             return
         self.status[step.name] = StepStatus.COMPLETED
@@ -395,7 +401,7 @@ class _Walk:
             self.undone.append(step.name)
         self.status[step.name] = StepStatus.COMPENSATED
         self._emit(event, handler, step.compensated, Move.UNDO)
-        if self.spec.is_first(step):
+        if self.spec.ends_backward_path(step):
             self._cancel(step.compensated, handler)
 
 

@@ -15,8 +15,11 @@ from sagakit._exceptions import ServiceStartError
 from sagakit.testing._conformance import ParticipantConformance
 from sagakit.testing._harness import (
     INJECTED_REASON,
+    EffectProbe,
+    Fault,
     FlowHarness,
     FlowRun,
+    Injection,
     ParkedMessage,
     ParticipantHarness,
     assert_all_or_nothing,
@@ -24,9 +27,12 @@ from sagakit.testing._harness import (
 from sagakit.testing._processes import QueueProbe, ServiceApp, ServiceProcesses, consumed_queues
 
 __all__ = [
+    "EffectProbe",
+    "Fault",
     "FlowHarness",
     "FlowRun",
     "INJECTED_REASON",
+    "Injection",
     "ParkedMessage",
     "ParticipantConformance",
     "ParticipantHarness",

@@ -138,6 +138,11 @@ class ParticipantConformance:
         ones that make this participant's step fail for a business reason."""
         return [self.start_payload()]
 
+    def saga_data(self) -> dict[str, Any]:
+        """What the saga's data bag holds when this participant's handlers run (what
+        earlier steps add with ``StepContext.add_data``)."""
+        return {}
+
     def personal_data(self, start: EventPayload) -> Sequence[str]:
         """The personal data ``start`` carries, which no log line may contain; the check is
         skipped while this says none."""
@@ -146,7 +151,7 @@ class ParticipantConformance:
     def payload_for(self, event_type: str, start: EventPayload, **fields: Any) -> EventPayload:
         """The payload of ``event_type`` in the saga started with ``start``.
 
-        The default fills what the spec's ``carry`` field carries, then ``fields`` (a
+        The default fills the spec's ``start_field`` with the start payload, then ``fields`` (a
         failure's ``reason``, a cancellation's ``failed_step``), then each other required
         field from the start payload's field of the same name, the example its JSON schema
         gives, or a placeholder of its type. Override it for a model that needs more.
@@ -156,7 +161,7 @@ class ParticipantConformance:
         model = self.spec.model_for(event_type)
         fields_of_model = model.model_fields
         values: dict[str, Any] = {}
-        carry = self.spec.carry
+        carry = self.spec.start_field
         if carry is not None and carry in fields_of_model:
             values[carry] = start.model_dump(mode="json")
         values.update({k: v for k, v in fields.items() if k in fields_of_model})
@@ -347,7 +352,7 @@ class ParticipantConformance:
 
             emitted = run.emitted()
             expected = [step.failure]
-            if self.spec.is_first(step):
+            if self.spec.ends_backward_path(step):
                 expected.append(self.spec.cancelled_event)
             assert [e.event_type for e in emitted] == expected
             assert getattr(emitted[0].payload, "reason", None) == "deadline_exceeded"
@@ -358,7 +363,7 @@ class ParticipantConformance:
                 StepOutcome.FAILED,
                 "deadline_exceeded",
             )
-            if self.spec.is_first(step):
+            if self.spec.ends_backward_path(step):
                 # sagakit writes the cancellation's failed_step and reason itself.
                 cancelled = emitted[1].payload
                 assert (cancelled.failed_step, cancelled.reason) == (step.name, "deadline_exceeded")
@@ -544,7 +549,9 @@ class _Run:
         if deadline_passed:
             deadline = utc_now() - timedelta(seconds=1)
         return self.harness.start_saga(
-            payload if payload is not None else self.suite.start_payload(), deadline=deadline
+            payload if payload is not None else self.suite.start_payload(),
+            deadline=deadline,
+            data=self.suite.saga_data(),
         )
 
     async def publish(self, envelope: Envelope[Any]) -> None:

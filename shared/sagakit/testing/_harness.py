@@ -11,22 +11,25 @@ Example:
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import uuid
-from collections.abc import Awaitable, Callable, Iterator, Sequence
+from collections.abc import Awaitable, Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
+from enum import StrEnum
 from types import TracebackType
 from typing import Any
 
 from faststream.rabbit import RabbitBroker, RabbitQueue, TestRabbitBroker
 from faststream.rabbit.annotations import RabbitMessage
+from faststream.rabbit.testing import build_message
 from pydantic import ValidationError
 
 from sagakit._context import SagaContext, StepOutcome, StepRecord, utc_now
 from sagakit._envelope import SAGA_ID_HEADER, Envelope, EventPayload
-from sagakit._exceptions import StepFailed
-from sagakit.broker._topology import REASON_HEADER, flow_exchange
+from sagakit._exceptions import BusinessFailure, HandlerError, TransientError
+from sagakit.broker._topology import REASON_HEADER, flow_exchange, retry_queue_name
 from sagakit.observability._tracing import current_trace_headers
 from sagakit.runtime._app import SagaService, prepare_store
 from sagakit.runtime._events import json_properties as _json_properties
@@ -110,10 +113,18 @@ class ParticipantHarness:
         return [e.event_type for e in self.emitted]
 
     def start_saga(
-        self, payload: EventPayload, *, deadline: datetime | None = None, producer: str = "test"
+        self,
+        payload: EventPayload,
+        *,
+        deadline: datetime | None = None,
+        producer: str = "test",
+        data: Mapping[str, Any] | None = None,
     ) -> Envelope[Any]:
-        """The start event of a new saga, as a client would publish it."""
+        """The start event of a new saga, as a client would publish it; ``data`` is what
+        the saga's data bag holds (as if earlier steps had added it)."""
         context = SagaContext.start(self.service.runtime.spec.saga_type, deadline=deadline)
+        if data:
+            context = context.model_copy(update={"data": dict(data)})
         return Envelope.new(payload, context=context, producer=producer)
 
     def event_after(
@@ -137,9 +148,66 @@ class ParticipantHarness:
         context = cause.context.followed_by(cause.event_id, record)
         return Envelope.new(payload, context=context, producer=producer)
 
+    def event(
+        self,
+        event_type: str,
+        payload: EventPayload | None = None,
+        *,
+        after: Envelope[Any],
+        **fields: Any,
+    ) -> Envelope[Any]:
+        """The event ``event_type`` as the spec has it emitted after ``after``.
+
+        The producer, the step and the outcome recorded in the saga's history come from the
+        spec (a success event completes its step, a failure event fails it with the
+        payload's reason, a compensated event compensates it); the payload is ``payload``,
+        or built from ``fields``, with the field the spec carries filled from ``after``.
+
+        Example:
+            ```python
+            charged = harness.event("payment.processed", after=reserved, payment_id="p-1",
+                                    amount=Decimal("10.00"), currency="EUR")
+            ```
+        """
+        spec = self.service.runtime.spec
+        model = spec.model_for(event_type)
+        if payload is None:
+            carried = {}
+            if spec.start_field is not None and spec.start_field in model.model_fields:
+                source = after.payload
+                if after.event_type != spec.start_event:
+                    source = getattr(after.payload, spec.start_field, None)
+                if source is not None:
+                    carried = {spec.start_field: source.model_dump(mode="json")}
+            payload = model.model_validate({**carried, **fields})
+        for step in spec.steps:
+            roles = {
+                step.success: StepOutcome.COMPLETED,
+                step.failure: StepOutcome.FAILED,
+                step.compensated: StepOutcome.COMPENSATED,
+            }
+            if event_type in roles:
+                outcome = roles[event_type]
+                reason = getattr(payload, "reason", None) if outcome is StepOutcome.FAILED else None
+                return self.event_after(
+                    after,
+                    payload,
+                    producer=step.participant,
+                    step=step.name,
+                    outcome=outcome,
+                    reason=reason,
+                )
+        raise ValueError(f"{event_type} is no step's event in {spec.saga_type}")
+
     async def publish(self, envelope: Envelope[Any]) -> None:
-        """Publish ``envelope`` on the flow exchange exactly as it goes on the wire."""
+        """Publish ``envelope`` on the flow exchange exactly as it goes on the wire.
+
+        Raises:
+            HandlerError: A handler has a bug (``handler_error``): the runtime parked the
+                message, as it would in production.
+        """
         self._published_ids.add(envelope.event_id)
+        parked = len(self.parked)
         await self.service.broker.publish(
             envelope.encode(),
             exchange=self.service.runtime.exchange,
@@ -147,6 +215,7 @@ class ParticipantHarness:
             headers={**envelope.amqp_headers(), **current_trace_headers()},
             **_json_properties(envelope),
         )
+        _raise_handler_errors(self.parked[parked:])
 
     async def publish_raw(
         self, body: bytes, *, routing_key: str, headers: dict[str, Any] | None = None
@@ -158,7 +227,43 @@ class ParticipantHarness:
 
 
 INJECTED_REASON = "injected"
-"""The reason code of a failure ``FlowHarness.run(fail_at=...)`` injects."""
+"""The reason code of a business failure ``FlowHarness.run`` injects."""
+
+
+class Fault(StrEnum):
+    """A kind of failure ``FlowHarness`` injects into a handler."""
+
+    BUSINESS = "business"
+    """``BusinessFailure``: the step fails, the saga is undone (steps only)."""
+    TRANSIENT = "transient"
+    """``TransientError``: retried with backoff (in memory: at once), then the step fails
+    (``retries_exhausted``) or the compensation is parked."""
+    TIMEOUT = "timeout"
+    """``TimeoutError``, as a handler past the step timeout raises it: retried the same."""
+
+
+@dataclass(frozen=True, slots=True)
+class Injection:
+    """A failure injected into one handler of one saga.
+
+    Attributes:
+        step: The step whose handler (or compensation) fails.
+        fault: What it raises.
+        times: How many attempts fail before it runs as written; None for every attempt.
+        compensation: Fail the step's compensation instead of the step.
+        reason: The reason code of a business failure.
+    """
+
+    step: str
+    fault: Fault = Fault.BUSINESS
+    times: int | None = None
+    compensation: bool = False
+    reason: str = INJECTED_REASON
+
+
+EffectProbe = Callable[[SagaService, uuid.UUID], Awaitable[object]]
+"""Reads what a participant's state holds for a saga (e.g. its active reservations): falsy
+when nothing is in effect."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -168,8 +273,8 @@ class FlowRun:
     Attributes:
         spec: The flow.
         saga_id: The saga's id.
-        failed_step: The step that should have failed (where a failure was injected), or
-            None; ``dataclasses.replace`` it to check a failure the services chose.
+        failed_step: The step that failed: the one whose failure event was emitted (where a
+            failure was injected, or one the services chose), or None.
         events: What the participants emitted for this saga, in the order it was published
             (events published together, such as a compensation and the cancellation, may
             come in either order).
@@ -177,6 +282,7 @@ class FlowRun:
         invalid: Events that did not parse as their registered model, with the error (of
             any saga run so far: what does not parse has no saga id to sort it by).
         parked: Messages of this saga a participant moved to its dead-letter queue.
+        effects: What each participant's effect probe read once the saga settled.
     """
 
     spec: SagaSpec
@@ -186,11 +292,17 @@ class FlowRun:
     undone: tuple[str, ...]
     invalid: tuple[str, ...] = ()
     parked: tuple[ParkedMessage, ...] = ()
+    effects: Mapping[str, object] = field(default_factory=dict)
 
     @property
     def event_types(self) -> list[str]:
         """The types of ``events``, in order."""
         return [e.event_type for e in self.events]
+
+    @property
+    def ended(self) -> bool:
+        """True when the saga reached its completed or its cancelled event."""
+        return any(e.event_type in self.spec.terminal_events() for e in self.events)
 
     def of_type(self, event_type: str) -> list[Envelope[Any]]:
         """The emitted events of ``event_type``."""
@@ -203,11 +315,14 @@ class FlowRun:
         the completed event was emitted once. With a failure at step k: the steps before k
         completed, k failed, no later step ran; every completed step with an effect was
         compensated exactly once, in reverse order; the cancelled event was emitted once
-        and names step k; the completed event never was.
+        and names step k; the completed event never was. With effect probes: after a
+        cancellation no participant holds anything for the saga; after a completion every
+        participant whose step has a compensation does.
         """
         spec = self.spec
         assert not self.invalid, f"events that break their contract: {self.invalid}"
         assert not self.parked, f"parked: {[p.reason for p in self.parked]}"
+        assert self.ended, f"the saga did not end; emitted: {self.event_types}"
         index = (
             len(spec.steps)
             if self.failed_step is None
@@ -222,6 +337,7 @@ class FlowRun:
         if self.failed_step is None:
             _assert_terminal(self, spec.completed_event, absent=spec.cancelled_event)
             assert self.undone == (), f"undone without a failure: {self.undone}"
+            self._assert_effects(cancelled=False)
             return
         failed = spec.steps[index]
         assert len(self.of_type(failed.failure)) == 1, f"{failed.failure} not emitted once"
@@ -253,6 +369,29 @@ class FlowRun:
         assert history == expected_history, (
             f"the saga's history reads {history}, expected {expected_history}"
         )
+        self._assert_effects(cancelled=True)
+
+    def _assert_effects(self, *, cancelled: bool) -> None:
+        for participant, effect in self.effects.items():
+            if cancelled:
+                assert not effect, (
+                    f"{participant} still holds {effect!r} for the cancelled saga: its "
+                    "compensation ran, but did not undo its state"
+                )
+            elif any(s.participant == participant and s.has_compensation for s in self.spec.steps):
+                assert effect, f"{participant} holds nothing for the completed saga"
+
+
+def _failed_step(spec: SagaSpec, events: Iterable[Envelope[Any]]) -> str | None:
+    failures = {step.failure: step.name for step in spec.steps}
+    return next((failures[e.event_type] for e in events if e.event_type in failures), None)
+
+
+def _raise_handler_errors(parked: Iterable[ParkedMessage]) -> None:
+    """A bug in a handler fails the test at once, with the summary the runtime parked."""
+    for message in parked:
+        if message.reason.startswith("handler_error:"):
+            raise HandlerError(message.reason.removeprefix("handler_error: "))
 
 
 def _assert_terminal(run: FlowRun, event_type: str, *, absent: str) -> Envelope[Any]:
@@ -268,11 +407,14 @@ class FlowHarness:
     """Runs every participant of a flow together on one in-memory broker.
 
     Each service keeps its own broker, store and runtime, exactly as it runs in production;
-    FastStream's ``TestRabbitBroker`` delivers what any of them publishes to all of them.
-    Point each service's settings at a throwaway database.
+    FastStream's ``TestRabbitBroker`` delivers what any of them publishes to all of them,
+    and a retry goes back to its queue at once (the delay queue's wait is skipped). Point
+    each service's settings at a throwaway database.
 
     Args:
         services: One service per participant of the flow.
+        effects: Per participant, a probe of what its state holds for a saga, so that
+            ``FlowRun.assert_all_or_nothing`` checks that a cancelled saga left nothing.
 
     Example:
         ```python
@@ -283,7 +425,9 @@ class FlowHarness:
         ```
     """
 
-    def __init__(self, services: Sequence[SagaService]) -> None:
+    def __init__(
+        self, services: Sequence[SagaService], *, effects: Mapping[str, EffectProbe] | None = None
+    ) -> None:
         if not services:
             raise ValueError("FlowHarness needs the services of a flow")
         self.spec = services[0].runtime.spec
@@ -300,7 +444,11 @@ class FlowHarness:
                 f"{self.spec.saga_type} needs one service per participant "
                 f"{list(self.spec.participants())}, got {names}"
             )
+        unknown = [name for name in effects or {} if name not in names]
+        if unknown:
+            raise ValueError(f"effect probes for {unknown}, which are not participants")
         self.services = tuple(services)
+        self.effects = dict(effects or {})
         self._exchange = flow_exchange(self.spec.exchange)
         # The harness is a client of its own: it starts sagas and hears every event. Its
         # broker comes first, so each event is recorded before what it causes.
@@ -309,6 +457,7 @@ class FlowHarness:
         self._invalid: list[str] = []
         self._undone: list[tuple[uuid.UUID, str]] = []
         self._parked: list[ParkedMessage] = []
+        self._pending: set[asyncio.Task[None]] = set()
         self._test_broker: TestRabbitBroker | None = None
 
         @self._client.subscriber(
@@ -333,6 +482,45 @@ class FlowHarness:
                 RabbitQueue(f"sagakit.testing.flow.{topology.participant}.dlq"),
                 topology.dead_letter_exchange(),
             )(self._record_parked)
+            for sub in service.runtime.subscriptions:
+                delay = retry_queue_name(sub.queue)
+                self._client.subscriber(
+                    RabbitQueue(f"sagakit.testing.{delay}", routing_key=delay),
+                    topology.retry_exchange(),
+                )(self._retrier(service, sub))
+
+    def _retrier(
+        self, service: SagaService, sub: Subscription
+    ) -> Callable[[RabbitMessage], Awaitable[None]]:
+        # What the delay queue does, without the wait: the message goes back to the one
+        # work queue it came from. Later, as its own delivery, not inside the one that
+        # scheduled it.
+        async def retry(message: RabbitMessage) -> None:
+            task = asyncio.create_task(self._redeliver(service, sub, message))
+            self._pending.add(task)
+            task.add_done_callback(self._pending.discard)
+
+        return retry
+
+    async def _redeliver(self, service: SagaService, sub: Subscription, message: Any) -> None:
+        raw = message.raw_message
+        target = next(
+            s
+            for s in service.broker.subscribers
+            if getattr(getattr(s, "queue", None), "name", None) == sub.queue
+        )
+        copy = await build_message(
+            message=bytes(message.body),
+            exchange=self._exchange,
+            routing_key=sub.event_type,
+            headers=dict(getattr(raw, "headers", None) or message.headers),
+            content_type=getattr(raw, "content_type", None),
+            correlation_id=getattr(raw, "correlation_id", None),
+            message_id=getattr(raw, "message_id", None),
+            message_type=getattr(raw, "type", None),
+            persist=True,
+        )
+        await target.process_message(copy)
 
     async def _record_parked(self, message: RabbitMessage) -> None:
         headers = dict(message.headers)
@@ -354,33 +542,58 @@ class FlowHarness:
         tb: TracebackType | None,
     ) -> None:
         assert self._test_broker is not None
+        await self._settle()
         await self._test_broker.__aexit__(exc_type, exc, tb)
         for service in self.services:
             await service.runtime.relay.settle()
             await service.store.dispose()
+
+    async def _settle(self) -> None:
+        """Wait until no retry is on its way."""
+        while self._pending:
+            await asyncio.gather(*list(self._pending))
 
     async def run(
         self,
         payload: EventPayload,
         *,
         fail_at: str | None = None,
+        fault: Fault = Fault.BUSINESS,
+        times: int | None = None,
         reason: str = INJECTED_REASON,
+        inject: Sequence[Injection] = (),
         deadline: datetime | None = None,
     ) -> FlowRun:
         """Start a saga with ``payload`` and return what happened once it has settled.
 
         Args:
             payload: The start event's payload.
-            fail_at: A step whose handler raises ``StepFailed(reason)`` instead of running,
-                for this saga only; None for no failure.
-            reason: The reason code of the injected failure.
+            fail_at: A step whose handler fails with ``fault`` instead of running, for this
+                saga only; None for no failure.
+            fault: What the step raises: a business failure, a transient error, a timeout.
+            times: How many attempts fail (None: every one; a transient error or timeout
+                then exhausts the step's retries, and the step fails).
+            reason: The reason code of an injected business failure.
+            inject: More failures, e.g. in a compensation:
+                ``Injection("charge", Fault.TRANSIENT, times=2, compensation=True)``.
             deadline: The saga's deadline, if any.
+
+        Raises:
+            HandlerError: A handler has a bug (the runtime parked its message).
         """
+        injections = list(inject)
         if fail_at is not None:
-            self.spec.step(fail_at)
+            injections.append(Injection(fail_at, fault, times=times, reason=reason))
+        for injection in injections:
+            step = self.spec.step(injection.step)
+            if injection.compensation and not step.has_compensation:
+                raise ValueError(f"step {step.name} has no compensation to fail")
+            if injection.compensation and injection.fault is Fault.BUSINESS:
+                raise ValueError("a compensation cannot fail as a business failure")
         context = SagaContext.start(self.spec.saga_type, deadline=deadline)
         start = Envelope.new(payload, context=context, producer="sagakit.testing")
-        with self._instrumented(start.context.saga_id, fail_at, reason):
+        saga_id = start.context.saga_id
+        with self._instrumented(saga_id, injections):
             await self._client.publish(
                 start.encode(),
                 exchange=self._exchange,
@@ -388,35 +601,47 @@ class FlowHarness:
                 headers={**start.amqp_headers(), **current_trace_headers()},
                 **_json_properties(start),
             )
-        saga_id = start.context.saga_id
+            await self._settle()
+        parked = tuple(p for p in self._parked if p.headers.get(SAGA_ID_HEADER) == str(saga_id))
+        _raise_handler_errors(parked)
+        events = tuple(
+            e
+            for e in self._recorded
+            if e.context.saga_id == saga_id and e.event_id != start.event_id
+        )
+        effects = {}
+        for service in self.services:
+            probe = self.effects.get(service.runtime.name)
+            if probe is not None:
+                effects[service.runtime.name] = await probe(service, saga_id)
         return FlowRun(
             spec=self.spec,
             saga_id=saga_id,
-            failed_step=fail_at,
-            events=tuple(
-                e
-                for e in self._recorded
-                if e.context.saga_id == saga_id and e.event_id != start.event_id
-            ),
+            failed_step=_failed_step(self.spec, events),
+            events=events,
             undone=tuple(step for saga, step in self._undone if saga == saga_id),
             invalid=tuple(self._invalid),
-            parked=tuple(p for p in self._parked if p.headers.get(SAGA_ID_HEADER) == str(saga_id)),
+            parked=parked,
+            effects=effects,
         )
 
     @contextlib.contextmanager
-    def _instrumented(self, saga_id: uuid.UUID, fail_at: str | None, reason: str) -> Iterator[None]:
+    def _instrumented(self, saga_id: uuid.UUID, injections: list[Injection]) -> Iterator[None]:
         # Subscriptions are frozen, and the runtime calls ``sub.handler`` when an event
         # arrives: swapping it for one saga is the smallest seam that leaves the runtime,
         # its transactions and its rules exactly as they run in production.
         swapped: list[tuple[Subscription, Callable[..., Awaitable[Any]]]] = []
         for service in self.services:
             for sub in service.runtime.subscriptions:
-                if sub.kind is HandlerKind.STEP and sub.name == fail_at:
-                    replacement = _failing(sub.handler, saga_id, reason)
-                elif sub.kind is HandlerKind.COMPENSATION:
-                    replacement = _recording(sub.handler, sub.name, self._undone)
-                else:
+                if sub.kind is HandlerKind.REACTION:
                     continue
+                replacement = sub.handler
+                if sub.kind is HandlerKind.COMPENSATION:
+                    replacement = _recording(replacement, sub.name, self._undone)
+                compensation = sub.kind is HandlerKind.COMPENSATION
+                for injection in injections:
+                    if injection.step == sub.name and injection.compensation == compensation:
+                        replacement = _injecting(replacement, saga_id, injection)
                 swapped.append((sub, sub.handler))
                 object.__setattr__(sub, "handler", replacement)
         try:
@@ -426,12 +651,22 @@ class FlowHarness:
                 object.__setattr__(sub, "handler", original)
 
 
-def _failing(
-    handler: Callable[..., Awaitable[Any]], saga_id: uuid.UUID, reason: str
+def _injecting(
+    handler: Callable[..., Awaitable[Any]], saga_id: uuid.UUID, injection: Injection
 ) -> Callable[..., Awaitable[Any]]:
+    # One count per injection, shared by every trigger of a compensation.
+    calls = [0]
+
     async def fail(payload: Any, step: StepContext) -> Any:
         if step.saga_id == saga_id:
-            raise StepFailed(reason, detail="failure injected by sagakit.testing")
+            calls[0] += 1
+            if injection.times is None or calls[0] <= injection.times:
+                detail = "failure injected by sagakit.testing"
+                if injection.fault is Fault.BUSINESS:
+                    raise BusinessFailure(injection.reason, detail=detail)
+                if injection.fault is Fault.TRANSIENT:
+                    raise TransientError(detail)
+                raise TimeoutError(detail)
         return await handler(payload, step)
 
     return fail
@@ -449,7 +684,12 @@ def _recording(
 
 
 async def assert_all_or_nothing(
-    services: Sequence[SagaService], payload: EventPayload, *, fail_at: str | None = None
+    services: Sequence[SagaService],
+    payload: EventPayload,
+    *,
+    fail_at: str | None = None,
+    fault: Fault = Fault.BUSINESS,
+    effects: Mapping[str, EffectProbe] | None = None,
 ) -> FlowRun:
     """Run one saga through ``services`` and assert it ended all done or all undone.
 
@@ -457,8 +697,10 @@ async def assert_all_or_nothing(
         services: One service per participant, each on a throwaway database.
         payload: The start event's payload; it must succeed at every step on its own, so
             that the only failure is the injected one.
-        fail_at: The step to fail (its handler raises ``StepFailed("injected")``), or None
-            for the forward path.
+        fail_at: The step to fail with ``fault`` on every attempt, or None for the forward
+            path.
+        fault: What the step raises.
+        effects: Per participant, a probe of its state for the saga (see ``FlowHarness``).
 
     Example:
         ```python
@@ -467,7 +709,8 @@ async def assert_all_or_nothing(
             await assert_all_or_nothing(services, my_start_payload(), fail_at=fail_at)
         ```
     """
-    async with FlowHarness(services) as flow:
-        run = await flow.run(payload, fail_at=fail_at)
+    async with FlowHarness(services, effects=effects) as flow:
+        run = await flow.run(payload, fail_at=fail_at, fault=fault)
     run.assert_all_or_nothing()
+    assert run.failed_step == fail_at, f"failed at {run.failed_step}, expected {fail_at}"
     return run

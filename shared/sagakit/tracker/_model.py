@@ -320,7 +320,7 @@ def decode_event(
     """What the tracker keeps of an event as it travels on the wire (or sits in an outbox).
 
     With ``spec``, the event's business key (``spec.business_key``) is read from its
-    payload, or from the start event's payload it carries (``spec.carry``).
+    payload, or from the start event's payload it carries (``spec.start_field``).
 
     Raises:
         InvalidMessage: The body is not an event envelope.
@@ -359,8 +359,8 @@ def _business_key(payload: Mapping[str, Any], spec: SagaSpec | None) -> str | No
     if spec is None or spec.business_key is None:
         return None
     value = payload.get(spec.business_key)
-    if value is None and spec.carry is not None:
-        carried = payload.get(spec.carry)
+    if value is None and spec.start_field is not None:
+        carried = payload.get(spec.start_field)
         if isinstance(carried, Mapping):
             value = carried.get(spec.business_key)
     if isinstance(value, str | int) and not isinstance(value, bool):

@@ -245,7 +245,7 @@ def conflicting_copy(seen: Seen, *, spec: SagaSpec) -> Hostile:
     """``seen`` again under its own id, with one more unit on its order's first line."""
     data = json.loads(seen.body)
     payload = data["payload"]
-    order = payload if seen.event_type == spec.start_event else payload[spec.carry or "order"]
+    order = payload if seen.event_type == spec.start_event else payload[spec.start_field or "order"]
     line = order["items"][0]
     line["quantity"] = line["quantity"] + 1 if line["quantity"] < 10_000 else 1
     return Hostile(
@@ -306,7 +306,7 @@ def stranger_backward(spec: SagaSpec, event_type: str) -> Hostile:
         }
     )
     order = sample_order(Scenario.FULFILLED).model_dump(mode="json")
-    fields: dict[str, Any] = {spec.carry or "order": order}
+    fields: dict[str, Any] = {spec.start_field or "order": order}
     if failed:
         fields.update(reason="card_declined", detail="")
     payload = spec.model_for(event_type).model_validate(fields)
