@@ -210,7 +210,8 @@ def spans_of(spans: list[ExportedSpan], saga_id: uuid.UUID) -> list[ExportedSpan
     traces = {
         s.trace_id
         for s in spans
-        if wanted in (s.attributes.get("saga.id"), s.attributes.get("messaging.conversation_id"))
+        if wanted
+        in (s.attributes.get("saga.id"), s.attributes.get("messaging.message.conversation_id"))
     }
     return [s for s in spans if s.trace_id in traces]
 
@@ -401,6 +402,90 @@ async def test_a_fulfilled_saga_is_one_trace_whose_steps_form_a_causal_chain(
     assert len({s.parent_id for s in entries}) == 1
 
 
+OLD_MESSAGING_NAMES = (
+    "messaging.destination",
+    "messaging.operation",
+    "messaging.temp_destination",
+    "messaging.conversation_id",
+    "messaging.message_id",
+    "net.peer.name",
+)
+
+
+@pytest.mark.asyncio(loop_scope="module")
+async def test_saga_order_starts_the_trace_with_a_root_span_and_current_conventions(
+    traced: TracedSystem, module_broker_url: str
+) -> None:
+    saga = Path(sys.executable).with_name("saga")
+    env = {
+        **os.environ,
+        "RABBITMQ_URL": module_broker_url,
+        "OTEL_EXPORTER_OTLP_ENDPOINT": traced.receiver.endpoint,
+        "OTEL_EXPORTER_OTLP_PROTOCOL": "http/protobuf",
+    }
+    result = await asyncio.to_thread(
+        subprocess.run,
+        [str(saga), "order", "--wait", "--json"],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=90,
+        check=False,
+    )
+    assert result.returncode == 0, result.stderr[-2000:]
+    saga_id = uuid.UUID(json.loads(result.stdout)["saga_id"])
+
+    spans = await traced.spans_until(
+        saga_id, lambda found: set(saga_spans(found, "step")) == set(FORWARD)
+    )
+    # One trace, named after the saga, that begins with an exported root span.
+    assert {s.trace_id for s in spans} == {saga_id.hex}
+    [root] = [s for s in spans if not s.parent_id]
+    assert (root.name, root.service, root.kind) == (
+        "saga start order_fulfilment",
+        "saga-cli",
+        PRODUCER,
+    )
+    assert root.attributes["saga.id"] == str(saga_id)
+    exported = {s.span_id for s in spans}
+    assert all(s.parent_id in exported for s in spans if s is not root)
+
+    [publish] = [s for s in spans if s.parent_id == root.span_id]
+    assert publish.name == "publish orders"
+    assert publish.kind == PRODUCER
+    assert publish.attributes["messaging.system"] == "rabbitmq"
+    assert publish.attributes["messaging.operation.type"] == "send"
+    assert publish.attributes["messaging.operation.name"] == "publish"
+    assert publish.attributes["messaging.destination.name"] == "orders"
+    assert publish.attributes["messaging.rabbitmq.destination.routing_key"] == "order.created"
+    assert publish.attributes["messaging.message.conversation_id"] == str(saga_id)
+    assert uuid.UUID(publish.attributes["messaging.message.id"])
+    assert publish.attributes["messaging.message.body.size"] > 0
+    assert publish.attributes["server.port"] > 0
+
+    # One consumer span per delivery, the step span under it.
+    [consume] = [s for s in spans if s.service == "inventory" and s.parent_id == publish.span_id]
+    assert consume.name == "process orders"
+    assert consume.kind == CONSUMER
+    assert consume.attributes["messaging.operation.type"] == "process"
+    assert consume.attributes["messaging.operation.name"] == "deliver"
+    assert consume.attributes["messaging.destination.name"] == "orders"
+    assert (
+        consume.attributes["messaging.destination.subscription.name"] == "inventory.order.created"
+    )
+    assert consume.attributes["messaging.rabbitmq.destination.routing_key"] == "order.created"
+    assert consume.attributes["messaging.rabbitmq.message.delivery_tag"] >= 1
+    step = saga_spans(spans, "step")["reserve_stock"]
+    assert step.parent_id == consume.span_id
+    for span in spans:
+        assert not set(OLD_MESSAGING_NAMES) & set(span.attributes), span
+
+    # service.version on every service's resource
+    versions = {r["service.name"]: r.get("service.version") for r in traced.receiver.resources}
+    for service in (*PARTICIPANTS, "saga-cli"):
+        assert versions[service] == "0.1.0", versions
+
+
 @pytest.mark.asyncio(loop_scope="module")
 async def test_a_failed_sagas_compensations_are_in_its_trace_in_reverse_order(
     traced: TracedSystem,
@@ -463,7 +548,7 @@ async def test_saga_status_names_the_trace_that_holds_the_saga(traced: TracedSys
     give_up_at = time.monotonic() + 20
     while (shown := await status()).get("state") != "cancelled" and time.monotonic() < give_up_at:
         await asyncio.sleep(0.3)
-    assert shown["state"] == "failed"
+    assert shown["state"] == "cancelled"
     assert shown["trace_id"] == trace_id
     assert (shown["failed_step"], shown["failure_reason"]) == ("charge_payment", "card_declined")
     assert [e["event_type"] for e in shown["timeline"]] == [e.event_type for e in events]

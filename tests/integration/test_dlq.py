@@ -315,11 +315,18 @@ async def test_unknown_services_and_ids_are_errors_with_exit_codes(
             assert stuck.exit_code == 1
             assert "not replayed alpha m0: alpha.gone did not take it" in stuck.output
             assert "replayed 0 message(s)" in stuck.stdout
+            as_json = await _saga_cli("replay", "m0", "--json", *connection)
+            assert as_json.exit_code == 1
+            document = json.loads(as_json.stdout)
+            assert document["replayed"] == []
+            [failed] = document["failed"]
+            assert (failed["service"], failed["id"]) == ("alpha", "m0")
+            assert failed["problem"].startswith("alpha.gone did not take it")
             purged = await _saga_cli(
-                "purge", "--reason", "undecodable: case 1", "--yes", *connection
+                "purge", "--reason", "undecodable: case 1", "--yes", "--json", *connection
             )
             assert purged.exit_code == 0, purged.output
-            assert "purged 1 message(s)" in purged.stdout
+            assert json.loads(purged.stdout) == {"purged": 1}
             assert sorted(e.id for e in await dead_letters.parked()) == ["m0", "m2"]
             assert await dead_letters.purge() == 2
 

@@ -44,7 +44,9 @@ REQUIREMENTS = ROOT / "deploy" / "requirements"
 # The Compose Specification's schema, vendored from the compose-spec project (see README).
 COMPOSE_SCHEMA = Path(__file__).parent / "schemas" / "compose-spec.json"
 
-SERVICES = sorted(p.parent.name for p in (ROOT / "services").glob("*/pyproject.toml"))
+# The order system's services: one participant each, a `<name>_service` package with a
+# composition root. services/loan (the second reference flow, run by its tests) is not deployed.
+SERVICES = sorted(p.parent.parent.name for p in (ROOT / "services").glob("*/*_service/main.py"))
 INFRASTRUCTURE = {"rabbitmq", "postgres", "jaeger", "prometheus"}
 # Variables a service reads that carry no service prefix.
 SHARED_VARIABLES = {

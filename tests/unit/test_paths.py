@@ -3,6 +3,7 @@ read a store refuse a missing one, and the contracts are found from any folder."
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import pytest
@@ -59,3 +60,12 @@ def test_contracts_export_check_works_from_any_folder(elsewhere: Path) -> None:
     result = CliRunner().invoke(saga_cli, ["contracts", "export", "--check"])
     assert result.exit_code == 0, result.output
     assert "contract files up to date" in result.output
+
+
+def test_contracts_export_check_prints_json(elsewhere: Path) -> None:
+    result = CliRunner().invoke(saga_cli, ["contracts", "export", "--check", "--json"])
+    assert result.exit_code == 0, result.output
+    document = json.loads(result.output)
+    assert document["out_of_date"] == []
+    assert document["files"] >= 17
+    assert Path(document["folder"]).name == "contracts"

@@ -23,7 +23,9 @@ from sagakit import ParticipantSettings
 from sagakit.runtime._settings import SHARED_BROKER_VARIABLES
 
 ROOT = Path(__file__).resolve().parents[2]
-SERVICES = sorted(p.parent.name for p in (ROOT / "services").glob("*/pyproject.toml"))
+# The order system's services: one participant each, a `<name>_service` package with a
+# composition root. services/loan (the second reference flow, run by its tests) is not deployed.
+SERVICES = sorted(p.parent.parent.name for p in (ROOT / "services").glob("*/*_service/main.py"))
 OWN_URL = "amqp://{user}:n0t-guest@broker.internal:5672/"
 
 

@@ -134,6 +134,7 @@ def export(
     check: Annotated[
         bool, typer.Option("--check", help="write nothing; exit 1 if a file is out of date")
     ] = False,
+    as_json: Annotated[bool, typer.Option("--json", help="print JSON")] = False,
 ) -> None:
     """Write each service's AsyncAPI document (the tracker's too) and each event's schema.
 
@@ -152,6 +153,25 @@ def export(
     ]
     refused = [f for f in files if f.problems]
     stale = [f for f in files if not f.problems and not f.is_current]
+    if as_json:
+        if not check:
+            for item in stale:
+                item.path.parent.mkdir(parents=True, exist_ok=True)
+                item.path.write_text(item.text, encoding="utf-8")
+        typer.echo(
+            json.dumps(
+                {
+                    "folder": str(folder),
+                    "files": len(files),
+                    "out_of_date" if check else "written": [str(f.path) for f in stale],
+                    "refused": {str(f.path): list(f.problems) for f in refused},
+                },
+                indent=2,
+            )
+        )
+        if refused or (check and stale):
+            raise typer.Exit(1)
+        return
     for item in refused:
         typer.echo(f"refused {item.path}: changed without a new schema_version:", err=True)
         for problem in item.problems:

@@ -323,6 +323,7 @@ def replay(
     reason: ReasonOption = None,
     saga: SagaOption = None,
     event_type: EventTypeOption = None,
+    as_json: Annotated[bool, typer.Option("--json", help="print JSON")] = False,
 ) -> None:
     """Send parked messages back to the work queue they failed in (never a delay queue).
 
@@ -348,6 +349,20 @@ def replay(
         return replayed, None
 
     replayed, failure = _run(url, service, spec, work)
+    if as_json:
+        document = {
+            "replayed": [
+                {"service": e.service, "id": e.id, "queue": e.origin_queue} for e in replayed
+            ],
+            "failed": [
+                {"service": e.service, "id": e.id, "problem": str(problem)}
+                for e, problem in (failure.failed if failure is not None else [])
+            ],
+        }
+        typer.echo(json.dumps(document, indent=2))
+        if failure is not None:
+            raise typer.Exit(1)
+        return
     for entry in replayed:
         typer.echo(f"replayed {entry.service} {entry.id} -> {entry.origin_queue}")
     typer.echo(f"replayed {len(replayed)} message(s)")
@@ -369,6 +384,7 @@ def purge(
     saga: SagaOption = None,
     event_type: EventTypeOption = None,
     yes: Annotated[bool, typer.Option("--yes", "-y", help="do not ask")] = False,
+    as_json: Annotated[bool, typer.Option("--json", help="print JSON")] = False,
 ) -> None:
     """Delete parked messages for good (asks first): all, or those named or selected."""
     selected = bool(ids or reason or saga or event_type)
@@ -383,4 +399,4 @@ def purge(
             ids or None, reason=reason, saga_id=saga, event_type=event_type
         ),
     )
-    typer.echo(f"purged {count} message(s)")
+    typer.echo(json.dumps({"purged": count}) if as_json else f"purged {count} message(s)")

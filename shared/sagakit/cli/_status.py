@@ -301,6 +301,7 @@ def rebuild(
     ] = None,
     db: DbOption = None,
     spec: SpecOption = None,
+    as_json: JsonOption = False,
 ) -> None:
     """Rebuild the tracker's database from the participants' outboxes.
 
@@ -326,6 +327,25 @@ def rebuild(
         return done
 
     results = asyncio.run(run())
+    failed = any(new.startswith("failed") for _, _, new in results)
+    if as_json:
+        typer.echo(
+            json.dumps(
+                [
+                    {
+                        "source": make_url(url).render_as_string(hide_password=True),
+                        "events_read": int(read) if read.isdigit() else None,
+                        "new": int(new) if new.isdigit() else None,
+                        "error": None if new.isdigit() else new,
+                    }
+                    for url, read, new in results
+                ],
+                indent=2,
+            )
+        )
+        if failed:
+            raise typer.Exit(1)
+        return
     table = Table(title="tracker rebuilt from outboxes")
     for column in ("source", "events read", "new to the tracker"):
         table.add_column(column, overflow="fold")

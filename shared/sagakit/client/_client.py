@@ -32,7 +32,7 @@ from sagakit._exceptions import EventNotRouted as EventNotRouted
 from sagakit._exceptions import WatchTimeout as WatchTimeout
 from sagakit.broker._failover import failover_class
 from sagakit.broker._urls import broker_hosts, broker_urls, redacted
-from sagakit.observability._tracing import current_trace_headers
+from sagakit.observability._tracing import current_trace_headers, saga_root_span
 from sagakit.spec._spec import SagaSpec
 
 logger = logging.getLogger("sagakit.client")
@@ -239,7 +239,9 @@ class SagaClient:
             BrokerUnavailable: The connection to the broker is lost.
         """
         envelope = self.new_saga(payload, deadline=deadline)
-        await self.publish(envelope)
+        # The saga's root span (when tracing): its trace id is the saga id.
+        with saga_root_span(envelope.context):
+            await self.publish(envelope)
         return envelope
 
     async def publish(self, envelope: Envelope[Any]) -> None:

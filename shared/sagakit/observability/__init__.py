@@ -7,6 +7,7 @@ from sagakit.observability._logging import (
     configure_logging,
     saga_log_handler,
 )
+from sagakit.observability._messaging import MessagingSpanBuilder
 from sagakit.observability._setup import (
     flush_tracing,
     observe,
@@ -19,6 +20,7 @@ from sagakit.observability._tracing import SagaTracePropagator, current_trace_id
 __all__ = [
     "HttpEndpoint",
     "JsonLineFormatter",
+    "MessagingSpanBuilder",
     "SagaTracePropagator",
     "TextLineFormatter",
     "configure_logging",

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import contextvars
 import json
 import logging
 from collections.abc import Awaitable, Callable, Mapping
@@ -18,7 +19,8 @@ from dataclasses import dataclass
 from http import HTTPStatus
 
 from faststream.rabbit import RabbitBroker
-from prometheus_client import CONTENT_TYPE_LATEST, REGISTRY, generate_latest
+from prometheus_client import REGISTRY, CollectorRegistry
+from prometheus_client.exposition import choose_encoder
 
 from sagakit.runtime._breaker import CircuitBreaker, Dependency
 from sagakit.store._store import Store
@@ -43,6 +45,9 @@ class Response:
 
 
 Route = Callable[[], Awaitable[Response]]
+
+# The request's Accept header, for the route that negotiates (each connection is a task).
+_accept: contextvars.ContextVar[str] = contextvars.ContextVar("sagakit_http_accept", default="")
 
 
 def broker_check(broker: RabbitBroker) -> Check:
@@ -108,11 +113,14 @@ def health_routes(checks: Mapping[str, Check]) -> dict[str, Route]:
     return {"/livez": livez, "/readyz": readyz}
 
 
-def metrics_routes() -> dict[str, Route]:
-    """``/metrics``: every metric of the process' default Prometheus registry."""
+def metrics_routes(registry: CollectorRegistry | None = None) -> dict[str, Route]:
+    """``/metrics``: the service's registry (default: the process' default one), in the
+    OpenMetrics format when the scraper's ``Accept`` asks for it, else Prometheus' text."""
+    chosen = REGISTRY if registry is None else registry
 
     async def metrics() -> Response:
-        return Response(HTTPStatus.OK, generate_latest(REGISTRY), CONTENT_TYPE_LATEST)
+        encoder, content_type = choose_encoder(_accept.get())
+        return Response(HTTPStatus.OK, encoder(chosen), content_type)
 
     return {"/metrics": metrics}
 
@@ -156,7 +164,8 @@ class HttpEndpoint:
 
     async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         try:
-            method, path = await self._read_request(reader)
+            method, path, accept = await self._read_request(reader)
+            _accept.set(accept)
             response = await self._respond(method, path)
             head = (
                 f"HTTP/1.1 {response.status.value} {response.status.phrase}\r\n"
@@ -175,15 +184,24 @@ class HttpEndpoint:
             with contextlib.suppress(Exception):
                 await writer.wait_closed()
 
-    async def _read_request(self, reader: asyncio.StreamReader) -> tuple[str, str]:
+    async def _read_request(self, reader: asyncio.StreamReader) -> tuple[str, str, str]:
         head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 5.0)
         if len(head) > _MAX_REQUEST_HEAD_BYTES:
-            return "", ""
-        parts = head.split(b"\r\n", 1)[0].decode("latin-1").split()
+            return "", "", ""
+        lines = head.decode("latin-1").split("\r\n")
+        parts = lines[0].split()
         if len(parts) != 3:
-            return "", ""
+            return "", "", ""
         method, target, _version = parts
-        return method, target.split("?", 1)[0]
+        accept = next(
+            (
+                line.split(":", 1)[1].strip()
+                for line in lines[1:]
+                if line.lower().startswith("accept:")
+            ),
+            "",
+        )
+        return method, target.split("?", 1)[0], accept
 
     async def _respond(self, method: str, path: str) -> Response:
         if not method:
@@ -197,12 +215,16 @@ class HttpEndpoint:
 
 
 def endpoints_for(
-    *, health_port: int | None, metrics_port: int | None, checks: Mapping[str, Check]
+    *,
+    health_port: int | None,
+    metrics_port: int | None,
+    checks: Mapping[str, Check],
+    registry: CollectorRegistry | None = None,
 ) -> list[HttpEndpoint]:
     """The servers a service needs: one if both ports are equal, else one per set port."""
     by_port: dict[int, dict[str, Route]] = {}
     if health_port is not None:
         by_port.setdefault(health_port, {}).update(health_routes(checks))
     if metrics_port is not None:
-        by_port.setdefault(metrics_port, {}).update(metrics_routes())
+        by_port.setdefault(metrics_port, {}).update(metrics_routes(registry))
     return [HttpEndpoint(routes, port=port) for port, routes in by_port.items()]

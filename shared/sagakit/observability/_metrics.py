@@ -1,8 +1,28 @@
-"""Prometheus metrics of a participant and of the tracker; served on ``/metrics``."""
+"""Prometheus metrics of a participant and of the tracker; served on ``/metrics``.
+
+The metrics are defined once, in the process' default registry (where tests and embedding
+code read them), and each service serves a registry of its own (``service_registry``): a
+participant's holds the participant series, the store's and the process'; the tracker's the
+tracker series, the store's and the process'. So no participant exports the tracker's
+series, nor the tracker a participant's.
+"""
 
 from __future__ import annotations
 
-from prometheus_client import Counter, Gauge, Histogram
+from typing import Literal
+
+from prometheus_client import (
+    GC_COLLECTOR,
+    PLATFORM_COLLECTOR,
+    PROCESS_COLLECTOR,
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    Histogram,
+)
+from prometheus_client.registry import Collector
+
+ServiceKind = Literal["participant", "tracker"]
 
 EVENTS_CONSUMED = Counter(
     "sagakit_events_consumed_total", "Events consumed", ["participant", "event_type"]
@@ -90,3 +110,32 @@ HANDED_BACK = Counter(
     "Held deliveries put back on their queue, without counting an attempt, after holding long",
     ["participant"],
 )
+
+
+PARTICIPANT_METRICS: tuple[Collector, ...] = (
+    EVENTS_CONSUMED,
+    EVENTS_PUBLISHED,
+    STEP_OUTCOMES,
+    STEP_DURATION,
+    RETRIES,
+    DEAD_LETTERED,
+    HEADERS_DROPPED,
+    OUTBOX_BACKLOG,
+    BREAKER_OPEN,
+    BREAKER_TRIPS,
+    BREAKER_PAUSED_SECONDS,
+    HELD_DELIVERIES,
+    HANDED_BACK,
+)
+TRACKER_METRICS: tuple[Collector, ...] = (TRACKER_EVENTS, TRACKER_STUCK, TRACKER_SAGAS)
+STORE_METRICS: tuple[Collector, ...] = (STORE_ROWS, STORE_PRUNED, STORE_LAST_PRUNE)
+_PROCESS: tuple[Collector, ...] = (PROCESS_COLLECTOR, PLATFORM_COLLECTOR, GC_COLLECTOR)
+
+
+def service_registry(kind: ServiceKind) -> CollectorRegistry:
+    """A registry with the series a service of ``kind`` exports, and nothing else."""
+    registry = CollectorRegistry(auto_describe=True)
+    own = PARTICIPANT_METRICS if kind == "participant" else TRACKER_METRICS
+    for collector in (*own, *STORE_METRICS, *_PROCESS):
+        registry.register(collector)
+    return registry

@@ -6,8 +6,15 @@ protocol is ``OTEL_EXPORTER_OTLP_TRACES_PROTOCOL`` or ``OTEL_EXPORTER_OTLP_PROTO
 (``grpc`` or ``http/protobuf``, the OTLP default). Batching follows ``OTEL_BSP_*``.
 
 The aio-pika instrumentation carries the trace across RabbitMQ (it wraps ``Queue.consume``
-and ``Exchange.publish``, which FastStream uses); FastStream's own telemetry middleware is
-deliberately not used, as it would add a second span for every message (docs/design.md §5).
+and ``Exchange.publish``, which FastStream uses): one producer span per publish and one
+consumer span per delivery, no more. FastStream's own telemetry middleware is deliberately
+not used, as it would add a second span for every message (docs/design.md §5). The
+instrumentation still names its attributes after the messaging conventions of 2023
+(``messaging.destination`` as ``"exchange,routing key"``, ``messaging.operation: receive``
+for a push consumer, ``messaging.temp_destination`` on every publish): sagakit gives it a
+span builder that writes the current ones instead (``MessagingSpanBuilder``). Spans carry
+``service.name`` and ``service.version`` (the service's distribution), and anything in
+``OTEL_RESOURCE_ATTRIBUTES``.
 """
 
 from __future__ import annotations
@@ -15,12 +22,13 @@ from __future__ import annotations
 import logging
 import os
 from collections.abc import Callable, Mapping
+from importlib.metadata import PackageNotFoundError, version
 
 from faststream import FastStream
 from faststream.rabbit import RabbitBroker
+from faststream.rabbit.prometheus import RabbitPrometheusMiddleware
 from opentelemetry import trace
-from opentelemetry.instrumentation.aio_pika import AioPikaInstrumentor
-from opentelemetry.sdk.resources import SERVICE_NAME, Resource
+from opentelemetry.sdk.resources import SERVICE_NAME, SERVICE_VERSION, Resource
 from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.sdk.trace.export import BatchSpanProcessor, SpanExporter
 
@@ -31,8 +39,10 @@ from sagakit.observability._logging import (
     unwatch_deliveries,
     watch_deliveries,
 )
+from sagakit.observability._messaging import instrument_aio_pika
+from sagakit.observability._metrics import ServiceKind, service_registry
 from sagakit.observability._startup import where_line
-from sagakit.observability._tracing import install_saga_propagator
+from sagakit.observability._tracing import SagaIdGenerator, install_saga_propagator
 
 logger = logging.getLogger("sagakit.observability")
 
@@ -83,6 +93,17 @@ def _exporter(protocol: str) -> SpanExporter:
     return HttpExporter()
 
 
+def service_version(service_name: str) -> str:
+    """The version of the distribution that ships ``service_name`` (``<name>-service``),
+    else sagakit's."""
+    for distribution in (f"{service_name}-service", service_name, "sagakit"):
+        try:
+            return version(distribution)
+        except PackageNotFoundError:
+            continue
+    return "0.0.0"
+
+
 def setup_tracing(service_name: str) -> TracerProvider | None:
     """Export spans over OTLP and instrument aio-pika, once per process.
 
@@ -103,13 +124,12 @@ def setup_tracing(service_name: str) -> TracerProvider | None:
         return None
     protocol = otlp_protocol(environ)
     name = environ.get("OTEL_SERVICE_NAME", "").strip() or service_name
-    provider = TracerProvider(resource=Resource.create({SERVICE_NAME: name}))
+    resource = Resource.create({SERVICE_NAME: name, SERVICE_VERSION: service_version(name)})
+    provider = TracerProvider(resource=resource, id_generator=SagaIdGenerator())
     provider.add_span_processor(BatchSpanProcessor(_exporter(protocol)))
     trace.set_tracer_provider(provider)
     install_saga_propagator()
-    instrumentor = AioPikaInstrumentor()
-    if not instrumentor.is_instrumented_by_opentelemetry:
-        instrumentor.instrument(tracer_provider=provider)
+    instrument_aio_pika(provider)
     _provider = provider
     logger.info("tracing to %s over %s as %s", _first(environ, ENDPOINT_VARIABLES), protocol, name)
     return provider
@@ -138,6 +158,8 @@ def observe(
     metrics_port: int | None,
     health_port: int | None,
     configure_logs: bool = True,
+    metrics: ServiceKind = "participant",
+    broker_metrics: bool = False,
 ) -> tuple[HttpEndpoint, ...]:
     """Give ``app`` logs, traces, metrics and health; call before registering other hooks.
 
@@ -157,12 +179,22 @@ def observe(
         metrics_port: Where ``/metrics`` listens, or None for no endpoint.
         health_port: Where ``/livez`` and ``/readyz`` listen, or None for no endpoint.
         configure_logs: Set up the root logger (off when the caller manages logging).
+        metrics: Which series ``/metrics`` serves: a participant's or the tracker's (each
+            with the store's and the process'), from a registry of the service's own.
+        broker_metrics: Add FastStream's Prometheus middleware (``faststream_*`` series:
+            messages received and published, sizes, processing times, by queue) to that
+            registry.
 
     Returns:
         The HTTP endpoints that will listen (their ``port`` is real once started).
     """
+    registry = service_registry(metrics)
+    if broker_metrics:
+        broker.add_middleware(RabbitPrometheusMiddleware(registry=registry, app_name=service))
     endpoints = tuple(
-        endpoints_for(health_port=health_port, metrics_port=metrics_port, checks=checks)
+        endpoints_for(
+            health_port=health_port, metrics_port=metrics_port, checks=checks, registry=registry
+        )
     )
     watching: list[Callable[[], Delivery | None]] = []
 

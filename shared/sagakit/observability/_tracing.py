@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import contextvars
 import uuid
 from collections.abc import Iterator, Mapping
 
@@ -18,6 +19,7 @@ from opentelemetry.propagators.textmap import (
     default_getter,
     default_setter,
 )
+from opentelemetry.sdk.trace.id_generator import RandomIdGenerator
 from opentelemetry.trace import (
     NonRecordingSpan,
     Span,
@@ -206,3 +208,45 @@ def install_saga_propagator() -> None:
         return
     composite = CompositePropagator([current, SagaTracePropagator()])
     propagate.set_global_textmap(TextHeadersOnly(composite))
+
+
+# The trace id the next root span gets (the saga's id), set only around ``saga_root_span``.
+_next_trace_id: contextvars.ContextVar[int | None] = contextvars.ContextVar(
+    "sagakit_next_trace_id", default=None
+)
+
+
+class SagaIdGenerator(RandomIdGenerator):
+    """Random ids, except that the root span of a saga's start takes the saga id as trace id.
+
+    So a saga's trace is found by its id (without dashes) whether or not the one who started
+    it traced: a traced start gets a real, exported root span with that id; an untraced one
+    gets the same trace id from ``SagaTracePropagator`` at every consumer.
+    """
+
+    def generate_trace_id(self) -> int:
+        wanted = _next_trace_id.get()
+        return wanted if wanted else super().generate_trace_id()
+
+
+@contextlib.contextmanager
+def saga_root_span(saga: SagaContext) -> Iterator[None]:
+    """The root span of a saga's start, when the caller is not in a trace already.
+
+    Its trace id is the saga id when the tracer provider uses ``SagaIdGenerator`` (sagakit's
+    own, ``setup_tracing``); the publish span of the start event is its child.
+    """
+    if trace.get_current_span().get_span_context().is_valid:
+        yield  # the caller's trace goes on: the saga is part of it
+        return
+    token = _next_trace_id.set(saga.saga_id.int or None)
+    try:
+        span = _tracer.start_span(
+            f"saga start {saga.saga_type}",
+            kind=SpanKind.PRODUCER,
+            attributes={"saga.id": str(saga.saga_id), "saga.type": saga.saga_type},
+        )
+    finally:
+        _next_trace_id.reset(token)
+    with trace.use_span(span, end_on_exit=True):
+        yield

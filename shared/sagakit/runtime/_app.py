@@ -114,6 +114,7 @@ def build_service(
         metrics_port=settings.metrics_port,
         health_port=settings.health_port,
         configure_logs=configure_logs,
+        broker_metrics=settings.broker_metrics,
     )
 
     @app.on_startup

@@ -168,6 +168,8 @@ class ParticipantSettings(BaseSettings):
     # at full load (bench/README.md), so below INFO unless asked for.
     message_log_level: Literal["DEBUG", "INFO"] = "DEBUG"
     metrics_port: int | None = Field(default=None, ge=1, le=65535)
+    # FastStream's Prometheus middleware (faststream_* series per queue) on /metrics.
+    broker_metrics: bool = False
     health_port: int | None = Field(default=None, ge=1, le=65535)
     # Bounded stores (_retention.py): inbox records and sent outbox rows older than this are
     # deleted; the step log only when its own retention is set (it is what makes a late

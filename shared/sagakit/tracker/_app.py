@@ -151,6 +151,8 @@ def build_tracker(
         metrics_port=settings.metrics_port,
         health_port=settings.health_port,
         configure_logs=configure_logs,
+        metrics="tracker",
+        broker_metrics=settings.broker_metrics,
     )
     scanner: list[asyncio.Task[None]] = []
     pruner = tracker_pruner(store, settings)

@@ -19,6 +19,7 @@ from rich.table import Table
 from sagakit import BrokerUnavailable, Envelope, utc_now
 from sagakit.broker import queue_name, redacted
 from sagakit.client import EventNotRouted, SagaClient, WatchTimeout
+from sagakit.observability import flush_tracing, setup_tracing
 from sagakit.testing import QueueProbe
 
 from ._common import (
@@ -311,6 +312,9 @@ def order_command(
     )
     lifetime = parse_duration(deadline) if deadline is not None else None
     console, errors = Console(), Console(stderr=True)
+    # With OTEL_EXPORTER_OTLP_ENDPOINT set, the saga's trace starts here: a root span whose
+    # trace id is the saga id, parent of the start event's publish.
+    setup_tracing("saga-cli")
     try:
         code = asyncio.run(
             publish_order(
@@ -329,4 +333,6 @@ def order_command(
     except EventNotRouted as exc:
         errors.print(str(exc), highlight=False, soft_wrap=True)
         raise typer.Exit(1) from None
+    finally:
+        flush_tracing()
     raise typer.Exit(code)
