@@ -41,6 +41,9 @@ from sagakit.tracker import TRACKER_QUEUE
 from .conftest import event_types, service_processes, sqlite_databases
 
 pytestmark = [pytest.mark.e2e, pytest.mark.asyncio(loop_scope="module")]
+# The services, the tracker and the browser share two cores with the rest of the suite: an
+# assertion on a page waits up to 15 s for the page to show it (5 s by default).
+expect.set_options(timeout=15_000)
 
 CHROMIUM = Path("/usr/bin/chromium")
 TRACED = SpanContext(
