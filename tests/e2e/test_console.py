@@ -35,7 +35,7 @@ from order_contracts import ORDER_SAGA
 from order_contracts.samples import Scenario, sample_order
 from playwright.async_api import Browser, Page, async_playwright, expect
 from sagakit.client import DeadLetters, EventWatch, SagaClient
-from sagakit.testing import QueueProbe, ServiceProcesses, ServiceStartError
+from sagakit.testing import QueueProbe, ServiceProcesses, ServiceStartError, consumed_queues
 from sagakit.tracker import TRACKER_QUEUE
 
 from .conftest import event_types, service_processes, sqlite_databases
@@ -298,10 +298,11 @@ async def test_cancel_on_a_stalled_saga_compensates_it(console: Console) -> None
     procs = console.procs
     await procs.stop("shipping")
     probe = QueueProbe(procs.url)
-    try:  # the broker lets go of the stopped consumer a moment later
+    try:  # the broker lets go of the stopped consumers a moment later
         async with asyncio.timeout(30):
-            while await probe.consumers("shipping.payment.processed"):
-                await asyncio.sleep(0.1)
+            for name in consumed_queues(ORDER_SAGA, "shipping"):
+                while await probe.consumers(name):
+                    await asyncio.sleep(0.1)
     finally:
         await probe.close()
     order = sample_order(Scenario.FULFILLED)
