@@ -2,6 +2,7 @@
 
     uv run python bench/service_bench.py inventory            # 3000 messages
     uv run python bench/service_bench.py payment --messages 5000 --profile
+    uv run python bench/service_bench.py inventory --store postgresql
 
 The service's forward work queue is filled while the service is stopped (its queues are
 declared by starting it once), then the service is started and drains it: the CPU time of
@@ -10,23 +11,28 @@ service gets the event its step consumes (inventory ``order.created``, payment
 ``inventory.reserved``, shipping ``payment.processed``, notification ``shipment.created``),
 for fulfilled orders; a queue bound with ``#`` takes what it emits. ``--profile`` samples
 the service with py-spy (``--gil``) and prints the cost by part. The machine is shared:
-repeat a run (``--runs``) and read the spread, not one figure.
+repeat a run (``--runs``) and read the spread, not one figure. ``--store postgresql``
+gives the service a fresh PostgreSQL database (dropped after) instead of a SQLite file;
+``--store both`` alternates the two, run by run.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import json
+import os
 import statistics
 import tempfile
 import time
 import uuid
+from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
 import aio_pika
-from _infra import throwaway_vhost
+from _infra import throwaway_databases, throwaway_vhost
 from _procstat import cpu_seconds, process_tree
 from _profile import Profiler
 from order_contracts import (
@@ -82,9 +88,14 @@ def event_for(service: str, client: SagaClient) -> Envelope[Any]:
 
 
 async def one_run(
-    service: str, *, url: str, messages: int, work_dir: Path, profile_dir: Path | None
+    service: str,
+    *,
+    url: str,
+    database_url: str,
+    messages: int,
+    work_dir: Path,
+    profile_dir: Path | None,
 ) -> dict[str, Any]:
-    database = work_dir / f"{service}-{uuid.uuid4().hex[:6]}.db"
     queue = f"{service}.{CONSUMES[service]}"
     procs = ServiceProcesses(
         {service: (service, f"{service}_service.main:create_app")},
@@ -92,9 +103,7 @@ async def one_run(
         url=url,
         log_dir=work_dir / "logs",
         env={"INVENTORY_STOCK": json.dumps(STOCK)},
-        service_env={
-            service: {f"{service.upper()}_DATABASE_URL": f"sqlite+aiosqlite:///{database}"}
-        },
+        service_env={service: {f"{service.upper()}_DATABASE_URL": database_url}},
     )
     connection = await aio_pika.connect(url)
     try:
@@ -150,25 +159,38 @@ async def _drained(channel: aio_pika.abc.AbstractChannel, queue: str) -> None:
         await asyncio.sleep(0.05)
 
 
-async def bench(args: argparse.Namespace) -> list[dict[str, Any]]:
-    runs = []
+async def bench(args: argparse.Namespace) -> dict[str, list[dict[str, Any]]]:
+    stores = ["sqlite", "postgresql"] if args.store == "both" else [args.store]
+    runs: dict[str, list[dict[str, Any]]] = {store: [] for store in stores}
     with tempfile.TemporaryDirectory(prefix="service-bench-") as work:
         for number in range(1, args.runs + 1):
-            with throwaway_vhost(args.url, f"{args.service}-{number}") as url:
-                result = await one_run(
-                    args.service,
-                    url=url,
-                    messages=args.messages,
-                    work_dir=Path(work),
-                    profile_dir=args.output_dir / "profile" if args.profile else None,
+            for store in stores:
+                with throwaway_vhost(args.url, f"{args.service}-{number}") as url:
+                    async with _database(store, args, Path(work)) as database_url:
+                        result = await one_run(
+                            args.service,
+                            url=url,
+                            database_url=database_url,
+                            messages=args.messages,
+                            work_dir=Path(work),
+                            profile_dir=args.output_dir / "profile" if args.profile else None,
+                        )
+                runs[store].append(result)
+                print(
+                    f"{args.service} {store} run {number}: {result['cpu_ms_per_message']:.3f}"
+                    f" ms CPU per message, {result['messages_per_second']:.0f} messages/s",
+                    flush=True,
                 )
-            runs.append(result)
-            print(
-                f"{args.service} run {number}: {result['cpu_ms_per_message']:.3f} ms CPU per"
-                f" message, {result['messages_per_second']:.0f} messages/s",
-                flush=True,
-            )
     return runs
+
+
+@contextlib.asynccontextmanager
+async def _database(store: str, args: argparse.Namespace, work: Path) -> AsyncIterator[str]:
+    if store == "sqlite":
+        yield f"sqlite+aiosqlite:///{work / f'{args.service}-{uuid.uuid4().hex[:6]}.db'}"
+        return
+    async with throwaway_databases(args.postgres_url, [args.service]) as databases:
+        yield databases[args.service]
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -180,6 +202,14 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--runs", type=int, default=3)
     parser.add_argument("--profile", action="store_true", help="sample with py-spy (slower)")
     parser.add_argument("--url", default="amqp://guest:guest@127.0.0.1:5672/")
+    parser.add_argument("--store", choices=["sqlite", "postgresql", "both"], default="sqlite")
+    parser.add_argument(
+        "--postgres-url",
+        default=os.environ.get(
+            "BENCH_POSTGRES_URL", "postgresql://postgres@127.0.0.1:5432/postgres"
+        ),
+        help="an admin URL of the server that --store postgresql makes its database on",
+    )
     parser.add_argument(
         "--output-dir",
         type=Path,
@@ -187,16 +217,17 @@ def main(argv: list[str] | None = None) -> None:
         help="where --profile writes the collapsed stacks (<service>.collapsed)",
     )
     args = parser.parse_args(argv)
-    runs = asyncio.run(bench(args))
-    figures = [r["cpu_ms_per_message"] for r in runs]
-    print(
-        f"{args.service}: CPU per message median {statistics.median(figures):.3f} ms"
-        f" (min {min(figures):.3f}, max {max(figures):.3f}, {len(runs)} runs)"
-    )
-    if runs[-1]["parts"]:
-        print("by part (last run):")
-        for name, share in runs[-1]["parts"].items():
-            print(f"  {share:5.1f}%  {name}")
+    by_store = asyncio.run(bench(args))
+    for store, runs in by_store.items():
+        figures = [r["cpu_ms_per_message"] for r in runs]
+        print(
+            f"{args.service} {store}: CPU per message median {statistics.median(figures):.3f}"
+            f" ms (min {min(figures):.3f}, max {max(figures):.3f}, {len(runs)} runs)"
+        )
+        if runs[-1]["parts"]:
+            print(f"by part ({store}, last run):")
+            for name, share in runs[-1]["parts"].items():
+                print(f"  {share:5.1f}%  {name}")
 
 
 if __name__ == "__main__":

@@ -39,6 +39,7 @@ from sagakit.runtime import (
     build_service,
 )
 from sagakit.spec import ReactionSpec, SagaSpec, StepSpec
+from sagakit.store import Prepared
 
 __all__ = [
     "BrokerRefused",
@@ -54,6 +55,7 @@ __all__ = [
     "InvalidMessage",
     "Participant",
     "ParticipantSettings",
+    "Prepared",
     "ReactionSpec",
     "SagaContext",
     "SagaError",

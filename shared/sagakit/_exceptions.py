@@ -12,6 +12,7 @@ The tree:
   + BrokerUnavailable - no broker answered
     + BrokerRefused - a broker answered but refused the user, password or virtual host
   + StoreUnavailable - the participant's store cannot be used now
+  + StatementRefused - a handler's statement the store's driver cannot run (at start-up)
   + EventNotRouted - an event no queue would receive (``SagaClient.publish``)
   + WatchTimeout (also a TimeoutError) - sagas did not end in time (``EventWatch``)
   + ServiceStartError - a service process did not start consuming (``ServiceProcesses``)
@@ -117,6 +118,11 @@ class BrokerRefused(BrokerUnavailable):
 
 class StoreUnavailable(SagaError):
     """The participant's store cannot be used now (raised by the store itself)."""
+
+
+class StatementRefused(SagaError):
+    """A handler's ``Prepared`` statement the store's driver cannot run as compiled (raised
+    when the store starts, with the reason)."""
 
 
 class EventNotRouted(SagaError):

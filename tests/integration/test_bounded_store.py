@@ -49,9 +49,8 @@ async def _quiet(services: list[SagaService]) -> None:
         for service in services:
             await service.runtime.relay.settle()
             while True:
-                async with service.store.read() as session:
-                    if not await service.store.count_pending_outbox(session):
-                        break
+                if not await service.store.count_pending_outbox():
+                    break
                 await asyncio.sleep(0.1)
     await asyncio.sleep(2 * services[0].settings.relay_interval_seconds)
 

@@ -45,21 +45,24 @@ async def store(store_url: str) -> AsyncIterator[Store]:
 async def test_queued_rows_come_back_as_they_will_be_published(store: Store) -> None:
     saga = str(uuid.uuid4())
     first = _row(saga, 1, '{"first": true}')
-    async with store.transaction() as session:
-        assert await store.add_to_outbox(session, [first, _row(saga, 2)]) == [first, _row(saga, 2)]
-    async with store.transaction() as session:
-        await store.mark_sent(session, [first.event_id])
+    async with store.write() as session:
+        assert await store.finish(session, saga_id=saga, rows=[first, _row(saga, 2)]) == [
+            first,
+            _row(saga, 2),
+        ]
+    await store.mark_sent([first.event_id])
     # announced again with another body: the first body goes out, and the row is pending
-    async with store.transaction() as session:
-        [again] = await store.add_to_outbox(session, [_row(saga, 1, '{"second": true}')])
+    async with store.write() as session:
+        [again] = await store.finish(
+            session, saga_id=saga, rows=[_row(saga, 1, '{"second": true}')]
+        )
     assert again.body == '{"first": true}'
     assert again.properties == first.properties
     assert again.headers == first.headers
-    async with store.read() as session:
-        assert {r.event_id for r in await store.pending_outbox(session)} == {
-            first.event_id,
-            _row(saga, 2).event_id,
-        }
+    assert {r.event_id for r in await store.pending_outbox()} == {
+        first.event_id,
+        _row(saga, 2).event_id,
+    }
 
 
 @dataclass
@@ -109,16 +112,17 @@ async def test_rows_published_inline_by_many_handlers_at_once_are_all_marked(
     sagas = [str(uuid.uuid4()) for _ in range(40)]
     written: list[list[OutboxRow]] = []
     for saga in sagas:
-        async with store.transaction() as session:
-            written.append(await store.add_to_outbox(session, [_row(saga, 1), _row(saga, 2)]))
+        async with store.write() as session:
+            written.append(
+                await store.finish(session, saga_id=saga, rows=[_row(saga, 1), _row(saga, 2)])
+            )
 
     # as forty handlers do after their commits: publish (and ack once confirmed); the
     # marks are written in the background, in shared transactions
     await asyncio.gather(*(wire.relay.publish(rows) for rows in written))
     await wire.relay.settle()
 
-    async with store.read() as session:
-        assert await store.count_pending_outbox(session) == 0
+    assert await store.count_pending_outbox() == 0
     received = [
         (m.correlation_id or "", m.message_id or "") for m in await wire.received(2 * len(sagas))
     ]
@@ -131,8 +135,8 @@ async def test_a_row_whose_mark_failed_is_published_again_by_the_relay(
     store: Store, wire: Wire, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     saga = str(uuid.uuid4())
-    async with store.transaction() as session:
-        rows = await store.add_to_outbox(session, [_row(saga, 1)])
+    async with store.write() as session:
+        rows = await store.finish(session, saga_id=saga, rows=[_row(saga, 1)])
 
     async def database_away(*args: object, **kwargs: object) -> None:
         raise ConnectionError("database away")
@@ -141,12 +145,10 @@ async def test_a_row_whose_mark_failed_is_published_again_by_the_relay(
         patched.setattr(store, "mark_sent", database_away)
         await wire.relay.publish(rows)  # confirmed: the handler would ack now
         await wire.relay.settle()
-    async with store.read() as session:
-        assert [r.event_id for r in await store.pending_outbox(session)] == [rows[0].event_id]
+    assert [r.event_id for r in await store.pending_outbox()] == [rows[0].event_id]
 
     assert await wire.relay.flush() == 1  # the relay loop's pass, once the row is old enough
-    async with store.read() as session:
-        assert await store.count_pending_outbox(session) == 0
+    assert await store.count_pending_outbox() == 0
     # the same event twice: consumers drop the copy by its id
     assert [m.message_id for m in await wire.received(2)] == [rows[0].event_id] * 2
 
@@ -155,8 +157,8 @@ async def test_a_row_waiting_for_its_sent_mark_is_never_published_again_by_the_l
     store: Store, wire: Wire, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     saga = str(uuid.uuid4())
-    async with store.transaction() as session:
-        rows = await store.add_to_outbox(session, [_row(saga, 1)])
+    async with store.write() as session:
+        rows = await store.finish(session, saga_id=saga, rows=[_row(saga, 1)])
     marks_may_go = asyncio.Event()
     mark_sent = store.mark_sent
 
@@ -171,8 +173,7 @@ async def test_a_row_waiting_for_its_sent_mark_is_never_published_again_by_the_l
     assert await wire.relay.flush() == 0
     marks_may_go.set()
     await wire.relay.settle()
-    async with store.read() as session:
-        assert await store.count_pending_outbox(session) == 0
+    assert await store.count_pending_outbox() == 0
     assert await wire.relay.flush() == 0
 
     [received] = await wire.received(1)
@@ -184,8 +185,8 @@ async def test_a_row_held_by_a_handler_between_commit_and_publish_is_left_alone(
     store: Store, wire: Wire
 ) -> None:
     saga = str(uuid.uuid4())
-    async with store.transaction() as session:
-        [row] = await store.add_to_outbox(session, [_row(saga, 1)])
+    async with store.write() as session:
+        [row] = await store.finish(session, saga_id=saga, rows=[_row(saga, 1)])
     wire.relay.hold([row.event_id])  # as the runtime does when the handler writes it
     assert wire.relay.in_hand(row.event_id)
 
@@ -212,8 +213,8 @@ async def test_a_row_whose_publish_failed_is_retried_at_the_next_pass_whatever_i
         )
         await broker.start()
         saga = str(uuid.uuid4())
-        async with store.transaction() as session:
-            rows = await store.add_to_outbox(session, [_row(saga, 1)])
+        async with store.write() as session:
+            rows = await store.finish(session, saga_id=saga, rows=[_row(saga, 1)])
 
         published = await relay.publish(rows)  # no queue bound yet: returned, unroutable
         assert published.unpublished == rows
@@ -226,8 +227,7 @@ async def test_a_row_whose_publish_failed_is_retried_at_the_next_pass_whatever_i
         assert await relay.retry_failed() == 1  # the next pass, however young the row
         message = await queue.get(timeout=5)
         assert message.message_id == rows[0].event_id
-        async with store.read() as session:
-            assert await store.count_pending_outbox(session) == 0
+        assert await store.count_pending_outbox() == 0
     finally:
         await broker.stop()
         await connection.close()

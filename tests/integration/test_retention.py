@@ -53,17 +53,19 @@ async def _handle(store: Store, *, sent: bool = True, step: str = "s") -> uuid.U
     outbox row (marked sent in a transaction of its own, as the relay's marks are)."""
     saga = uuid.uuid4()
     async with store.write() as transaction:
-        await store.remember_message(
-            transaction, consumer="svc.x.happened", message_id=str(uuid.uuid4()), saga_id=saga
+        remembered = await store.remember(
+            transaction,
+            consumer="svc.x.happened",
+            message_id=str(uuid.uuid4()),
+            saga_id=saga,
+            step=step,
         )
-        assert await store.claim_step(transaction, step=step, saga_id=saga) is None
-        await store.set_step_status(
-            transaction, step=step, saga_id=saga, status=StepStatus.COMPLETED
+        assert (remembered.first, remembered.status) == (True, None)
+        [row] = await store.finish(
+            transaction, saga_id=saga, step=step, status=StepStatus.COMPLETED, rows=[_row(saga)]
         )
-        [row] = await store.add_to_outbox(transaction, [_row(saga)])
     if sent:
-        async with store.write() as transaction:
-            await store.mark_sent(transaction, [row.event_id])
+        await store.mark_sent([row.event_id])
     return saga
 
 
@@ -88,8 +90,8 @@ async def test_inbox_records_and_sent_rows_past_retention_go_and_nothing_else(
 
     assert deleted == {inbox.name: 7, outbox.name: 5}
     assert await store.count_rows() == {inbox.name: 3, outbox.name: 5, saga_steps.name: 10}
+    pending = await store.pending_outbox()
     async with store.read() as session:
-        pending = await store.pending_outbox(session)
         kept = set(
             (await session.execute(outbox.select().with_only_columns(outbox.c.saga_id))).scalars()
         )
@@ -131,13 +133,13 @@ async def test_the_step_log_is_kept_unless_it_has_a_retention_of_its_own(store: 
     recent = await _handle(store)
 
     await store.prune(older_than=ZERO, now=cutoff)
-    async with store.read() as session:
+    async with store.write() as session:
         assert await store.step_status(session, step="s", saga_id=done) is StepStatus.COMPLETED
 
     deleted = await store.prune(older_than=ZERO, step_log_older_than=ZERO, now=cutoff)
 
     assert deleted[saga_steps.name] == 1
-    async with store.read() as session:
+    async with store.write() as session:
         assert await store.step_status(session, step="s", saga_id=done) is None
         assert await store.step_status(session, step="s", saga_id=recent) is StepStatus.COMPLETED
 
@@ -148,19 +150,19 @@ async def test_a_message_back_after_its_inbox_record_went_is_new_but_its_step_is
     """What the step log, kept by default, still guards once the inbox has forgotten."""
     saga = uuid.uuid4()
     async with store.write() as transaction:
-        await store.remember_message(transaction, consumer="q", message_id="m1", saga_id=saga)
-        assert await store.claim_step(transaction, step="s", saga_id=saga) is None
-        await store.set_step_status(
-            transaction, step="s", saga_id=saga, status=StepStatus.COMPLETED
+        first = await store.remember(
+            transaction, consumer="q", message_id="m1", saga_id=saga, step="s"
         )
+        assert (first.first, first.status) == (True, None)
+        await store.finish(transaction, saga_id=saga, step="s", status=StepStatus.COMPLETED)
     cutoff = await _boundary()
     await store.prune(older_than=ZERO, now=cutoff)
 
     async with store.write() as transaction:
-        assert await store.remember_message(
-            transaction, consumer="q", message_id="m1", saga_id=saga
+        again = await store.remember(
+            transaction, consumer="q", message_id="m1", saga_id=saga, step="s"
         )
-        assert await store.claim_step(transaction, step="s", saga_id=saga) is StepStatus.COMPLETED
+        assert (again.first, again.status) == (True, StepStatus.COMPLETED)
 
 
 async def test_an_event_announced_again_after_its_row_went_is_queued_afresh(store: Store) -> None:
@@ -169,9 +171,8 @@ async def test_an_event_announced_again_after_its_row_went_is_queued_afresh(stor
     await store.prune(older_than=ZERO, now=cutoff)
 
     async with store.write() as transaction:
-        [again] = await store.add_to_outbox(transaction, [_row(saga)])
-    async with store.read() as session:
-        assert [r.event_id for r in await store.pending_outbox(session)] == [again.event_id]
+        [again] = await store.finish(transaction, saga_id=saga, rows=[_row(saga)])
+    assert [r.event_id for r in await store.pending_outbox()] == [again.event_id]
 
 
 async def test_a_store_made_before_the_retention_indexes_gets_them(store: Store) -> None:
@@ -199,7 +200,7 @@ async def test_pruning_while_handlers_write_loses_nothing_young(store: Store) ->
 
     assert pruned == {inbox.name: 60, outbox.name: 60}
     assert await store.count_rows() == {inbox.name: 40, outbox.name: 40, saga_steps.name: 100}
-    async with store.read() as session:
+    async with store.write() as session:
         for saga in written:
             assert await store.step_status(session, step="s", saga_id=saga) is not None
 

@@ -354,5 +354,4 @@ async def test_a_redelivery_publishes_what_the_first_delivery_committed_but_neve
     assert harness.emitted_types == ["solo.done"]
     assert await effect_kinds(harness) == ["done"]
     await relay.settle()
-    async with harness.service.store.read() as session:
-        assert await harness.service.store.count_pending_outbox(session) == 0
+    assert await harness.service.store.count_pending_outbox() == 0

@@ -35,17 +35,23 @@ def _seed(url: str, *, handled: int, unsent: int = 0) -> None:
                 saga = uuid.uuid4()
                 event_id = str(uuid.uuid4())
                 async with store.write() as transaction:
-                    await store.remember_message(
-                        transaction, consumer="q", message_id=str(uuid.uuid4()), saga_id=saga
-                    )
-                    await store.claim_step(transaction, step="s", saga_id=saga)
-                    await store.set_step_status(
-                        transaction, step="s", saga_id=saga, status=StepStatus.COMPLETED
+                    await store.remember(
+                        transaction,
+                        consumer="q",
+                        message_id=str(uuid.uuid4()),
+                        saga_id=saga,
+                        step="s",
                     )
                     row = OutboxRow(event_id, str(saga), "x.happened", BODY, {}, {})
-                    await store.add_to_outbox(transaction, [row])
-                    if n < handled:
-                        await store.mark_sent(transaction, [event_id])
+                    await store.finish(
+                        transaction,
+                        saga_id=saga,
+                        step="s",
+                        status=StepStatus.COMPLETED,
+                        rows=[row],
+                    )
+                if n < handled:
+                    await store.mark_sent([event_id])
         finally:
             await store.dispose()
 

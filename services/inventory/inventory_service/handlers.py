@@ -11,7 +11,7 @@ from order_contracts import (
     OrderCreated,
     OrderEvent,
 )
-from sagakit import BusinessFailure, Participant, StepContext, TransientError, utc_now
+from sagakit import BusinessFailure, Participant, Prepared, StepContext, TransientError, utc_now
 from sqlalchemy import bindparam, insert, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
@@ -19,34 +19,36 @@ from . import domain
 from .settings import InventorySettings
 from .tables import Base, Reservation, ReservationLine, Stock
 
-# Built once, run with values: a handler's statements then skip SQLAlchemy's compilation
-# and execution layers (StepContext.execute).
+# Built once, compiled for the store's driver when it starts, run with values
+# (StepContext.execute); rows come back named.
 _stock = Base.metadata.tables[Stock.__tablename__]
 _reservations = Base.metadata.tables[Reservation.__tablename__]
 _lines = Base.metadata.tables[ReservationLine.__tablename__]
-_AVAILABLE = select(_stock.c.available).where(_stock.c.sku == bindparam("w_sku"))
+_AVAILABLE = Prepared(select(_stock.c.available).where(_stock.c.sku == bindparam("w_sku")))
 # Conditional decrement: a concurrent replica cannot take the same units.
-_TAKE = (
+_TAKE = Prepared(
     update(_stock)
     .where(_stock.c.sku == bindparam("w_sku"), _stock.c.available >= bindparam("w_quantity"))
     .values(available=_stock.c.available - bindparam("w_quantity"))
 )
-_PUT_BACK = (
+_PUT_BACK = Prepared(
     update(_stock)
     .where(_stock.c.sku == bindparam("w_sku"))
     .values(available=_stock.c.available + bindparam("w_quantity"))
 )
-_RESERVE = insert(_reservations)
-_RESERVE_LINE = insert(_lines)
-_RESERVATION = select(_reservations.c.reservation_id, _reservations.c.status).where(
-    _reservations.c.saga_id == bindparam("w_saga_id")
+_RESERVE = Prepared(insert(_reservations))
+_RESERVE_LINE = Prepared(insert(_lines))
+_RESERVATION = Prepared(
+    select(_reservations.c.reservation_id, _reservations.c.status).where(
+        _reservations.c.saga_id == bindparam("w_saga_id")
+    )
 )
-_RESERVED_LINES = (
+_RESERVED_LINES = Prepared(
     select(_lines.c.sku, _lines.c.quantity)
     .where(_lines.c.reservation_id == bindparam("w_reservation_id"))
     .order_by(_lines.c.sku)
 )
-_RELEASE = (
+_RELEASE = Prepared(
     update(_reservations)
     .where(_reservations.c.saga_id == bindparam("w_saga_id"))
     .values(status=bindparam("status"), released_at=bindparam("released_at"))
@@ -105,12 +107,12 @@ def create_participant(settings: InventorySettings) -> Participant:
     async def release_stock(event: OrderEvent, step: StepContext) -> InventoryReleased:
         saga_id = str(step.saga_id)
         reservation = (await step.execute(_RESERVATION, {"w_saga_id": saga_id})).first()
-        if reservation is None or reservation[1] == domain.RELEASED:
+        if reservation is None or reservation.status == domain.RELEASED:
             return InventoryReleased(order=event.order, reservation_id=None)
-        reservation_id = reservation[0]
+        reservation_id = reservation.reservation_id
         lines = await step.execute(_RESERVED_LINES, {"w_reservation_id": reservation_id})
-        for sku, quantity in lines:
-            await step.execute(_PUT_BACK, {"w_sku": sku, "w_quantity": quantity})
+        for line in lines:
+            await step.execute(_PUT_BACK, {"w_sku": line.sku, "w_quantity": line.quantity})
         await step.execute(
             _RELEASE,
             {"w_saga_id": saga_id, "status": domain.RELEASED, "released_at": utc_now()},

@@ -6,18 +6,20 @@ import logging
 import uuid
 
 from order_contracts import ORDER_SAGA, OrderCancelled, OrderFulfilled, ShipmentCreated
-from sagakit import BusinessFailure, Participant, StepContext, utc_now
+from sagakit import BusinessFailure, Participant, Prepared, StepContext, utc_now
 from sqlalchemy import bindparam, insert, select
 
 from . import domain
 from .settings import NotificationSettings
 from .tables import Base, Notice
 
-# Built once, run with values (StepContext.execute).
+# Built once, compiled when the store starts, run with values (StepContext.execute).
 _notices = Base.metadata.tables[Notice.__tablename__]
-_RECORD = insert(_notices)
-_NOTICE_OF_KIND = select(_notices.c.notice_id).where(
-    _notices.c.saga_id == bindparam("w_saga_id"), _notices.c.kind == bindparam("w_kind")
+_RECORD = Prepared(insert(_notices))
+_NOTICE_OF_KIND = Prepared(
+    select(_notices.c.notice_id).where(
+        _notices.c.saga_id == bindparam("w_saga_id"), _notices.c.kind == bindparam("w_kind")
+    )
 )
 
 logger = logging.getLogger(__name__)

@@ -11,22 +11,24 @@ from order_contracts import (
     PaymentProcessed,
     PaymentRefunded,
 )
-from sagakit import BusinessFailure, Participant, StepContext, utc_now
+from sagakit import BusinessFailure, Participant, Prepared, StepContext, utc_now
 from sqlalchemy import bindparam, insert, select, update
 
 from . import domain
 from .settings import PaymentSettings
 from .tables import Base, Payment, Refund
 
-# Built once, run with values (StepContext.execute).
+# Built once, compiled when the store starts, run with values (StepContext.execute).
 _payments = Base.metadata.tables[Payment.__tablename__]
 _refunds = Base.metadata.tables[Refund.__tablename__]
-_CHARGE = insert(_payments)
-_CHARGED = select(_payments.c.payment_id, _payments.c.amount, _payments.c.status).where(
-    _payments.c.saga_id == bindparam("w_saga_id")
+_CHARGE = Prepared(insert(_payments))
+_CHARGED = Prepared(
+    select(_payments.c.payment_id, _payments.c.amount, _payments.c.status).where(
+        _payments.c.saga_id == bindparam("w_saga_id")
+    )
 )
-_REFUND = insert(_refunds)
-_MARK_REFUNDED = (
+_REFUND = Prepared(insert(_refunds))
+_MARK_REFUNDED = Prepared(
     update(_payments)
     .where(_payments.c.saga_id == bindparam("w_saga_id"))
     .values(status=bindparam("status"), refunded_at=bindparam("refunded_at"))
@@ -72,9 +74,9 @@ def create_participant(settings: PaymentSettings) -> Participant:
     async def refund_payment(event: OrderEvent, step: StepContext) -> PaymentRefunded:
         saga_id = str(step.saga_id)
         charge = (await step.execute(_CHARGED, {"w_saga_id": saga_id})).first()
-        if charge is None or charge[2] == domain.REFUNDED:
+        if charge is None or charge.status == domain.REFUNDED:
             return PaymentRefunded(order=event.order)
-        payment_id, amount = charge[0], charge[1]
+        payment_id, amount = charge.payment_id, charge.amount
         now = utc_now()
         await step.execute(
             _REFUND,

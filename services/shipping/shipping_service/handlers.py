@@ -11,20 +11,22 @@ from order_contracts import (
     ShipmentCancelled,
     ShipmentCreated,
 )
-from sagakit import BusinessFailure, Participant, StepContext, utc_now
+from sagakit import BusinessFailure, Participant, Prepared, StepContext, utc_now
 from sqlalchemy import bindparam, insert, select, update
 
 from . import domain
 from .settings import ShippingSettings
 from .tables import Base, Shipment
 
-# Built once, run with values (StepContext.execute).
+# Built once, compiled when the store starts, run with values (StepContext.execute).
 _shipments = Base.metadata.tables[Shipment.__tablename__]
-_BOOK = insert(_shipments)
-_BOOKED = select(_shipments.c.shipment_id, _shipments.c.status).where(
-    _shipments.c.saga_id == bindparam("w_saga_id")
+_BOOK = Prepared(insert(_shipments))
+_BOOKED = Prepared(
+    select(_shipments.c.shipment_id, _shipments.c.status).where(
+        _shipments.c.saga_id == bindparam("w_saga_id")
+    )
 )
-_CANCEL = (
+_CANCEL = Prepared(
     update(_shipments)
     .where(_shipments.c.saga_id == bindparam("w_saga_id"))
     .values(status=bindparam("status"), cancelled_at=bindparam("cancelled_at"))
@@ -66,11 +68,11 @@ def create_participant(settings: ShippingSettings) -> Participant:
     async def cancel_shipment(event: OrderEvent, step: StepContext) -> ShipmentCancelled:
         saga_id = str(step.saga_id)
         shipment = (await step.execute(_BOOKED, {"w_saga_id": saga_id})).first()
-        if shipment is None or shipment[1] == domain.CANCELLED:
+        if shipment is None or shipment.status == domain.CANCELLED:
             return ShipmentCancelled(order=event.order)
         await step.execute(
             _CANCEL, {"w_saga_id": saga_id, "status": domain.CANCELLED, "cancelled_at": utc_now()}
         )
-        return ShipmentCancelled(order=event.order, shipment_id=shipment[0])
+        return ShipmentCancelled(order=event.order, shipment_id=shipment.shipment_id)
 
     return shipping

@@ -19,7 +19,8 @@ from sagakit.runtime._handlers import call_handler, first_delivery, run_undos
 from sagakit.runtime._outcome import Handled, Outcome
 from sagakit.runtime._participant import StepRun, Subscription, UndoFunction
 from sagakit.spec._spec import SagaSpec
-from sagakit.store._store import StepStatus, Store
+from sagakit.store._recorder import StepStatus
+from sagakit.store._store import Store
 
 logger = logging.getLogger("sagakit.runtime")
 
@@ -71,10 +72,12 @@ class Compensation:
         assert step.compensated is not None
         saga_id = envelope.context.saga_id
         async with self.store.write() as transaction:
-            if not await first_delivery(self.store, transaction, sub, envelope, digest):
+            remembered = await first_delivery(
+                self.store, transaction, sub, envelope, digest, step=step.name
+            )
+            if not remembered.first:
                 return await self.events.duplicate(transaction, envelope)
-            status = await self.store.claim_step(transaction, step=step.name, saga_id=saga_id)
-            decision = rules.on_compensation(status)
+            decision = rules.on_compensation(remembered.status)
             if decision is rules.CompensationDecision.UNKNOWN_SAGA:
                 # Rolled back with the claim: the saga stays unknown here (_rules.py says why).
                 raise InvalidMessage(
@@ -128,7 +131,7 @@ class Compensation:
                         (failure.reason or "unknown") if failure else "unknown",
                     )
                 )
-            await self.store.set_step_status(
-                transaction, step=step.name, saga_id=saga_id, status=StepStatus.COMPENSATED
+            emitted = await self.events.emit(
+                transaction, events, step=step.name, status=StepStatus.COMPENSATED
             )
-            return Handled(_OUTCOMES[decision], await self.events.emit(transaction, events))
+            return Handled(_OUTCOMES[decision], emitted)

@@ -243,7 +243,7 @@ class Dispatcher:
         self, sub: Subscription, envelope: Envelope[Any], attempt: int, digest: str
     ) -> Handled:
         async with self.store.write() as transaction:
-            if not await first_delivery(self.store, transaction, sub, envelope, digest):
+            if not (await first_delivery(self.store, transaction, sub, envelope, digest)).first:
                 return Handled(Outcome.DUPLICATE)
             await call_handler(
                 sub,

@@ -18,8 +18,8 @@ from sagakit.runtime._outcome import Handled, Outcome
 from sagakit.runtime._participant import Subscription
 from sagakit.runtime._relay import OutboxRelay
 from sagakit.spec._spec import SagaSpec, StepSpec
-from sagakit.store._sql import Transaction
-from sagakit.store._store import OutboxRow, Store
+from sagakit.store._recorder import OutboxRow, StepStatus, Transaction
+from sagakit.store._store import Store
 
 # Properties besides headers (ids, type, content type, flags) take less than this.
 _PROPERTIES_ALLOWANCE = 512
@@ -121,10 +121,17 @@ class Events:
         return self.envelope(payload, cause=cause, record=None)
 
     async def emit(
-        self, transaction: Transaction, events: Sequence[Envelope[Any]]
+        self,
+        transaction: Transaction,
+        events: Sequence[Envelope[Any]],
+        *,
+        step: str,
+        status: StepStatus,
+        reason: str | None = None,
     ) -> list[OutboxRow]:
-        """Write ``events`` to the outbox in ``transaction``; they are held from the relay
-        loop until the delivery is done with them."""
+        """Write ``events`` to the outbox and move ``step`` to ``status`` in ``transaction``
+        (one statement where the store allows); the events are held from the relay loop
+        until the delivery is done with them."""
         trace_headers = current_trace_headers()
         rows = [
             OutboxRow(
@@ -139,7 +146,14 @@ class Events:
         ]
         for row in rows:
             self._check_size(row)
-        queued = await self.store.add_to_outbox(transaction, rows)
+        queued = await self.store.finish(
+            transaction,
+            saga_id=events[0].context.saga_id,
+            step=step,
+            status=status,
+            reason=reason,
+            rows=rows,
+        )
         self._hold(row.event_id for row in queued)
         return queued
 

@@ -20,7 +20,8 @@ from sagakit.runtime._outcome import Handled, Outcome
 from sagakit.runtime._participant import StepRun, Subscription, UndoFunction
 from sagakit.runtime._step_results import StepResult
 from sagakit.spec._spec import SagaSpec, StepSpec
-from sagakit.store._store import StepStatus, Store
+from sagakit.store._recorder import StepStatus
+from sagakit.store._store import Store
 
 logger = logging.getLogger("sagakit.runtime")
 
@@ -58,9 +59,12 @@ class ForwardStep:
         run = StepRun(undo_functions=self.undo_functions)
         try:
             async with self.store.write() as transaction:
-                if not await first_delivery(self.store, transaction, sub, envelope, digest):
+                remembered = await first_delivery(
+                    self.store, transaction, sub, envelope, digest, step=step.name
+                )
+                if not remembered.first:
                     return await self.events.duplicate(transaction, envelope)
-                status = await self.store.claim_step(transaction, step=step.name, saga_id=saga_id)
+                status = remembered.status
                 decision = rules.on_forward(
                     status, past_deadline=envelope.context.is_past_deadline()
                 )
@@ -87,13 +91,13 @@ class ForwardStep:
                 self.events.expect(result, step.success, sub)
                 record = self.events.record(step, StepOutcome.COMPLETED)
                 success = self.events.envelope(result, cause=envelope, record=record, data=run.data)
-                await self.store.set_step_status(
-                    transaction, step=step.name, saga_id=saga_id, status=StepStatus.COMPLETED
-                )
                 # What its compensation receives, and the undos it registered.
                 kept = StepResult(payload=result.model_dump_json(), undos=tuple(run.undos))
                 await step_results.save(transaction, step=step.name, saga_id=saga_id, result=kept)
-                return Handled(Outcome.COMPLETED, await self.events.emit(transaction, [success]))
+                emitted = await self.events.emit(
+                    transaction, [success], step=step.name, status=StepStatus.COMPLETED
+                )
+                return Handled(Outcome.COMPLETED, emitted)
         except BusinessFailure as failure:
             await self._undo_attempt(run)
             return await self.record_failure(sub, step, envelope, failure, digest)
@@ -156,12 +160,13 @@ class ForwardStep:
         detail: str,
         digest: str,
     ) -> Handled:
-        saga_id = envelope.context.saga_id
         async with self.store.write() as transaction:
-            if not await first_delivery(self.store, transaction, sub, envelope, digest):
+            remembered = await first_delivery(
+                self.store, transaction, sub, envelope, digest, step=step.name
+            )
+            if not remembered.first:
                 return await self.events.duplicate(transaction, envelope)
-            claimed = await self.store.claim_step(transaction, step=step.name, saga_id=saga_id)
-            if claimed is not None:
+            if remembered.status is not None:
                 return Handled(Outcome.IGNORED)
             record = self.events.record(step, StepOutcome.FAILED, reason=reason)
             payload = self.events.system_payload(
@@ -171,14 +176,9 @@ class ForwardStep:
             events = [failed]
             if self.spec.ends_backward_path(step):
                 events.append(self.events.cancellation(failed, step.name, reason))
-            await self.store.set_step_status(
-                transaction,
-                step=step.name,
-                saga_id=saga_id,
-                status=StepStatus.FAILED,
-                reason=reason,
+            rows = await self.events.emit(
+                transaction, events, step=step.name, status=StepStatus.FAILED, reason=reason
             )
-            rows = await self.events.emit(transaction, events)
             logger.info("step failed: %s", reason)
             record_step_failure(reason)
             return Handled(Outcome.FAILED, rows)

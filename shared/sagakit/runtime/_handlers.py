@@ -16,36 +16,44 @@ from sagakit._envelope import Envelope
 from sagakit._exceptions import HandlerError, InvalidMessage
 from sagakit.runtime._participant import StepContext, StepRun, Subscription, UndoFunction
 from sagakit.runtime._step_results import Undo
-from sagakit.store._sql import Transaction
+from sagakit.store._recorder import Remembered, Transaction
 from sagakit.store._store import Store
 
 logger = logging.getLogger("sagakit.runtime")
 
 
 async def first_delivery(
-    store: Store, transaction: Transaction, sub: Subscription, envelope: Envelope[Any], digest: str
-) -> bool:
-    """Remember the event in the consumer's inbox; False if it was handled before."""
+    store: Store,
+    transaction: Transaction,
+    sub: Subscription,
+    envelope: Envelope[Any],
+    digest: str,
+    *,
+    step: str | None = None,
+) -> Remembered:
+    """Remember the event in the consumer's inbox and, the first time, claim ``step`` (in
+    one statement where the store allows); ``first`` is False if it was handled before."""
     message_id = str(envelope.event_id)
-    first = await store.remember_message(
+    remembered = await store.remember(
         transaction,
         consumer=sub.queue,
         message_id=message_id,
         saga_id=envelope.context.saga_id,
         body_digest=digest,
+        step=step,
     )
-    if first:
-        return True
+    if remembered.first:
+        return remembered
     # Every copy sagakit sends of an event (a retry, a re-announcement, a replay) is
     # the same bytes: another body under a known id is another event, not a duplicate.
-    recorded = await store.remembered_digest(transaction, consumer=sub.queue, message_id=message_id)
+    recorded = remembered.digest
     if recorded is not None and recorded != digest:
         raise InvalidMessage(
             f"conflicting_duplicate: event {message_id} was handled before with another"
             " body; this one was not applied"
         )
     logger.info("duplicate delivery of %s ignored", envelope.event_id)
-    return False
+    return remembered
 
 
 async def call_handler(

@@ -6,7 +6,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from enum import StrEnum
 
-from sagakit.store._store import OutboxRow
+from sagakit.store._recorder import OutboxRow
 
 
 class Outcome(StrEnum):

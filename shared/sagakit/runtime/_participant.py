@@ -19,7 +19,8 @@ from sagakit._exceptions import HandlerError, SpecError
 from sagakit.broker._topology import queue_name
 from sagakit.runtime._step_results import Undo
 from sagakit.spec._spec import SagaSpec, StepSpec
-from sagakit.store._sql import Rows, Transaction
+from sagakit.store._prepared import Prepared, Rows
+from sagakit.store._recorder import Transaction
 
 UndoFunction = Callable[..., Awaitable[None]]
 UndoT = TypeVar("UndoT", bound=UndoFunction)
@@ -38,9 +39,9 @@ class StepRun:
 class StepContext:
     """What a handler gets besides the payload: its transaction and the saga so far.
 
-    The handler writes the service's own state in ``transaction`` (through ``execute``
-    for Core statements, the fast path, or ``session`` for the ORM); it commits together
-    with the inbox record, the step's status and the outgoing events, or not at all.
+    The handler writes the service's own state in ``transaction`` (through ``execute``,
+    with ``Prepared`` Core statements); it commits together with the inbox record, the
+    step's status and the outgoing events, or not at all.
 
     Attributes:
         transaction: The open transaction.
@@ -104,18 +105,16 @@ class StepContext:
         """The saga's id."""
         return self.saga.saga_id
 
-    @property
-    def session(self) -> AsyncSession:
-        """An ORM session in the handler's transaction (flushed before it commits)."""
-        return self.transaction.session
+    async def execute(
+        self, statement: Prepared | Executable, params: Mapping[str, Any] | None = None
+    ) -> Rows:
+        """Run a statement with ``params`` in the handler's transaction; rows come back
+        named (``row.status``).
 
-    async def execute(self, statement: Executable, params: Mapping[str, Any] | None = None) -> Rows:
-        """Run a Core statement with ``params`` in the handler's transaction.
-
-        Build the statement once (a module constant, values as ``bindparam``s) and pass
-        the values here: it is compiled once and then runs on the driver directly. (A
-        statement built anew for every call still runs, through SQLAlchemy once the store's
-        cache of compiled statements is full.)
+        Build it once as a module constant, ``Prepared(select(...).where(... ==
+        bindparam("w_id")))``, and pass the values here: the store compiles it for its
+        driver when it starts, and refuses then what the driver cannot run. (A bare Core
+        statement is compiled on first use instead.)
         """
         return await self.transaction.execute(statement, params)
 

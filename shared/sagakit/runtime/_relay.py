@@ -17,7 +17,8 @@ from sagakit.observability._metrics import EVENTS_PUBLISHED, OUTBOX_BACKLOG
 from sagakit.observability._tracing import continued_trace
 from sagakit.runtime._breaker import CircuitBreaker, Dependency
 from sagakit.runtime._outage import broker_refused
-from sagakit.store._store import OutboxRow, Store
+from sagakit.store._recorder import OutboxRow
+from sagakit.store._store import Store
 
 logger = logging.getLogger("sagakit.relay")
 
@@ -110,7 +111,7 @@ class OutboxRelay:
         """Publish these just-committed outbox rows now; they are marked sent soon after.
 
         Returns once the broker has confirmed them, or with the rows that did not go out.
-        The rows are those the transaction wrote (``Store.add_to_outbox`` returns them), so
+        The rows are those the transaction wrote (``Store.finish`` returns them), so
         they go out without being read back; they are marked sent in the background, with
         other handlers' rows.
         """
@@ -139,15 +140,13 @@ class OutboxRelay:
         if not self._retry_soon:
             return 0
         ids, self._retry_soon = self._retry_soon, set()
-        async with self._store.read() as session:
-            rows = await self._store.unsent_among(session, ids)
+        rows = await self._store.unsent_among(ids)
         return await self._send_unheld(rows)
 
     async def flush(self, *, older_than: timedelta | None = None) -> int:
         """Publish every pending row (older than ``older_than``) that no handler holds;
         returns how many went out."""
-        async with self._store.read() as session:
-            rows = await self._store.pending_outbox(session, older_than=older_than)
+        rows = await self._store.pending_outbox(older_than=older_than)
         return await self._send_unheld(rows)
 
     async def _send_unheld(self, rows: Sequence[OutboxRow]) -> int:
@@ -159,8 +158,7 @@ class OutboxRelay:
         try:
             sent, outcome = await self._send(rows)
             if sent:
-                async with self._store.transaction() as session:
-                    await self._store.mark_sent(session, sent)
+                await self._store.mark_sent(sent)
         finally:
             self.release(ids)
         self._retry_soon.update(row.event_id for row in outcome.unpublished)
@@ -268,8 +266,7 @@ class OutboxRelay:
                 # being handled right now, whose inline publish would race this one.
                 await self.flush(older_than=_STALE_AFTER)
                 await self.retry_failed()
-                async with self._store.read() as session:
-                    backlog = await self._store.count_pending_outbox(session)
+                backlog = await self._store.count_pending_outbox()
                 OUTBOX_BACKLOG.labels(self._participant).set(backlog)
             except asyncio.CancelledError:
                 raise
@@ -336,8 +333,7 @@ class _SentMarks:
             await asyncio.sleep(self._window)
             batch, self._pending = self._pending, []
             try:
-                async with self._store.write() as transaction:
-                    await self._store.mark_sent(transaction, batch)
+                await self._store.mark_sent(batch)
             except Exception as exc:
                 breaker = self._breaker
                 if breaker is not None and await breaker.store_away(exc):

@@ -11,7 +11,7 @@ from typing import Any
 from sqlalchemy import Column, DateTime, MetaData, String, Table, Text, bindparam, insert, select
 
 from sagakit._context import utc_now
-from sagakit.store._sql import Transaction
+from sagakit.store._recorder import Transaction
 
 metadata = MetaData()
 

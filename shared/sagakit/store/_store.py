@@ -2,6 +2,8 @@
 
 Everything a handler changes, the inbox record of the message that caused it, the step's new
 status and the events it emits are written in one transaction (docs/design.md §4 rule 2).
+The tables' schema is here; what sagakit writes to them, and how, is its recorder's
+(``_recorder.py``).
 """
 
 from __future__ import annotations
@@ -12,9 +14,8 @@ import hashlib
 import os
 import uuid
 from collections.abc import AsyncIterator, Iterable, Sequence
-from dataclasses import dataclass
 from datetime import datetime, timedelta
-from enum import StrEnum
+from pathlib import Path
 from typing import Any
 
 from sqlalchemy import (
@@ -27,16 +28,9 @@ from sqlalchemy import (
     String,
     Table,
     Text,
-    and_,
-    bindparam,
-    delete,
     event,
-    func,
     inspect,
-    select,
     text,
-    tuple_,
-    update,
 )
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import Connection, make_url
@@ -47,12 +41,34 @@ from sqlalchemy.ext.asyncio import (
     async_sessionmaker,
     create_async_engine,
 )
-from sqlalchemy.sql import ColumnElement, Executable
 
 from sagakit._context import utc_now
 from sagakit.runtime._outage import StoreUnavailable
-from sagakit.store._sql import Transaction, _Compiled
-from sagakit.store._sqlite import inline_connector
+from sagakit.store._postgres import PostgresRecorder
+from sagakit.store._prepared import Prepared
+from sagakit.store._recorder import (
+    STEP_RESULTS,
+    OutboxRow,
+    Recorder,
+    Remembered,
+    StepStatus,
+    Transaction,
+)
+from sagakit.store._sqlite import SQLiteRecorder
+
+# OutboxRow and StepStatus live with the recorder; imported from here too.
+__all__ = (
+    "PRUNE_BATCH_SIZE",
+    "OutboxRow",
+    "StepStatus",
+    "Store",
+    "body_digest",
+    "inbox",
+    "metadata",
+    "outbox",
+    "probe",
+    "saga_steps",
+)
 
 _SQLITE_BUSY_SECONDS = 30.0
 PRUNE_BATCH_SIZE = 500
@@ -60,9 +76,6 @@ PRUNE_BATCH_SIZE = 500
 milliseconds, and handlers get the store between batches."""
 
 metadata = MetaData()
-
-# What the store's statements run on: a write Transaction (the hot path), or an ORM session.
-Executor = Transaction | AsyncSession
 
 # Any constant works; it only has to be the same in every process that creates the schema.
 _SCHEMA_LOCK = 0x5A6A_C17
@@ -117,29 +130,13 @@ outbox = Table(
 )
 
 
-class StepStatus(StrEnum):
-    """Where one participant's step stands for one saga."""
-
-    RUNNING = "running"
-    COMPLETED = "completed"
-    FAILED = "failed"
-    COMPENSATED = "compensated"
-
-
-@dataclass(frozen=True, slots=True)
-class OutboxRow:
-    """An event waiting to be published, exactly as it will go on the wire."""
-
-    event_id: str
-    saga_id: str
-    routing_key: str
-    body: str
-    properties: dict[str, Any]
-    headers: dict[str, str]
-
-
 class Store:
     """One service's database: SQLite by default, PostgreSQL by URL.
+
+    sagakit's records and the handlers' writes go through the store's recorder
+    (``_recorder.py``), on the driver, in one transaction per delivery (``write``). The
+    SQLAlchemy engine serves the rest: creating the schema, ``initialize`` hooks, tools and
+    tests that read the tables with the ORM.
 
     Args:
         url: A SQLAlchemy async URL, ``sqlite+aiosqlite:///path.db`` or
@@ -156,13 +153,13 @@ class Store:
         self._sessions: async_sessionmaker[AsyncSession] | None = None
         # SQLite has one writer; serialising in-process avoids lock upgrade deadlocks.
         self._write_lock = asyncio.Lock() if self.is_sqlite else None
-        self._compiled: dict[tuple[Executable, tuple[str, ...]], _Compiled | None] = {}
         self._probe_ready = False
         # The SQLite file's identity when first written: a file removed (its directory
         # deleted, say) or replaced underneath open connections would silently take writes
         # that nobody will ever read, so every write transaction checks it first.
         self._path = _sqlite_path(parsed.database) if self.is_sqlite else None
         self._identity: tuple[int, int] | None = None
+        self._recorder: Recorder | None = None
 
     @property
     def engine(self) -> AsyncEngine:
@@ -172,29 +169,37 @@ class Store:
             self._sessions = async_sessionmaker(self._engine, expire_on_commit=False)
         return self._engine
 
+    @property
+    def recorder(self) -> Recorder:
+        """sagakit's records on the driver (created on first use; connects when used)."""
+        if self._recorder is None:
+            if self.is_sqlite:
+                database = make_url(self.url).database or ""
+                _mkdir(database)
+                assert self._write_lock is not None
+                self._recorder = SQLiteRecorder(
+                    database,
+                    lock=self._write_lock,
+                    busy_seconds=_SQLITE_BUSY_SECONDS,
+                    check=self._check_file if self._path is not None else None,
+                )
+            else:
+                self._recorder = PostgresRecorder(self.url)
+        return self._recorder
+
     def _create_engine(self) -> AsyncEngine:
         if not self.is_sqlite:
             # No overflow: a burst beyond the pool waits for a pooled connection instead of
-            # opening (and, on return, closing) connections of its own, which cost more
-            # than the transactions they would serve.
+            # opening (and, on return, closing) connections of its own. The engine serves
+            # the cold paths only (the recorder has its own pool), so its pings stay.
             return create_async_engine(
-                self.url, pool_size=10, max_overflow=0, pool_pre_ping=True, hide_parameters=True
+                self.url, pool_size=5, max_overflow=0, pool_pre_ping=True, hide_parameters=True
             )
-        parsed = make_url(self.url)
-        if parsed.database and parsed.database != ":memory:":
-            from pathlib import Path
-
-            Path(parsed.database).parent.mkdir(parents=True, exist_ok=True)
+        _mkdir(make_url(self.url).database or "")
         # hide_parameters: error messages would otherwise quote outbox bodies (personal data).
-        options: dict[str, Any] = {"connect_args": {"timeout": _SQLITE_BUSY_SECONDS}}
-        if not parsed.query:
-            # Statements run on the loop's thread instead of aiosqlite's (_sqlite.py says why).
-            options = {
-                "async_creator": inline_connector(
-                    parsed.database or ":memory:", timeout=_SQLITE_BUSY_SECONDS
-                )
-            }
-        engine = create_async_engine(self.url, hide_parameters=True, **options)
+        engine = create_async_engine(
+            self.url, hide_parameters=True, connect_args={"timeout": _SQLITE_BUSY_SECONDS}
+        )
 
         @event.listens_for(engine.sync_engine, "connect")
         def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
@@ -208,7 +213,8 @@ class Store:
         return engine
 
     async def create_schema(self) -> None:
-        """Create every table that does not exist yet (safe when replicas start together)."""
+        """Create every table that does not exist yet (safe when replicas start together),
+        then compile the service's ``Prepared`` statements for the driver (``prepare``)."""
         for attempt in range(3):
             try:
                 async with self.engine.begin() as conn:
@@ -227,12 +233,21 @@ class Store:
                 if self._path is not None:
                     self._check_file()
                 self._probe_ready = True
-                return
+                break
             except OperationalError as error:
                 # SQLite has no advisory lock: another process created a table between our
                 # check and our CREATE; the next pass sees it.
                 if attempt == 2 or "already exists" not in str(error):
                     raise
+        await self.prepare()
+
+    async def prepare(self, statements: Sequence[Prepared] | None = None) -> None:
+        """Compile ``statements`` (by default every ``Prepared`` on this store's tables)
+        for the driver now; raises ``StatementRefused`` for one it cannot run."""
+        if statements is None:
+            tables = [table for md in self._metadata[1:] for table in md.tables.values()]
+            statements = Prepared.on_tables(tables)
+        await self.recorder.prepare(statements)
 
     async def probe(self) -> None:
         """Write to the store (one row of ``sagakit_probe``); raises if it cannot.
@@ -244,18 +259,19 @@ class Store:
                 await conn.run_sync(probe.create, checkfirst=True)
             self._probe_ready = True
         async with self.write() as transaction:
-            values = {"name": "probe", "probed_at": utc_now()}
-            if not await self.insert_if_absent(transaction, probe, values):
-                await transaction.execute(_PROBE_WRITE, {"probed_at": values["probed_at"]})
+            await self.recorder.probe(transaction, now=utc_now())
 
     async def dispose(self) -> None:
-        """Close every pooled connection."""
+        """Close every connection (the next use opens new ones)."""
+        if self._recorder is not None:
+            await self._recorder.close()
         if self._engine is not None:
             await self._engine.dispose()
 
     @contextlib.asynccontextmanager
     async def transaction(self) -> AsyncIterator[AsyncSession]:
-        """A session in one transaction, committed when the block ends without error."""
+        """An ORM session in one transaction, committed when the block ends without error
+        (the engine's: for ``initialize`` hooks and tools, not the delivery path)."""
         _ = self.engine
         assert self._sessions is not None
         async with contextlib.AsyncExitStack() as stack:
@@ -269,32 +285,10 @@ class Store:
 
     @contextlib.asynccontextmanager
     async def write(self) -> AsyncIterator[Transaction]:
-        """One write transaction, committed when the block ends without error.
-
-        The hot path: statements run through ``Transaction.execute`` skip SQLAlchemy's
-        execution layer (``_sql.py`` says how and why); ``Transaction.session`` gives the
-        ORM in the same transaction.
-        """
-        async with contextlib.AsyncExitStack() as stack:
-            if self._write_lock is not None:
-                await stack.enter_async_context(self._write_lock)
-            connection = await stack.enter_async_context(self.engine.connect())
-            async with connection.begin():
-                if self._path is not None:
-                    self._check_file()
-                raw = await connection.get_raw_connection()
-                transaction = Transaction(
-                    connection,
-                    raw.driver_connection,
-                    adapter=raw.dbapi_connection,
-                    is_sqlite=self.is_sqlite,
-                    cache=self._compiled,
-                )
-                try:
-                    yield transaction
-                    await transaction._before_commit()
-                finally:
-                    await transaction._close()
+        """One write transaction on the driver, committed when the block ends without
+        error: sagakit's records and the handler's statements (``Transaction.execute``)."""
+        async with self.recorder.transaction() as transaction:
+            yield transaction
 
     def _check_file(self) -> None:
         assert self._path is not None
@@ -313,189 +307,107 @@ class Store:
 
     @contextlib.asynccontextmanager
     async def read(self) -> AsyncIterator[AsyncSession]:
-        """A session for reads only."""
+        """An ORM session for reads only (the engine's)."""
         _ = self.engine
         assert self._sessions is not None
         async with self._sessions() as session:
             yield session
 
-    # -- inbox -------------------------------------------------------------------------
+    # -- a delivery's records, in its transaction ---------------------------------------
 
-    async def remember_message(
+    async def remember(
         self,
-        session: Executor,
+        transaction: Transaction,
         *,
         consumer: str,
         message_id: str,
-        saga_id: uuid.UUID,
+        saga_id: uuid.UUID | str,
         body_digest: str | None = None,
-    ) -> bool:
-        """Record that ``consumer`` handled ``message_id``; False if it already had.
+        step: str | None = None,
+    ) -> Remembered:
+        """Record that ``consumer`` handled ``message_id``; the first time, and given a
+        ``step``, claim the step too (see ``Remembered``).
 
         ``body_digest`` (see ``body_digest``) is kept with the record, so that a later
-        message with the same id can be told apart from a true duplicate.
+        message with the same id can be told apart from a true duplicate. On PostgreSQL a
+        concurrent claim for the same saga waits on the unique index until the other
+        transaction ends, then sees its outcome.
         """
-        values = {
-            "consumer": consumer,
-            "message_id": message_id,
-            "saga_id": str(saga_id),
-            "processed_at": utc_now(),
-            "body_digest": body_digest,
-        }
-        return await self.insert_if_absent(session, inbox, values)
-
-    async def remembered_digest(
-        self, session: Executor, *, consumer: str, message_id: str
-    ) -> str | None:
-        """The body digest recorded with ``message_id`` (None if none was recorded)."""
-        result = await session.execute(
-            _INBOX_DIGEST, {"w_consumer": consumer, "w_message_id": message_id}
+        return await self.recorder.remember(
+            transaction,
+            consumer=consumer,
+            message_id=message_id,
+            saga_id=str(saga_id),
+            digest=body_digest,
+            step=step,
+            now=utc_now(),
         )
-        digest = result.scalar_one_or_none()
-        return str(digest) if digest is not None else None
 
-    # -- step log ----------------------------------------------------------------------
+    async def finish(
+        self,
+        transaction: Transaction,
+        *,
+        saga_id: uuid.UUID | str,
+        step: str | None = None,
+        status: StepStatus | None = None,
+        reason: str | None = None,
+        rows: Sequence[OutboxRow] = (),
+    ) -> list[OutboxRow]:
+        """Move the step to ``status`` (if given) and queue ``rows`` for publishing.
 
-    async def claim_step(
-        self, session: Executor, *, step: str, saga_id: uuid.UUID
-    ) -> StepStatus | None:
-        """Start ``step`` for a saga unless it has a status already.
-
-        Returns None when the claim succeeded (the caller now owns the step), else the
-        status the step already has. On PostgreSQL a concurrent claim for the same saga
-        waits on the unique index until this transaction ends, then sees its outcome.
+        Returns the rows as they will be published: an event queued before is queued again
+        with the body it was first written with.
         """
-        values = {
-            "step": step,
-            "saga_id": str(saga_id),
-            "status": StepStatus.RUNNING.value,
-            "updated_at": utc_now(),
-        }
-        if await self.insert_if_absent(session, saga_steps, values):
-            return None
-        return await self.step_status(session, step=step, saga_id=saga_id, lock=True)
+        return await self.recorder.finish(
+            transaction,
+            step=step,
+            saga_id=str(saga_id),
+            status=status,
+            reason=reason,
+            rows=rows,
+            now=utc_now(),
+        )
 
     async def step_status(
-        self, session: Executor, *, step: str, saga_id: uuid.UUID, lock: bool = False
+        self, transaction: Transaction, *, step: str, saga_id: uuid.UUID | str
     ) -> StepStatus | None:
         """The step's status for a saga, or None if the step never started."""
-        query = _STEP_STATUS_FOR_UPDATE if lock else _STEP_STATUS
-        result = await session.execute(query, {"w_step": step, "w_saga_id": str(saga_id)})
-        status = result.scalar_one_or_none()
-        return StepStatus(status) if status is not None else None
+        return await self.recorder.step_status(transaction, step=step, saga_id=str(saga_id))
 
-    async def set_step_status(
-        self,
-        session: Executor,
-        *,
-        step: str,
-        saga_id: uuid.UUID,
-        status: StepStatus,
-        reason: str | None = None,
-    ) -> None:
-        """Move the step to ``status`` for a saga (creating the record if needed)."""
-        values = {"status": status.value, "reason": reason, "updated_at": utc_now()}
-        result = await session.execute(
-            _SET_STEP_STATUS, {"w_step": step, "w_saga_id": str(saga_id), **values}
-        )
-        if getattr(result, "rowcount", 0) == 0:
-            await session.execute(
-                saga_steps.insert(), {"step": step, "saga_id": str(saga_id), **values}
-            )
+    async def unsent_of_saga(
+        self, transaction: Transaction, *, saga_id: uuid.UUID | str
+    ) -> list[OutboxRow]:
+        """The saga's events this store has not marked sent, oldest first."""
+        return await self.recorder.unsent_of_saga(transaction, saga_id=str(saga_id))
 
-    # -- outbox ------------------------------------------------------------------------
+    # -- the outbox, on its own ---------------------------------------------------------
 
-    async def add_to_outbox(self, session: Executor, rows: Iterable[OutboxRow]) -> list[OutboxRow]:
-        """Queue events for publishing; an event already queued is queued again.
-
-        Returns the rows as they will be published: an event queued before keeps the body
-        it was first written with.
-        """
-        now = utc_now()
-        queued = []
-        for position, row in enumerate(rows):
-            values = {
-                "event_id": row.event_id,
-                "saga_id": row.saga_id,
-                "routing_key": row.routing_key,
-                "body": row.body,
-                "properties": row.properties,
-                "headers": row.headers,
-                # Rows of one transaction are apart by a microsecond, so the relay's
-                # oldest-first order is the order they were written in, even after a crash.
-                "created_at": now + timedelta(microseconds=position),
-                "sent_at": None,
-                "attempts": 0,
-            }
-            if await self.insert_if_absent(session, outbox, values):
-                queued.append(row)
-                continue
-            # The same derived event id: announce it again with its original body.
-            await session.execute(_REQUEUE, {"w_event_id": row.event_id})
-            result = await session.execute(_OUTBOX_ROW, {"w_event_id": row.event_id})
-            queued.append(_outbox_row(result.mappings().one()))
-        return queued
+    async def mark_sent(self, event_ids: Sequence[str]) -> None:
+        """Mark events as published (one statement per batch on PostgreSQL)."""
+        await self.recorder.mark_sent(event_ids, now=utc_now())
 
     async def pending_outbox(
-        self, session: AsyncSession, *, older_than: timedelta | None = None, limit: int = 500
+        self, *, older_than: timedelta | None = None, limit: int = 500
     ) -> list[OutboxRow]:
         """Unsent events, oldest first (only those older than ``older_than`` if given)."""
-        query = select(outbox).where(outbox.c.sent_at.is_(None))
-        if older_than is not None:
-            query = query.where(outbox.c.created_at < utc_now() - older_than)
-        query = query.order_by(outbox.c.created_at).limit(limit)
-        if not self.is_sqlite:
-            query = query.with_for_update(skip_locked=True)
-        return [_outbox_row(r) for r in (await session.execute(query)).mappings()]
+        before = utc_now() - older_than if older_than is not None else None
+        return await self.recorder.pending(created_before=before, limit=limit)
 
-    async def unsent_among(
-        self, session: AsyncSession, event_ids: Iterable[str]
-    ) -> list[OutboxRow]:
+    async def unsent_among(self, event_ids: Iterable[str]) -> list[OutboxRow]:
         """Those of these events not marked sent, oldest first."""
-        wanted = list(event_ids)
-        if not wanted:
-            return []
-        query = (
-            select(outbox)
-            .where(outbox.c.event_id.in_(wanted), outbox.c.sent_at.is_(None))
-            .order_by(outbox.c.created_at)
-        )
-        return [_outbox_row(r) for r in (await session.execute(query)).mappings()]
+        return await self.recorder.unsent_among(list(event_ids))
 
-    async def unsent_of_saga(self, session: Executor, *, saga_id: uuid.UUID) -> list[OutboxRow]:
-        """The saga's events this store has not marked sent, oldest first."""
-        result = await session.execute(_UNSENT_OF_SAGA, {"w_saga_id": str(saga_id)})
-        return [_outbox_row(r) for r in result.mappings()]
-
-    async def mark_sent(self, session: Executor, event_ids: Sequence[str]) -> None:
-        """Mark events as published."""
-        if not event_ids:
-            return
-        now = utc_now()
-        if isinstance(session, Transaction):
-            # One statement per row runs on the driver; an expanding IN would not.
-            for event_id in event_ids:
-                await session.execute(_MARK_ONE_SENT, {"w_event_id": event_id, "now": now})
-            return
-        await session.execute(_MARK_SENT, {"w_event_ids": list(event_ids), "now": now})
-
-    async def count_pending_outbox(self, session: AsyncSession) -> int:
+    async def count_pending_outbox(self) -> int:
         """How many events wait to be published (the outbox backlog)."""
-        from sqlalchemy import func
-
-        query = select(func.count()).select_from(outbox).where(outbox.c.sent_at.is_(None))
-        return int((await session.execute(query)).scalar_one())
+        return await self.recorder.count_pending()
 
     async def insert_if_absent(
-        self, session: Executor, table: Table, values: dict[str, Any]
+        self, session: AsyncSession, table: Table, values: dict[str, Any]
     ) -> bool:
         """Insert a row unless its key exists (waiting on a concurrent insert of it on
-        PostgreSQL); True if this call inserted it."""
-        statements = _INSERT_IF_ABSENT_SQLITE if self.is_sqlite else _INSERT_IF_ABSENT_POSTGRESQL
-        statement = statements.get(table.name)
-        if statement is None:  # not one of sagakit's hot-path tables: build it
-            dialect = sqlite if self.is_sqlite else postgresql
-            statement = dialect.insert(table).on_conflict_do_nothing()
+        PostgreSQL), in an ORM session; True if this call inserted it."""
+        dialect = sqlite if self.is_sqlite else postgresql
+        statement = dialect.insert(table).on_conflict_do_nothing()
         result = await session.execute(statement, values)
         return bool(getattr(result, "rowcount", 0) == 1)
 
@@ -515,104 +427,42 @@ class Store:
 
         Inbox records processed, and outbox rows sent, before ``now - older_than`` go; an
         outbox row not sent yet stays, however old. Step-log rows last changed before
-        ``now - step_log_older_than`` go only when that is given: a step's record is what
+        ``now - step_log_older_than`` (and the results completed steps kept for their
+        compensations, if this store has them) go only when that is given: a step's record is what
         makes a late compensation undo it, and nothing here knows whether its saga ended.
         Rows go ``batch_size`` per transaction, with a pause of ``pause`` seconds between
         batches, so that handlers waiting for the store are not held up.
         """
         now = now or utc_now()
-        cutoff = now - older_than
-        plan: list[tuple[Table, ColumnElement[bool]]] = [
-            (inbox, inbox.c.processed_at < cutoff),
-            (outbox, and_(outbox.c.sent_at.is_not(None), outbox.c.sent_at < cutoff)),
-        ]
+        plan = [(inbox.name, now - older_than), (outbox.name, now - older_than)]
         if step_log_older_than is not None:
-            plan.append((saga_steps, saga_steps.c.updated_at < now - step_log_older_than))
+            plan.append((saga_steps.name, now - step_log_older_than))
+            if any(STEP_RESULTS in md.tables for md in self._metadata):
+                # A step's kept result is only read by its compensation, which needs the
+                # step's record too: it goes with the step log.
+                plan.append((STEP_RESULTS, now - step_log_older_than))
         deleted = {}
-        for table, condition in plan:
-            deleted[table.name] = await self.delete_in_batches(
-                table, condition, batch_size=batch_size, pause=pause
-            )
+        for table, before in plan:
+            total = 0
+            while True:
+                # One short transaction per batch: on SQLite it holds the store's write
+                # lock, which handlers waiting for it get before the next batch does.
+                count = await self.recorder.prune(table, before=before, batch_size=batch_size)
+                total += count
+                if count < batch_size:
+                    break
+                await asyncio.sleep(pause)
+            deleted[table] = total
         return deleted
-
-    async def delete_in_batches(
-        self,
-        table: Table,
-        condition: ColumnElement[bool],
-        *,
-        batch_size: int = PRUNE_BATCH_SIZE,
-        pause: float = 0.0,
-    ) -> int:
-        """Delete the rows of ``table`` that match ``condition``, ``batch_size`` per
-        transaction; returns how many went."""
-        key = list(table.primary_key.columns)
-        chosen = select(*key).where(condition).limit(batch_size)
-        if not self.is_sqlite:
-            # Replicas pruning at once take different rows instead of waiting on each other.
-            chosen = chosen.with_for_update(skip_locked=True)
-        target = key[0].in_(chosen.scalar_subquery()) if len(key) == 1 else tuple_(*key).in_(chosen)
-        statement = delete(table).where(target)
-        total = 0
-        while True:
-            # One short transaction per batch: on SQLite it holds the store's write lock,
-            # which handlers waiting for it get before the next batch does.
-            async with self.transaction() as session:
-                result = await session.execute(statement)
-            count = max(int(getattr(result, "rowcount", 0)), 0)
-            total += count
-            if count < batch_size:
-                return total
-            await asyncio.sleep(pause)
 
     async def count_rows(self) -> dict[str, int]:
         """How many rows sagakit's tables hold (inbox, outbox, step log), by table."""
-        counts = {}
-        async with self.read() as session:
-            for table in (inbox, outbox, saga_steps):
-                query = select(func.count()).select_from(table)
-                counts[table.name] = int((await session.execute(query)).scalar_one())
-        return counts
+        return await self.recorder.count_rows()
 
 
-# Hot-path statements, built once: building a statement per call costs more than running it
-# on SQLite. Bound parameters named w_* select rows; the others are column values.
-_INSERT_IF_ABSENT_SQLITE = {
-    table.name: sqlite.insert(table).on_conflict_do_nothing()
-    for table in (inbox, saga_steps, outbox, probe)
-}
-_INSERT_IF_ABSENT_POSTGRESQL = {
-    table.name: postgresql.insert(table).on_conflict_do_nothing()
-    for table in (inbox, saga_steps, outbox, probe)
-}
-_STEP_WHERE = (
-    saga_steps.c.step == bindparam("w_step"),
-    saga_steps.c.saga_id == bindparam("w_saga_id"),
-)
-_STEP_STATUS = select(saga_steps.c.status).where(*_STEP_WHERE)
-_STEP_STATUS_FOR_UPDATE = _STEP_STATUS.with_for_update()
-_SET_STEP_STATUS = update(saga_steps).where(*_STEP_WHERE)
-_INBOX_DIGEST = select(inbox.c.body_digest).where(
-    inbox.c.consumer == bindparam("w_consumer"),
-    inbox.c.message_id == bindparam("w_message_id"),
-)
-_PROBE_WRITE = update(probe).where(probe.c.name == "probe").values(probed_at=bindparam("probed_at"))
-_UNSENT_OF_SAGA = (
-    select(outbox)
-    .where(outbox.c.saga_id == bindparam("w_saga_id"), outbox.c.sent_at.is_(None))
-    .order_by(outbox.c.created_at)
-)
-_OUTBOX_ROW = select(outbox).where(outbox.c.event_id == bindparam("w_event_id"))
-_REQUEUE = update(outbox).where(outbox.c.event_id == bindparam("w_event_id")).values(sent_at=None)
-_MARK_ONE_SENT = (
-    update(outbox)
-    .where(outbox.c.event_id == bindparam("w_event_id"))
-    .values(sent_at=bindparam("now"), attempts=outbox.c.attempts + 1)
-)
-_MARK_SENT = (
-    update(outbox)
-    .where(outbox.c.event_id.in_(bindparam("w_event_ids", expanding=True)))
-    .values(sent_at=bindparam("now"), attempts=outbox.c.attempts + 1)
-)
+def _mkdir(database: str) -> None:
+    if database and database != ":memory:" and not database.startswith("file:"):
+        Path(database).parent.mkdir(parents=True, exist_ok=True)
 
 
 def _create_missing_indexes(connection: Connection) -> None:
@@ -644,14 +494,3 @@ def _sqlite_path(database: str | None) -> str | None:
     if not database or database == ":memory:" or database.startswith("file:"):
         return None
     return os.path.abspath(database)
-
-
-def _outbox_row(r: Any) -> OutboxRow:
-    return OutboxRow(
-        event_id=r["event_id"],
-        saga_id=r["saga_id"],
-        routing_key=r["routing_key"],
-        body=r["body"],
-        properties=dict(r["properties"]),
-        headers=dict(r["headers"]),
-    )
