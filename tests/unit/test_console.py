@@ -22,7 +22,6 @@ from sqlalchemy import text
 from sqlalchemy.ext.asyncio import create_async_engine
 
 TOKEN = "s3cret-operator-token"
-NOW = datetime.now(UTC)
 
 FULFILLED = [
     "order.created",
@@ -40,7 +39,10 @@ DECLINED = [
 ]
 
 
-def saga(kinds: list[str], *, order_id: str, started: datetime = NOW) -> list[TrackedEvent]:
+def saga(kinds: list[str], *, order_id: str, started: datetime | None = None) -> list[TrackedEvent]:
+    # Now at the call, not at import: a run can reach this file many minutes after collecting
+    # it, and a saga "started now" would then count as stuck.
+    started = started or datetime.now(UTC)
     saga_id = str(uuid.uuid4())
     events = []
     previous = None
@@ -92,13 +94,14 @@ def saga_ids(html: str) -> list[str]:
 
 
 async def test_the_list_filters_searches_and_pages(store: TrackerStore) -> None:
+    now = datetime.now(UTC)
     fulfilled = [
-        saga(FULFILLED, order_id=f"ord-{n}", started=NOW - timedelta(minutes=n)) for n in range(7)
+        saga(FULFILLED, order_id=f"ord-{n}", started=now - timedelta(minutes=n)) for n in range(7)
     ]
-    declined = saga(DECLINED, order_id="ord-declined", started=NOW - timedelta(days=2))
+    declined = saga(DECLINED, order_id="ord-declined", started=now - timedelta(days=2))
     running = saga(FULFILLED[:2], order_id="ord-running")
-    stale = saga(FULFILLED[:3], order_id="ord-stale", started=NOW - timedelta(hours=2))
-    undoing = saga(DECLINED[:3], order_id="ord-undoing", started=NOW - timedelta(hours=3))
+    stale = saga(FULFILLED[:3], order_id="ord-stale", started=now - timedelta(hours=2))
+    undoing = saga(DECLINED[:3], order_id="ord-undoing", started=now - timedelta(hours=3))
     await store.import_sagas([*fulfilled, declined, running, stale, undoing])
     async with client(store) as http:
         everything = (await http.get("/sagas")).text
