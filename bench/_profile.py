@@ -86,10 +86,19 @@ PARTS: tuple[tuple[str, tuple[str, ...]], ...] = (
     ("acking deliveries", ("RabbitMessage.ack",)),
     (
         "building events (pydantic, ids, JSON)",
-        ("SagaRuntime._emit", "SagaRuntime._envelope", "SagaRuntime._system_payload"),
+        # The runtime's classes before and after it was split into modules (#14).
+        (
+            "SagaRuntime._emit",
+            "SagaRuntime._envelope",
+            "SagaRuntime._system_payload",
+            "Events.emit",
+            "Events.envelope",
+            "Events.system_payload",
+            "Events.cancellation",
+        ),
     ),
     ("the service's handlers (own code)", ("create_participant.<locals>",)),
-    ("sagakit runtime (rules, spans, metrics)", ("SagaRuntime._handle",)),
+    ("sagakit runtime (rules, spans, metrics)", ("SagaRuntime._handle", "Dispatcher.handle")),
     ("FastStream consume path (middlewares, decoding, validation)", ("SubscriberUsecase.consume",)),
 )
 OTHER_PART = "AMQP client I/O, event loop, other"

@@ -13,6 +13,7 @@ ORDER_SAGA = SagaSpec(
     completed_event="order.fulfilled",
     cancelled_event="order.cancelled",
     start_field="order",
+    business_key="order_id",
     steps=(
         StepSpec(
             name="reserve_stock",

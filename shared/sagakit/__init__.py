@@ -10,6 +10,7 @@ exceptions. Everything else is imported from its subpackage:
 - ``sagakit.spec``: the choreography spec, its checker, AsyncAPI documents;
 - ``sagakit.client``: starting and watching sagas, the dead-letter tool;
 - ``sagakit.tracker``: the saga tracker (a read model of every saga);
+- ``sagakit.console``: the operations console in a browser, served by the tracker;
 - ``sagakit.observability``: logs, traces, metrics, health;
 - ``sagakit.testing``: harnesses, the process supervisor;
 - ``sagakit.cli``: the ``saga`` console script.

@@ -20,6 +20,7 @@ The tree:
     + UnknownService
     + UnknownMessages
     + ReplayFailed
+  + SteeringRefused - an operator's cancel or re-drive does not apply to the saga
 
 ``BusinessFailure`` and ``TransientError`` are signals rather than errors: a handler raises them
 and the runtime answers (a failure event and compensation; a retry through a delay queue),
@@ -178,6 +179,16 @@ class ReplayFailed(DeadLetterError):
         self.failed = list(failed)
         why = "; ".join(f"{entry.service} {entry.id}: {problem}" for entry, problem in failed)
         super().__init__(f"{len(failed)} message(s) not replayed: {why}")
+
+
+class SteeringRefused(SagaError):
+    """An operator's action does not apply to the saga as it stands (ended, unknown, being
+    undone already for a cancel); nothing was sent."""
+
+    def __init__(self, saga_id: str, why: str) -> None:
+        super().__init__(f"saga {saga_id}: {why}")
+        self.saga_id = saga_id
+        self.why = why
 
 
 def __getattr__(name: str) -> Any:

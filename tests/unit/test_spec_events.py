@@ -68,7 +68,7 @@ MODELS: list[type[EventPayload]] = [
 ]
 
 
-def spec_with(*models: type[EventPayload], carry: str | None = "ticket") -> SagaSpec:
+def spec_with(*models: type[EventPayload], start_field: str | None = "ticket") -> SagaSpec:
     """A two-step flow with ``models`` in place of the ones of the same event type."""
     events = {m.event_type: m for m in MODELS}
     events.update({m.event_type: m for m in models})
@@ -78,7 +78,7 @@ def spec_with(*models: type[EventPayload], carry: str | None = "ticket") -> Saga
         start_event="ticket.opened",
         completed_event="ticket.closed",
         cancelled_event="ticket.cancelled",
-        start_field=carry,
+        start_field=start_field,
         steps=(
             StepSpec(
                 name="book",
@@ -193,9 +193,9 @@ def test_a_required_carried_field_the_cause_does_not_carry_is_refused() -> None:
         spec_with(Bare)
 
 
-def test_a_required_field_sagakit_would_have_to_carry_without_carry() -> None:
+def test_a_required_field_sagakit_would_have_to_fill_without_a_start_field() -> None:
     with pytest.raises(SpecError, match="requires the field 'ticket'"):
-        spec_with(carry=None)
+        spec_with(start_field=None)
 
 
 def test_saga_check_refuses_a_spec_it_cannot_build(monkeypatch: pytest.MonkeyPatch) -> None:

@@ -9,7 +9,6 @@ from order_contracts import (
     InventoryReleased,
     InventoryReserved,
     OrderCreated,
-    OrderEvent,
 )
 from sagakit import BusinessFailure, Participant, Prepared, StepContext, TransientError, utc_now
 from sqlalchemy import bindparam, insert, select, update
@@ -38,11 +37,6 @@ _PUT_BACK = Prepared(
 )
 _RESERVE = Prepared(insert(_reservations))
 _RESERVE_LINE = Prepared(insert(_lines))
-_RESERVATION = Prepared(
-    select(_reservations.c.reservation_id, _reservations.c.status).where(
-        _reservations.c.saga_id == bindparam("w_saga_id")
-    )
-)
 _RESERVED_LINES = Prepared(
     select(_lines.c.sku, _lines.c.quantity)
     .where(_lines.c.reservation_id == bindparam("w_reservation_id"))
@@ -104,19 +98,16 @@ def create_participant(settings: InventorySettings) -> Participant:
         return InventoryReserved(order=order, reservation_id=reservation_id)
 
     @inventory.on_compensation("reserve_stock")
-    async def release_stock(event: OrderEvent, step: StepContext) -> InventoryReleased:
-        saga_id = str(step.saga_id)
-        reservation = (await step.execute(_RESERVATION, {"w_saga_id": saga_id})).first()
-        if reservation is None or reservation.status == domain.RELEASED:
-            return InventoryReleased(order=event.order, reservation_id=None)
-        reservation_id = reservation.reservation_id
-        lines = await step.execute(_RESERVED_LINES, {"w_reservation_id": reservation_id})
+    async def release_stock(reserved: InventoryReserved, step: StepContext) -> InventoryReleased:
+        # sagakit runs this once, and only for a reservation this step made: ``reserved``
+        # is what reserve_stock returned.
+        lines = await step.execute(_RESERVED_LINES, {"w_reservation_id": reserved.reservation_id})
         for line in lines:
             await step.execute(_PUT_BACK, {"w_sku": line.sku, "w_quantity": line.quantity})
         await step.execute(
             _RELEASE,
-            {"w_saga_id": saga_id, "status": domain.RELEASED, "released_at": utc_now()},
+            {"w_saga_id": str(step.saga_id), "status": domain.RELEASED, "released_at": utc_now()},
         )
-        return InventoryReleased(order=event.order, reservation_id=reservation_id)
+        return InventoryReleased(order=reserved.order, reservation_id=reserved.reservation_id)
 
     return inventory

@@ -7,12 +7,11 @@ import uuid
 from order_contracts import (
     ORDER_SAGA,
     InventoryReserved,
-    OrderEvent,
     PaymentProcessed,
     PaymentRefunded,
 )
 from sagakit import BusinessFailure, Participant, Prepared, StepContext, utc_now
-from sqlalchemy import bindparam, insert, select, update
+from sqlalchemy import bindparam, insert, update
 
 from . import domain
 from .settings import PaymentSettings
@@ -22,11 +21,6 @@ from .tables import Base, Payment, Refund
 _payments = Base.metadata.tables[Payment.__tablename__]
 _refunds = Base.metadata.tables[Refund.__tablename__]
 _CHARGE = Prepared(insert(_payments))
-_CHARGED = Prepared(
-    select(_payments.c.payment_id, _payments.c.amount, _payments.c.status).where(
-        _payments.c.saga_id == bindparam("w_saga_id")
-    )
-)
 _REFUND = Prepared(insert(_refunds))
 _MARK_REFUNDED = Prepared(
     update(_payments)
@@ -71,25 +65,25 @@ def create_participant(settings: PaymentSettings) -> Participant:
         )
 
     @payment.on_compensation("charge_payment")
-    async def refund_payment(event: OrderEvent, step: StepContext) -> PaymentRefunded:
-        saga_id = str(step.saga_id)
-        charge = (await step.execute(_CHARGED, {"w_saga_id": saga_id})).first()
-        if charge is None or charge.status == domain.REFUNDED:
-            return PaymentRefunded(order=event.order)
-        payment_id, amount = charge.payment_id, charge.amount
+    async def refund_payment(charged: PaymentProcessed, step: StepContext) -> PaymentRefunded:
+        # sagakit runs this once, and only for a charge this step made: ``charged`` is
+        # what charge_payment returned.
         now = utc_now()
         await step.execute(
             _REFUND,
             {
                 "refund_id": str(uuid.uuid4()),
-                "payment_id": payment_id,
-                "amount": amount,
+                "payment_id": charged.payment_id,
+                "amount": charged.amount,
                 "created_at": now,
             },
         )
         await step.execute(
-            _MARK_REFUNDED, {"w_saga_id": saga_id, "status": domain.REFUNDED, "refunded_at": now}
+            _MARK_REFUNDED,
+            {"w_saga_id": str(step.saga_id), "status": domain.REFUNDED, "refunded_at": now},
         )
-        return PaymentRefunded(order=event.order, payment_id=payment_id, amount=amount)
+        return PaymentRefunded(
+            order=charged.order, payment_id=charged.payment_id, amount=charged.amount
+        )
 
     return payment

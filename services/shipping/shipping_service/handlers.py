@@ -6,13 +6,12 @@ import uuid
 
 from order_contracts import (
     ORDER_SAGA,
-    OrderEvent,
     PaymentProcessed,
     ShipmentCancelled,
     ShipmentCreated,
 )
 from sagakit import BusinessFailure, Participant, Prepared, StepContext, utc_now
-from sqlalchemy import bindparam, insert, select, update
+from sqlalchemy import bindparam, insert, update
 
 from . import domain
 from .settings import ShippingSettings
@@ -21,11 +20,6 @@ from .tables import Base, Shipment
 # Built once, compiled when the store starts, run with values (StepContext.execute).
 _shipments = Base.metadata.tables[Shipment.__tablename__]
 _BOOK = Prepared(insert(_shipments))
-_BOOKED = Prepared(
-    select(_shipments.c.shipment_id, _shipments.c.status).where(
-        _shipments.c.saga_id == bindparam("w_saga_id")
-    )
-)
 _CANCEL = Prepared(
     update(_shipments)
     .where(_shipments.c.saga_id == bindparam("w_saga_id"))
@@ -65,14 +59,13 @@ def create_participant(settings: ShippingSettings) -> Participant:
         )
 
     @shipping.on_compensation("ship_order")
-    async def cancel_shipment(event: OrderEvent, step: StepContext) -> ShipmentCancelled:
-        saga_id = str(step.saga_id)
-        shipment = (await step.execute(_BOOKED, {"w_saga_id": saga_id})).first()
-        if shipment is None or shipment.status == domain.CANCELLED:
-            return ShipmentCancelled(order=event.order)
+    async def cancel_shipment(booked: ShipmentCreated, step: StepContext) -> ShipmentCancelled:
+        # sagakit runs this once, and only for a shipment this step booked: ``booked`` is
+        # what ship_order returned.
         await step.execute(
-            _CANCEL, {"w_saga_id": saga_id, "status": domain.CANCELLED, "cancelled_at": utc_now()}
+            _CANCEL,
+            {"w_saga_id": str(step.saga_id), "status": domain.CANCELLED, "cancelled_at": utc_now()},
         )
-        return ShipmentCancelled(order=event.order, shipment_id=shipment.shipment_id)
+        return ShipmentCancelled(order=booked.order, shipment_id=booked.shipment_id)
 
     return shipping

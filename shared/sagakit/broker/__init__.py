@@ -5,11 +5,13 @@ participant owns, header tables that can always be sent again.
 from sagakit.broker._failover import FailoverConnection, rabbit_broker
 from sagakit.broker._topology import (
     ATTEMPT_HEADER,
+    CANCELLED_BY_OPERATOR,
     DEATH_HEADER,
     DELIVERY_LIMIT,
     FIRST_FAILURE_HEADER,
     HEADERS_DROPPED_HEADER,
     LAST_ERROR_HEADER,
+    OPERATOR_CANCEL_HEADER,
     ORIGIN_QUEUE_HEADER,
     PARKED_AT_HEADER,
     REASON_HEADER,
@@ -28,12 +30,14 @@ from sagakit.broker._vhosts import ThrowawayVhost, throwaway_vhost, vhost_of, wi
 __all__ = [
     "ATTEMPT_HEADER",
     "BrokerHost",
+    "CANCELLED_BY_OPERATOR",
     "DEATH_HEADER",
     "DELIVERY_LIMIT",
     "FIRST_FAILURE_HEADER",
     "FailoverConnection",
     "HEADERS_DROPPED_HEADER",
     "LAST_ERROR_HEADER",
+    "OPERATOR_CANCEL_HEADER",
     "ORIGIN_QUEUE_HEADER",
     "PARKED_AT_HEADER",
     "ParticipantTopology",

@@ -34,6 +34,10 @@ REPLAYS_HEADER = "x-saga-replays"
 HEADERS_DROPPED_HEADER = "x-saga-headers-dropped"
 # Written by the broker when it dead-letters a message: the history, newest first.
 DEATH_HEADER = "x-death"
+# On a copy of a step's trigger sent by an operator (``saga cancel``): the participant fails
+# the step with this header's value as the reason instead of running it (_runtime.py).
+OPERATOR_CANCEL_HEADER = "x-saga-operator-cancel"
+CANCELLED_BY_OPERATOR = "cancelled_by_operator"
 
 _RETRY_SUFFIX = ".retry"
 

@@ -88,7 +88,7 @@ def load_plugins() -> None:
     if _plugins_loaded:
         return
     _plugins_loaded = True
-    from . import _check, _commands, _contracts, _dlq, _graph, _status, _store  # noqa: F401
+    from . import _check, _commands, _contracts, _dlq, _graph, _status, _steer, _store  # noqa: F401
 
     for entry_point in entry_points(group="sagakit.cli"):
         entry_point.load()(app)

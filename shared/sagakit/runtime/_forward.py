@@ -7,9 +7,10 @@ import logging
 from collections.abc import Mapping
 from typing import Any
 
-from sagakit._context import DETAIL_MAX_LENGTH, REASON_MAX_LENGTH, StepOutcome
+from sagakit._context import DETAIL_MAX_LENGTH, REASON_MAX_LENGTH, StepOutcome, current_scope
 from sagakit._envelope import Envelope
 from sagakit._exceptions import BusinessFailure, InvalidMessage
+from sagakit.broker._topology import CANCELLED_BY_OPERATOR, OPERATOR_CANCEL_HEADER
 from sagakit.observability._tracing import record_step_failure
 from sagakit.runtime import _rules as rules
 from sagakit.runtime import _step_results as step_results
@@ -23,6 +24,11 @@ from sagakit.store._recorder import StepStatus
 from sagakit.store._store import Store
 
 logger = logging.getLogger("sagakit.runtime")
+
+
+def _cancelled_by_operator() -> bool:
+    scope = current_scope()
+    return scope is not None and bool(scope.headers.get(OPERATOR_CANCEL_HEADER))
 
 
 class ForwardStep:
@@ -69,6 +75,11 @@ class ForwardStep:
                     raise BusinessFailure(
                         "deadline_exceeded", detail="the saga's deadline has passed"
                     )
+                if _cancelled_by_operator():
+                    # An operator's copy of the trigger (client/_steering.py): the step fails
+                    # here, by this participant, so every rule holds as for any failure; the
+                    # original, if it comes later, is a duplicate.
+                    raise BusinessFailure(CANCELLED_BY_OPERATOR, detail="cancelled by an operator")
                 result = await call_handler(
                     sub,
                     envelope,

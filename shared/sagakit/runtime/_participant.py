@@ -197,8 +197,11 @@ class Participant:
         Example:
             ```python
             @payout.undo
-            async def reverse_transfer(transfer_id: str) -> None:
-                await bank.reverse(transfer_id)
+            async def reverse_transfer(key: str) -> None:
+                bank.reverse(key)
+
+            # in the step, before the call it undoes:
+            step.undo(reverse_transfer, key=str(step.saga_id))
             ```
         """
         self._undos[function.__name__] = function

@@ -11,6 +11,7 @@ from typing import Any
 from sqlalchemy import Column, DateTime, MetaData, String, Table, Text, bindparam, insert, select
 
 from sagakit._context import utc_now
+from sagakit.store._prepared import Prepared
 from sagakit.store._recorder import Transaction
 
 metadata = MetaData()
@@ -25,9 +26,13 @@ step_results = Table(
     Column("created_at", DateTime(timezone=True), nullable=False),
 )
 
-_SAVE = insert(step_results)
-_LOAD = select(step_results.c.payload, step_results.c.undos).where(
-    step_results.c.step == bindparam("w_step"), step_results.c.saga_id == bindparam("w_saga_id")
+# Compiled for the store's driver when it starts, like a handler's statements.
+_SAVE = Prepared(insert(step_results))
+_LOAD = Prepared(
+    select(step_results.c.payload, step_results.c.undos).where(
+        step_results.c.step == bindparam("w_step"),
+        step_results.c.saga_id == bindparam("w_saga_id"),
+    )
 )
 
 
@@ -71,5 +76,5 @@ async def load(transaction: Transaction, *, step: str, saga_id: uuid.UUID) -> St
     row = (await transaction.execute(_LOAD, {"w_step": step, "w_saga_id": str(saga_id)})).first()
     if row is None:
         return None
-    undos = tuple(Undo(u["name"], u["arguments"]) for u in json.loads(row[1]))
-    return StepResult(payload=str(row[0]), undos=undos)
+    undos = tuple(Undo(u["name"], u["arguments"]) for u in json.loads(row.undos))
+    return StepResult(payload=str(row.payload), undos=undos)

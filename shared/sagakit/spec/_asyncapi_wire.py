@@ -113,6 +113,14 @@ _HISTORY_HEADER_SCHEMAS: dict[str, dict[str, Any]] = {
         "minimum": 1,
         "description": "How often `saga dlq replay` sent this message back to its work queue.",
     },
+    topology.OPERATOR_CANCEL_HEADER: {
+        "type": "string",
+        "enum": [topology.CANCELLED_BY_OPERATOR],
+        "description": (
+            "On an operator's copy of a step's trigger (`saga cancel`, the console): the "
+            "participant fails the step with this reason instead of running it."
+        ),
+    },
     "x-saga-headers-dropped": {
         "type": "string",
         "description": (

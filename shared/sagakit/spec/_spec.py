@@ -69,6 +69,9 @@ class SagaSpec(BaseModel):
             events it builds on its own: failures, no-op compensations and the
             cancellation. Data the steps gather on the way travels in the saga's data bag
             (``StepContext.add_data``), not here.
+        business_key: The start event's payload field that names a saga for people (the
+            order id), found again in later events inside ``start_field``; the tracker
+            indexes it so that the console finds a saga by it.
         steps: The steps in order; each one's ``compensate_on`` is derived from it.
         events: The payload model of every event, by event type (``event_models`` makes
             the mapping from the models).
@@ -84,6 +87,7 @@ class SagaSpec(BaseModel):
     steps: tuple[StepSpec, ...]
     reactions: tuple[ReactionSpec, ...] = ()
     start_field: str | None = None
+    business_key: str | None = None
     events: Mapping[str, type[EventPayload]] = Field(default_factory=dict, exclude=True)
 
     @model_validator(mode="after")

@@ -12,13 +12,13 @@ import contextlib
 import logging
 from dataclasses import dataclass, field
 from datetime import timedelta
-from typing import Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar
 
 from faststream import AckPolicy, FastStream
 from faststream.message import StreamMessage
 from faststream.rabbit import Channel, QueueType, RabbitBroker, RabbitQueue
 from faststream.rabbit.annotations import RabbitMessage
-from pydantic import Field
+from pydantic import Field, SecretStr
 from pydantic_settings import SettingsConfigDict
 
 from sagakit._context import utc_now
@@ -34,6 +34,9 @@ from sagakit.spec._spec import SagaSpec
 from sagakit.store._retention import Pruner, tracker_pruner
 from sagakit.tracker._model import decode_event
 from sagakit.tracker._store import TrackerStore
+
+if TYPE_CHECKING:
+    from sagakit.console._server import ConsoleServer
 
 logger = logging.getLogger("sagakit.tracker")
 
@@ -51,6 +54,9 @@ class TrackerSettings(ParticipantSettings):
     a saga may go without an event before it counts as stuck,
     ``TRACKER_SCAN_INTERVAL_SECONDS``, how often the stuck-saga gauge is refreshed, and
     ``TRACKER_RETENTION_DAYS`` (7), how long an ended saga stays after its last event.
+    The console: ``TRACKER_CONSOLE_PORT`` (off when unset), ``TRACKER_CONSOLE_HOST``
+    (127.0.0.1), ``TRACKER_OPERATOR_TOKEN`` (read-only without one) and
+    ``TRACKER_JAEGER_URL`` (trace ids link to it).
     """
 
     model_config = SettingsConfigDict(
@@ -61,6 +67,12 @@ class TrackerSettings(ParticipantSettings):
     prefetch: int = Field(default=64, ge=1)
     stuck_after_seconds: float = Field(default=60.0, gt=0)
     scan_interval_seconds: float = Field(default=5.0, gt=0)
+    # The web console (sagakit/console): off unless a port is set; on 127.0.0.1 unless
+    # told otherwise; read-only unless an operator token is set.
+    console_port: int | None = Field(default=None, ge=0, le=65535)
+    console_host: str = "127.0.0.1"
+    operator_token: SecretStr | None = None
+    jaeger_url: str | None = None
 
     @property
     def stuck_after(self) -> timedelta:
@@ -79,6 +91,7 @@ class TrackerService:
     spec: SagaSpec
     endpoints: tuple[HttpEndpoint, ...] = field(default=())
     pruner: Pruner | None = None
+    console: ConsoleServer | None = None
 
 
 def tracker_queue() -> RabbitQueue:
@@ -143,6 +156,7 @@ def build_tracker(
     )
     scanner: list[asyncio.Task[None]] = []
     pruner = tracker_pruner(store, settings)
+    console = _console(store, settings)
 
     @app.on_startup
     async def prepare_store() -> None:
@@ -152,9 +166,13 @@ def build_tracker(
     async def start_scanning() -> None:
         scanner.append(asyncio.create_task(watch_stuck(store, settings), name="tracker-stuck"))
         pruner.start()
+        if console is not None:
+            await console.start()
 
     @app.on_shutdown
     async def stop_scanning() -> None:
+        if console is not None:
+            await console.stop()
         await pruner.stop()
         while scanner:
             task = scanner.pop()
@@ -174,7 +192,30 @@ def build_tracker(
         spec=spec,
         endpoints=endpoints,
         pruner=pruner,
+        console=console,
     )
+
+
+def _console(store: TrackerStore, settings: TrackerSettings) -> ConsoleServer | None:
+    if settings.console_port is None:
+        return None
+    # Here, not at the top: the console reads the tracker's modules (a cycle otherwise).
+    from sagakit.console._app import ConsoleSettings, console_app
+    from sagakit.console._server import ConsoleServer
+
+    token = settings.operator_token.get_secret_value() if settings.operator_token else None
+    app = console_app(
+        store,
+        ConsoleSettings(
+            broker_url=",".join(settings.broker_urls)
+            if len(settings.broker_urls) > 1
+            else settings.broker_urls[0],
+            stuck_after=settings.stuck_after,
+            operator_token=token or None,
+            jaeger_url=settings.jaeger_url,
+        ),
+    )
+    return ConsoleServer(app, host=settings.console_host, port=settings.console_port)
 
 
 async def _raw_body(message: StreamMessage[Any]) -> Any:
@@ -186,7 +227,7 @@ async def _track(
     store: TrackerStore, known: frozenset[str], body: bytes, message: RabbitMessage
 ) -> None:
     try:
-        event = decode_event(body, message.headers)
+        event = decode_event(body, message.headers, spec=store.spec)
     except InvalidMessage as exc:
         TRACKER_EVENTS.labels("unknown", "undecodable").inc()
         logger.warning("ignored message %s: %s", message.message_id, exc.reason)

@@ -20,7 +20,7 @@ from __future__ import annotations
 import dataclasses
 import json
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from enum import StrEnum
 from typing import Any
@@ -61,9 +61,11 @@ class SagaState(StrEnum):
 
 @dataclass(frozen=True, slots=True)
 class TrackedEvent:
-    """What the tracker keeps of one event: identity and timing, never the payload's data.
+    """What the tracker keeps of one event: identity, timing, causation and the message.
 
     ``reason`` and ``failed_step`` are the reason codes of failure and cancellation events.
+    ``body`` and ``headers`` are the message as it travelled, kept so that an operator can
+    send it again (``saga redrive``); pages show the body only with personal data masked.
     """
 
     event_id: str
@@ -76,6 +78,10 @@ class TrackedEvent:
     reason: str | None = None
     failed_step: str | None = None
     trace_id: str | None = None
+    causation_id: str | None = None
+    business_key: str | None = None
+    body: bytes | None = field(default=None, repr=False, compare=False)
+    headers: Mapping[str, str] = field(default_factory=dict, repr=False, compare=False)
 
 
 @dataclass(frozen=True, slots=True)
@@ -108,6 +114,8 @@ class SagaView:
     trace_id: str | None = None
     failed_step: str | None = None
     failure_reason: str | None = None
+    current_step: str | None = None
+    business_key: str | None = None
 
     def stuck_reason(self, *, now: datetime, stuck_after: timedelta) -> str | None:
         """Why the saga counts as stuck at ``now``, or None if it does not."""
@@ -213,10 +221,11 @@ def summarize(spec: SagaSpec, events: Iterable[TrackedEvent]) -> SagaView:
     # A start event repeated late (a republished order) says nothing new: the last event is
     # the terminal one once the saga ended, else the latest that is not a start.
     last = terminal or moved or timeline[-1]
+    state = _state(seen)
     return SagaView(
         saga_id=last.saga_id,
         saga_type=last.saga_type,
-        state=_state(seen),
+        state=state,
         started_at=start_at or timeline[0].occurred_at,
         last_event_type=last.event_type,
         last_event_at=last.occurred_at,
@@ -230,7 +239,27 @@ def summarize(spec: SagaSpec, events: Iterable[TrackedEvent]) -> SagaView:
         trace_id=next((e.trace_id for e in timeline if e.trace_id), None),
         failed_step=failed_step,
         failure_reason=failure_reason,
+        current_step=_current_step(spec, state, steps, failed_step),
+        business_key=next((e.business_key for e in timeline if e.business_key), None),
     )
+
+
+def _current_step(
+    spec: SagaSpec, state: SagaState, steps: Mapping[str, Mapping[str, Any]], failed: str | None
+) -> str | None:
+    """The step the saga waits on: the next to run, or, going backward, the next to undo."""
+    if state.ended:
+        return None
+    names = [step.name for step in spec.steps]
+    if state is SagaState.COMPENSATING:
+        if failed is None or failed not in names:
+            return None
+        earlier = spec.steps[: names.index(failed)]
+        for step in reversed(earlier):
+            if step.has_compensation and "compensated_at" not in steps[step.name]:
+                return step.name
+        return None
+    return next((name for name in names if not steps[name]), None)
 
 
 def _state(seen: set[_Role]) -> SagaState:
@@ -285,8 +314,13 @@ def trace_id_from(headers: Mapping[str, Any]) -> str | None:
     return parts[1].lower()
 
 
-def decode_event(body: bytes | str, headers: Mapping[str, Any]) -> TrackedEvent:
+def decode_event(
+    body: bytes | str, headers: Mapping[str, Any], *, spec: SagaSpec | None = None
+) -> TrackedEvent:
     """What the tracker keeps of an event as it travels on the wire (or sits in an outbox).
+
+    With ``spec``, the event's business key (``spec.business_key``) is read from its
+    payload, or from the start event's payload it carries (``spec.start_field``).
 
     Raises:
         InvalidMessage: The body is not an event envelope.
@@ -308,7 +342,30 @@ def decode_event(body: bytes | str, headers: Mapping[str, Any]) -> TrackedEvent:
         reason=reason if isinstance(reason, str) else None,
         failed_step=failed_step if isinstance(failed_step, str) else None,
         trace_id=trace_id_from(headers),
+        causation_id=str(wire.context.causation_id) if wire.context.causation_id else None,
+        business_key=_business_key(wire.payload, spec),
+        body=body.encode() if isinstance(body, str) else bytes(body),
+        headers={str(k): _header_text(v) for k, v in headers.items() if _header_text(v)},
     )
+
+
+def _header_text(value: Any) -> str:
+    if isinstance(value, bytes):
+        return value.decode("utf-8", errors="replace")
+    return value if isinstance(value, str) else ""
+
+
+def _business_key(payload: Mapping[str, Any], spec: SagaSpec | None) -> str | None:
+    if spec is None or spec.business_key is None:
+        return None
+    value = payload.get(spec.business_key)
+    if value is None and spec.start_field is not None:
+        carried = payload.get(spec.start_field)
+        if isinstance(carried, Mapping):
+            value = carried.get(spec.business_key)
+    if isinstance(value, str | int) and not isinstance(value, bool):
+        return str(value)[:200]
+    return None
 
 
 def view_as_dict(view: SagaView) -> dict[str, Any]:

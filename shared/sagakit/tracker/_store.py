@@ -13,7 +13,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -24,12 +24,15 @@ from sqlalchemy import (
     DateTime,
     Index,
     Integer,
+    LargeBinary,
     MetaData,
     String,
     Table,
+    Text,
     and_,
     delete,
     func,
+    insert,
     inspect,
     or_,
     select,
@@ -67,6 +70,10 @@ tracked_events = Table(
     Column("reason", String(200)),
     Column("failed_step", String(100)),
     Column("trace_id", String(32)),
+    Column("causation_id", String(64)),
+    Column("business_key", String(200)),
+    Column("body", LargeBinary),
+    Column("headers", Text),
     Index("ix_saga_tracker_events_saga", "saga_id", "occurred_at"),
 )
 
@@ -85,8 +92,26 @@ tracked_sagas = Table(
     Column("trace_id", String(32)),
     Column("failed_step", String(100)),
     Column("failure_reason", String(200)),
+    Column("current_step", String(100)),
+    Column("business_key", String(200)),
+    # What the console filters and sorts by (console/_queries.py): each filter with the
+    # order of the list, so that a page reads the first rows of one index.
     Index("ix_saga_tracker_sagas_state", "state", "last_event_at"),
+    Index("ix_saga_tracker_sagas_moved", "last_event_at", "saga_id"),
+    # Stuck sagas (the console's filter, the stuck-saga gauge) from the index alone.
+    Index("ix_saga_tracker_sagas_stuck", "state", "last_event_at", "saga_id", "deadline"),
+    Index("ix_saga_tracker_sagas_started", "started_at"),
+    Index("ix_saga_tracker_sagas_step", "current_step", "last_event_at"),
+    Index("ix_saga_tracker_sagas_reason", "failure_reason", "last_event_at"),
+    Index("ix_saga_tracker_sagas_key", "business_key"),
 )
+
+# Columns added after the first release: a tracker database made before them gets them (and
+# the indexes) at start-up, empty for the sagas it already holds.
+_ADDED_COLUMNS = {
+    "saga_tracker_events": ("causation_id", "business_key", "body", "headers"),
+    "saga_tracker_sagas": ("current_step", "business_key"),
+}
 
 
 def _as_utc(value: datetime) -> datetime:
@@ -119,6 +144,8 @@ class SagaRow:
     trace_id: str | None
     failed_step: str | None
     failure_reason: str | None
+    current_step: str | None = None
+    business_key: str | None = None
 
     def stuck_reason(self, *, now: datetime, stuck_after: timedelta) -> str | None:
         """Why the saga counts as stuck at ``now``, or None."""
@@ -147,6 +174,7 @@ class TrackerStore:
         """Create the tracker's tables if missing."""
         async with self.store.engine.begin() as conn:
             await conn.run_sync(metadata.create_all)
+            await conn.run_sync(_add_missing_columns)
 
     async def dispose(self) -> None:
         """Close pooled connections."""
@@ -161,21 +189,7 @@ class TrackerStore:
         async with self.store.transaction() as session:
             await self._lock_saga(session, event)
             inserted = await self.store.insert_if_absent(
-                session,
-                tracked_events,
-                {
-                    "event_id": event.event_id,
-                    "saga_id": event.saga_id,
-                    "saga_type": event.saga_type,
-                    "event_type": event.event_type,
-                    "producer": event.producer,
-                    "occurred_at": _stored(event.occurred_at),
-                    "received_at": _stored(received_at or datetime.now(UTC)),
-                    "deadline": _stored(event.deadline),
-                    "reason": event.reason,
-                    "failed_step": event.failed_step,
-                    "trace_id": event.trace_id,
-                },
+                session, tracked_events, _event_row(event, received_at or datetime.now(UTC))
             )
             if not inserted:
                 return None
@@ -186,6 +200,22 @@ class TrackerStore:
                 .values(**_summary(view))
             )
             return view
+
+    async def import_sagas(self, sagas: Iterable[Sequence[TrackedEvent]]) -> int:
+        """Write whole sagas the store has never seen, each from all its events, in one
+        transaction; how many. For loading a store in bulk (a benchmark, a migration): the
+        sagas must be new here (a saga id or event id already present is an error)."""
+        saga_rows: list[dict[str, Any]] = []
+        event_rows: list[dict[str, Any]] = []
+        for events in sagas:
+            view = summarize(self.spec, events)
+            saga_rows.append({"saga_id": view.saga_id, **_summary(view)})
+            event_rows.extend(_event_row(event, event.occurred_at) for event in events)
+        if saga_rows:
+            async with self.store.transaction() as session:
+                await session.execute(insert(tracked_sagas), saga_rows)
+                await session.execute(insert(tracked_events), event_rows)
+        return len(saga_rows)
 
     async def _lock_saga(self, session: AsyncSession, event: TrackedEvent) -> None:
         # Two events of one saga recorded at once must not both summarise a partial set:
@@ -362,9 +392,24 @@ class TrackerStore:
         new = 0
         for body, headers in rows:
             headers = json.loads(headers) if isinstance(headers, str) else dict(headers or {})
-            if await self.record(decode_event(body, headers)) is not None:
+            if await self.record(decode_event(body, headers, spec=self.spec)) is not None:
                 new += 1
         return len(rows), new
+
+
+def _add_missing_columns(conn: Any) -> None:
+    inspector = inspect(conn)
+    for table in (tracked_events, tracked_sagas):
+        present = {column["name"] for column in inspector.get_columns(table.name)}
+        for name in _ADDED_COLUMNS[table.name]:
+            if name not in present:
+                column = table.c[name]
+                kind = column.type.compile(dialect=conn.dialect)
+                conn.exec_driver_sql(f"ALTER TABLE {table.name} ADD COLUMN {name} {kind}")
+        indexed = {index["name"] for index in inspector.get_indexes(table.name)}
+        for index in table.indexes:
+            if index.name not in indexed:
+                index.create(conn, checkfirst=True)
 
 
 def _refuse_missing_sqlite_file(url: str) -> None:
@@ -385,6 +430,26 @@ def _stuck(now: datetime, stuck_after: timedelta) -> Any:
     )
 
 
+def _event_row(event: TrackedEvent, received_at: datetime) -> dict[str, Any]:
+    return {
+        "event_id": event.event_id,
+        "saga_id": event.saga_id,
+        "saga_type": event.saga_type,
+        "event_type": event.event_type,
+        "producer": event.producer,
+        "occurred_at": _stored(event.occurred_at),
+        "received_at": _stored(received_at),
+        "deadline": _stored(event.deadline),
+        "reason": event.reason,
+        "failed_step": event.failed_step,
+        "trace_id": event.trace_id,
+        "causation_id": event.causation_id,
+        "business_key": event.business_key,
+        "body": event.body,
+        "headers": json.dumps(dict(event.headers)) if event.headers else None,
+    }
+
+
 def _summary(view: SagaView) -> dict[str, Any]:
     return {
         "saga_type": view.saga_type,
@@ -398,6 +463,8 @@ def _summary(view: SagaView) -> dict[str, Any]:
         "trace_id": view.trace_id,
         "failed_step": view.failed_step,
         "failure_reason": view.failure_reason,
+        "current_step": view.current_step,
+        "business_key": view.business_key,
     }
 
 
@@ -413,6 +480,10 @@ def _event(r: Any) -> TrackedEvent:
         reason=r["reason"],
         failed_step=r["failed_step"],
         trace_id=r["trace_id"],
+        causation_id=r["causation_id"],
+        business_key=r["business_key"],
+        body=r["body"],
+        headers=json.loads(r["headers"]) if r["headers"] else {},
     )
 
 
@@ -430,6 +501,8 @@ def _saga_row(r: Any) -> SagaRow:
         trace_id=r["trace_id"],
         failed_step=r["failed_step"],
         failure_reason=r["failure_reason"],
+        current_step=r["current_step"],
+        business_key=r["business_key"],
     )
 
 
