@@ -719,12 +719,16 @@ PEER_KEYS = (
     "temporal-tuned",
     "temporal-shipped",
 )
-# The offered-rate phase of --peers: at least this many sagas (p99 needs a hundred), after a
-# short warm-up once the system is up again.
-PEERS_RATE_MIN_SAGAS = 100
-PEERS_RATE_WARMUP = 20
-# Warm-up before the full-speed phase: pools, caches and the peers' workflow caches filled.
+# The offered-rate phase of --peers: at least this many sagas (nearest-rank p99 of 60 is
+# the highest: at the slowest system's half rate, 100 took 80 s per system under load).
+PEERS_RATE_MIN_SAGAS = 60
+# Warm-up before the full-speed phase: pools, caches and the peers' workflow caches filled;
+# its rate sizes the full-speed phase.
 PEERS_WARMUP = 50
+# The full-speed phase: --compare-sagas, or fewer for a slow system: about this many
+# seconds at its warm-up rate, and never fewer than PEERS_FULL_MIN_SAGAS.
+PEERS_FULL_SECONDS = 30.0
+PEERS_FULL_MIN_SAGAS = 200
 
 
 class _OnBroker:
@@ -903,12 +907,17 @@ def _peer_progress(name: str, phase: PhaseResult) -> None:
     )
 
 
+def full_speed_sagas(warm_up: PhaseResult, most: int) -> int:
+    """How many sagas the full-speed phase of a system with this warm-up times."""
+    return min(most, max(PEERS_FULL_MIN_SAGAS, int(warm_up.sagas_per_second * PEERS_FULL_SECONDS)))
+
+
 async def bench_peers(args: argparse.Namespace) -> dict[str, Any]:
     """sagakit (SQLite, PostgreSQL), the null saga and the peers: one table.
 
-    Two passes, each system alone on the machine in each: first every system's check, a
-    warm-up and its full-speed phase; then, at one rate for all (half the slowest
-    full-speed rate unless ``--rate``), every system's offered-rate phase.
+    One pass, each system alone on the machine, the slowest first: its check, a warm-up,
+    its full-speed phase, then its offered-rate phase at one rate for all (half the first
+    system's full-speed rate unless ``--rate``: the slowest one's, which runs first).
     """
     from peers._report import Measured, markdown
 
@@ -918,33 +927,40 @@ async def bench_peers(args: argparse.Namespace) -> dict[str, Any]:
     systems = peer_systems(args)
     measured = [Measured(system.name, system.fairness) for system in systems]
     settings = await _postgres_settings(args.postgres_url)
-    print(f"load average {load_at_start[0]:.1f}; pass 1: check, warm-up, full speed", flush=True)
-    for system, row in zip(systems, measured, strict=True):
+    rate: float | None = args.rate
+    basis = "--rate"
+    slower: list[str] = []
+    print(f"load average {load_at_start[0]:.1f}; the slowest first", flush=True)
+    # Systems start, check and time one at a time, slowest first (peer_systems' order
+    # reversed): the first one's full-speed rate sets the offered rate of every system.
+    for system, row in reversed(list(zip(systems, measured, strict=True))):
         print(f"{system.name}", flush=True)
         async with system.up() as running:
             row.checked = await running.check()
-            await running.full_speed(PEERS_WARMUP, in_flight=args.in_flight, phase="warm-up")
+            warm_up = await running.full_speed(
+                PEERS_WARMUP, in_flight=args.in_flight, phase="warm-up"
+            )
+            count = full_speed_sagas(warm_up, args.compare_sagas)
             row.full = await Meter(running.groups()).measure(
-                running.full_speed(args.compare_sagas, in_flight=args.in_flight, phase="full speed")
+                running.full_speed(count, in_flight=args.in_flight, phase="full speed")
             )
             _peer_progress(system.name, row.full)
             if isinstance(running, _OnBroker):
                 row.messages_per_saga = row.full.events / row.full.sagas
-        row.facts = running.facts
-    slowest = min(measured, key=lambda m: m.full.sagas_per_second if m.full else float("inf"))
-    assert slowest.full is not None
-    if args.rate:
-        rate, basis = args.rate, "--rate"
-    else:
-        rate = round(slowest.full.sagas_per_second / 2, 1)
-        basis = f"half the slowest full-speed rate, {slowest.name}'s"
-    count = max(PEERS_RATE_MIN_SAGAS, int(rate * args.rate_seconds))
-    print(f"pass 2: {count} sagas at {rate:g}/s offered ({basis})", flush=True)
-    for system, row in zip(systems, measured, strict=True):
-        async with system.up() as running:
-            await running.full_speed(PEERS_RATE_WARMUP, in_flight=args.in_flight, phase="warm-up")
-            row.at_rate = await Meter(running.groups()).measure(running.at_rate(count, rate=rate))
+            if rate is None:
+                rate = round(row.full.sagas_per_second / 2, 1)
+                basis = f"half the first and slowest system's full-speed rate, {system.name}'s"
+            elif args.rate is None and row.full.sagas_per_second < 2 * rate:
+                slower.append(f"{system.name} ({row.full.sagas_per_second:.0f}/s)")
+            at_count = max(PEERS_RATE_MIN_SAGAS, int(rate * args.rate_seconds))
+            row.at_rate = await Meter(running.groups()).measure(
+                running.at_rate(at_count, rate=rate)
+            )
             _peer_progress(system.name, row.at_rate)
+        row.facts = running.facts
+    assert rate is not None
+    if slower:
+        basis += "; slower at full speed than twice that rate: " + ", ".join(slower)
     seconds = time.monotonic() - began
     load_at_end = load_average()
     header = (

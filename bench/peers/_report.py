@@ -74,11 +74,19 @@ def markdown(
         lines.append(f"| {row.name} | {rate_cell} | {cpu_cell} | {latency} |")
     lines += [
         "",
-        f"sagas/s: {sagas} fulfilled sagas at full speed, at most {in_flight} in flight, each "
-        "system alone on the machine after a warm-up. CPU: user + system time from /proc of "
+        f"sagas/s: up to {sagas} fulfilled sagas at full speed, at most {in_flight} in flight, "
+        "each system alone on the machine after a warm-up of 50 (a slow system times fewer: "
+        "about 30 s at its warm-up rate, at least 200; here "
+        + ", ".join(f"{row.name} {row.full.sagas}" for row in measured if row.full is not None)
+        + "). CPU: user + system time from /proc of "
         "every process involved during that phase, driver included. Latency: from just before "
         f"a saga is started to the driver knowing its end, {rate:g} sagas/s offered to every "
-        f"system ({rate_basis}).",
+        f"system ({rate_basis}), right after its full-speed phase"
+        + (
+            f", {measured[0].at_rate.sagas} sagas each (p99 by nearest rank)."
+            if measured and measured[0].at_rate is not None
+            else "."
+        ),
         "",
         "CPU ms per saga at full speed, by process:",
         "",

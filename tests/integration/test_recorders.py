@@ -335,6 +335,30 @@ class TestSQLiteRecorder(RecorderSuite):
         async for store in _store(f"sqlite+aiosqlite:///{tmp_path}/store.db"):
             yield store
 
+    async def test_checkpoints_run_off_the_writer(
+        self, store: Store, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    ) -> None:
+        """The writer's commits never copy the WAL into the file (a checkpoint's fsyncs
+        would block the loop); a worker thread does, soon after a commit."""
+        from sagakit.store import _sqlite
+
+        monkeypatch.setattr(_sqlite, "CHECKPOINT_EVERY_SECONDS", 0.0)
+        recorder = store.recorder
+        database = tmp_path / "store.db"
+        before = database.stat().st_size
+        async with recorder.transaction() as transaction:
+            assert isinstance(transaction, _sqlite.SQLiteTransaction)
+            writer = transaction.connection
+            assert writer.execute("PRAGMA wal_autocheckpoint").fetchone()[0] == 0
+            writer.execute("CREATE TABLE rec_blobs (data BLOB)")
+            writer.execute("INSERT INTO rec_blobs VALUES (zeroblob(200000))")
+        # Well under SQLite's own 1000-page checkpoint: only the worker's copies it.
+        for _ in range(100):
+            if database.stat().st_size >= before + 200000:
+                break
+            await asyncio.sleep(0.05)
+        assert database.stat().st_size >= before + 200000
+
 
 class TestPostgresRecorder(RecorderSuite):
     @pytest.fixture

@@ -8,13 +8,24 @@ its own writers with one asyncio lock, and one process owns a file.
 
 Two connections: the writer, used under the lock for every write transaction, and a reader
 for the relay's queries, which must never see a transaction that has not committed.
+
+The one write that does wait for the disk is the WAL checkpoint (copying the log into the
+database file, with fsyncs), which SQLite runs by default inside the commit that crosses
+1000 pages: on a busy disk that commit blocked the loop, and every delivery of the process,
+for tens of milliseconds. The writer does no checkpoint; a third connection runs a passive
+one in a worker thread at most once a second after a commit (sqlite3 lets go of the GIL
+while it does), which waits for no lock, blocks no writer, and lets the next writer restart
+the log once it has been copied, so the log stays as small as before.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
+import pathlib
 import sqlite3
+import time
 from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from datetime import UTC, datetime
 from typing import Any
@@ -37,6 +48,10 @@ from sagakit.store._recorder import (
 )
 
 BACKEND = "sqlite"
+# The writer's commits start a checkpoint (in a worker thread) at most this often.
+CHECKPOINT_EVERY_SECONDS = 1.0
+
+logger = logging.getLogger("sagakit.store")
 
 
 def sqlite_time(value: datetime) -> str:
@@ -145,11 +160,36 @@ class SQLiteRecorder(Recorder):
         self._check = check
         self._writer: sqlite3.Connection | None = None
         self._reader: sqlite3.Connection | None = None
+        self._checkpointer: sqlite3.Connection | None = None
+        self._checkpoint: asyncio.Future[None] | None = None
+        self._checkpointed_at = 0.0
 
     def _write_connection(self) -> sqlite3.Connection:
         if self._writer is None:
             self._writer = connect(self._path, busy_seconds=self._busy)
+            # Checkpoints run off the loop (_after_commit).
+            self._writer.execute("PRAGMA wal_autocheckpoint=0")
         return self._writer
+
+    def _after_commit(self) -> None:
+        now = time.monotonic()
+        if now - self._checkpointed_at < CHECKPOINT_EVERY_SECONDS or (
+            self._checkpoint is not None and not self._checkpoint.done()
+        ):
+            return
+        self._checkpointed_at = now
+        if self._checkpointer is None:
+            if self._path in {"", ":memory:"}:
+                return
+            # mode=rw: never makes a file (the writer's may have been taken away).
+            self._checkpointer = sqlite3.connect(
+                f"{pathlib.Path(self._path).absolute().as_uri()}?mode=rw",
+                uri=True,
+                isolation_level=None,
+                check_same_thread=False,
+            )
+        loop = asyncio.get_running_loop()
+        self._checkpoint = loop.run_in_executor(None, _checkpoint, self._checkpointer)
 
     def _read_connection(self) -> sqlite3.Connection:
         if self._reader is None:
@@ -173,6 +213,7 @@ class SQLiteRecorder(Recorder):
                     with contextlib.suppress(sqlite3.Error):
                         connection.execute("ROLLBACK")
                 raise
+            self._after_commit()
 
     async def prepare(self, statements: Sequence[Prepared]) -> None:
         for statement in statements:
@@ -181,11 +222,14 @@ class SQLiteRecorder(Recorder):
     async def close(self) -> None:
         # The writer only between transactions: another delivery's may be open on it.
         async with self._lock:
-            for connection in (self._writer, self._reader):
+            if self._checkpoint is not None:
+                await asyncio.wait([self._checkpoint])
+                self._checkpoint = None
+            for connection in (self._writer, self._reader, self._checkpointer):
                 if connection is not None:
                     with contextlib.suppress(sqlite3.Error):
                         connection.close()
-            self._writer = self._reader = None
+            self._writer = self._reader = self._checkpointer = None
 
     # -- in a transaction --------------------------------------------------------------
 
@@ -306,6 +350,14 @@ class SQLiteRecorder(Recorder):
     async def count_rows(self) -> dict[str, int]:
         counts = self._read_connection().execute(_COUNT_ROWS).fetchone()
         return dict(zip((INBOX, OUTBOX, STEPS), map(int, counts), strict=True))
+
+
+def _checkpoint(connection: sqlite3.Connection) -> None:
+    try:
+        connection.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchall()
+    except sqlite3.Error as exc:
+        # The next one tries again; until then the log only grows.
+        logger.warning("SQLite checkpoint failed: %s", exc)
 
 
 def _connection(transaction: Transaction) -> sqlite3.Connection:
