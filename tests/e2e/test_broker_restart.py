@@ -54,7 +54,7 @@ async def test_sagas_in_flight_survive_a_broker_restart(
         started = await system.client.start(sample_order(scenario))
         sagas[str(started.context.saga_id)] = scenario
 
-    # Stopped cleanly (as `rabbitmqctl stop` would), down for 3 s, started again.
+    # Stopped cleanly (a clean shutdown of the private node), down for 3 s, started again.
     await asyncio.to_thread(private_rabbit.restart, down=3)
 
     # every saga ends with exactly one notice: a confirmation or a cancellation notice

@@ -1,12 +1,13 @@
 """Least privilege on the real broker, with the users and permissions of
 deploy/rabbitmq/definitions.json.
 
-The committed definitions file is imported with ``rabbitmqctl import_definitions`` (so its
-password hashes are checked too) into two fresh virtual hosts of the session's private
-RabbitMQ node (``private_rabbit``: its own name, ports and data; users are never added to
-the broker a developer runs), its users renamed with a suffix of this run. In one virtual
-host the four services run as processes, each as its own user, and sagas complete and
-compensate; in the other, each account tries what it must not do, and the broker refuses.
+The committed definitions file is imported with ``rabbitmqctl -n <private node>
+import_definitions`` (so its password hashes are checked too) into two fresh virtual hosts
+of the session's private RabbitMQ node (``private_rabbit``: its own name, ports and data;
+users are never added to the broker a developer runs), its users renamed with a suffix of
+this run. In one virtual host the four services run as processes, each as its own user,
+and sagas complete and compensate; in the other, each account tries what it must not do,
+and the broker refuses.
 """
 
 from __future__ import annotations

@@ -280,7 +280,7 @@ class Injector:
     async def _restart_broker(self, *, down: float) -> None:
         async with self._lock:
             self._note(FaultKind.BROKER_RESTART, f"down for {down:.1f}s")
-            # Stopped cleanly (as `rabbitmqctl stop`), started again on the same ports.
+            # The run's own node, stopped cleanly and started again on the same ports.
             await asyncio.to_thread(self.broker.restart, down=down)
 
     async def _duplicate(self, count: int) -> None:

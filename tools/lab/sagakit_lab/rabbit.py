@@ -239,7 +239,7 @@ class RabbitNode:
             time.sleep(_POLL_SECONDS)
 
     def stop(self, *, timeout: float = 60.0) -> None:
-        """Stop the node cleanly (SIGTERM, as ``rabbitmqctl stop``); SIGKILL after ``timeout``."""
+        """Stop the node cleanly (SIGTERM to its own process); SIGKILL after ``timeout``."""
         process = self._process
         if process is None or process.poll() is not None:
             return
