@@ -13,9 +13,10 @@ import shutil
 from collections.abc import Iterator
 
 import pytest
+from sagakit.broker import with_vhost
 from sagakit_lab import RabbitNode
 
-from tests.brokers import call, throwaway_vhost, unavailable, with_vhost
+from tests.brokers import call, throwaway_vhost, unavailable
 
 pytestmark = pytest.mark.integration
 
