@@ -184,7 +184,7 @@ async def store_size(store: Store, tables: Sequence[str]) -> StoreSize:
     async with store.engine.connect() as connection:
         if store.is_sqlite:
             # The file grows when the WAL is written back: measure after that.
-            await connection.exec_driver_sql("PRAGMA wal_checkpoint(PASSIVE)")
+            await _checkpoint_whole_wal(connection)
             pages = await _pragma(connection, "page_count")
             free = await _pragma(connection, "freelist_count")
             page_size = await _pragma(connection, "page_size")
@@ -216,6 +216,19 @@ async def vacuum(store: Store, tables: Sequence[str]) -> None:
 def _file_bytes(path: str) -> int:
     # One stat of a local file: not worth a thread.
     return os.path.getsize(path) if os.path.isfile(path) else 0
+
+
+async def _checkpoint_whole_wal(connection: AsyncConnection, *, within: float = 5.0) -> None:
+    """A passive checkpoint, again until it wrote back the whole WAL or ``within`` seconds
+    passed: one that meets the store's own background checkpoint returns busy at once,
+    having written nothing back."""
+    deadline = time.monotonic() + within
+    while True:
+        row = (await connection.exec_driver_sql("PRAGMA wal_checkpoint(PASSIVE)")).one()
+        busy, log, written = (int(value) for value in row)
+        if (not busy and written >= log) or time.monotonic() > deadline:
+            return
+        await asyncio.sleep(0.05)
 
 
 async def _pragma(connection: AsyncConnection, name: str) -> int:
