@@ -20,6 +20,7 @@ import asyncio
 import contextlib
 import logging
 import signal
+from collections.abc import Callable
 from contextvars import ContextVar
 from typing import Any
 
@@ -173,7 +174,18 @@ def main() -> None:
     parser.add_argument("--faststream", action="store_true", help="run the hop on FastStream")
     args = parser.parse_args()
     run = serve_faststream if args.faststream else serve
-    asyncio.run(run(args.url, args.hop, prefetch=args.prefetch))
+    # The event loop the services get from `faststream run` (uvloop, installed with
+    # sagakit): the ceiling runs on the same loop as what it is compared with.
+    with asyncio.Runner(loop_factory=_loop_factory()) as runner:
+        runner.run(run(args.url, args.hop, prefetch=args.prefetch))
+
+
+def _loop_factory() -> Callable[[], asyncio.AbstractEventLoop] | None:
+    try:
+        import uvloop
+    except ImportError:
+        return None
+    return uvloop.new_event_loop
 
 
 if __name__ == "__main__":

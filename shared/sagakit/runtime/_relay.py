@@ -28,8 +28,10 @@ logger = logging.getLogger("sagakit.relay")
 # of a process that died, or of another replica sharing the store, wait this long. The
 # second kind may only be waiting for its mark: short, this would publish it twice.
 _STALE_AFTER = timedelta(seconds=15)
-# Rows published inline within this long are marked sent in one transaction.
-_MARK_WINDOW_SECONDS = 0.01
+# Rows published inline within this long are marked sent in one transaction. Nothing waits
+# for a mark (a row stays in hand until then, and the relay loop leaves it alone): a longer
+# window only means fewer transactions (on PostgreSQL, 4.6 per saga instead of 5.7 at 10 ms).
+_MARK_WINDOW_SECONDS = 0.1
 # A publish not confirmed within this long has failed (a quorum queue without a leader may
 # otherwise leave the confirmation pending for ever).
 _PUBLISH_TIMEOUT_SECONDS = 30.0
