@@ -563,7 +563,8 @@ def _direct_pins(package: str) -> dict[str, str]:
         for requirement in tomllib.loads(workspace[name].read_text())["project"]["dependencies"]:
             if _name(requirement) in workspace:
                 continue
-            match = re.fullmatch(r"([A-Za-z0-9._-]+)(\[[^\]]*\])?==([^;\s]+)", requirement)
+            # An environment marker may follow the pin ("uvloop==0.23.0; sys_platform != 'win32'").
+            match = re.fullmatch(r"([A-Za-z0-9._-]+)(\[[^\]]*\])?==([^;\s]+)(\s*;.*)?", requirement)
             assert match is not None, f"{name}: {requirement!r} is not pinned exactly"
             pins[_name(match.group(1))] = match.group(3)
     return pins
