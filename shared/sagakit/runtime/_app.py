@@ -128,7 +128,7 @@ def build_service(
         # of the collector's sight, full collections stop walking it on every message burst.
         gc.freeze()
         # What a delivery allocates is nearly all freed by reference counting: at the
-        # default threshold (700) the young collections cost 5 to 10% of a message's CPU
+        # default threshold (700) the young collections cost about 5% of a message's CPU
         # for little they could free (bench/README.md, Round 5).
         gc.set_threshold(GC_YOUNG_THRESHOLD, *gc.get_threshold()[1:])
 
